@@ -1,0 +1,63 @@
+"""Small models and data made inside the tests: nothing is downloaded."""
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+
+class TinyCNN(nn.Module):
+    """conv + bn + linear, with the extras OpenOOD networks expose."""
+
+    def __init__(self, num_classes=3):
+        super().__init__()
+        self.conv = nn.Conv2d(1, 8, 3, padding=1)
+        self.bn = nn.BatchNorm2d(8)
+        self.pool = nn.AdaptiveAvgPool2d(2)
+        self.fc = nn.Linear(32, num_classes)
+
+    def get_fc(self):
+        return self.fc.weight.detach().numpy(), self.fc.bias.detach().numpy()
+
+    def forward(self, x, return_feature=False):
+        feature = self.pool(torch.relu(self.bn(self.conv(x)))).flatten(1)
+        logits = self.fc(feature)
+        return (logits, feature) if return_feature else logits
+
+
+def separable_data(n=96, num_classes=3, seed=0, noise=0.3):
+    """Images whose class is a bright quadrant: separable, with a few noisy labels."""
+    g = torch.Generator().manual_seed(seed)
+    y = torch.arange(n) % num_classes
+    x = noise * torch.randn(n, 1, 8, 8, generator=g)
+    for c in range(num_classes):
+        r, col = divmod(c, 2)
+        x[y == c, :, r * 4:(r + 1) * 4, col * 4:(col + 1) * 4] += 1.0
+    flip = torch.rand(n, generator=g) < 0.08
+    y = torch.where(flip, (y + 1) % num_classes, y)
+    return x, y
+
+
+def loader(n=96, batch_size=32, shuffle=False, seed=0, dict_batches=False):
+    x, y = separable_data(n, seed=seed)
+    if dict_batches:
+        data = [{"data": x[i:i + batch_size], "label": y[i:i + batch_size]}
+                for i in range(0, n, batch_size)]
+        return data
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
+
+
+def trained_model(epochs=60, seed=0):
+    torch.manual_seed(seed)
+    model = TinyCNN()
+    opt = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9)
+    data = loader()
+    for _ in range(epochs):
+        for x, y in data:
+            opt.zero_grad()
+            nn.functional.cross_entropy(model(x), y).backward()
+            opt.step()
+    return model
+
+
+def state_equal(a, b):
+    sa, sb = a.state_dict(), b.state_dict()
+    return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

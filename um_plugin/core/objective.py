@@ -1,0 +1,69 @@
+"""The UM loss constraint: ``|beta * CE - xi| + xi`` (flooding at level xi).
+
+Once the batch loss falls below xi the sign of the gradient flips, so the model stops
+fitting (and "forgets") the atypical samples it memorised late in training.
+"""
+from __future__ import annotations
+
+import math
+from numbers import Real
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def validate_xi(xi) -> float:
+    """Return ``xi`` as a float, or raise naming it: xi must be a finite number >= 0."""
+    if isinstance(xi, bool) or not isinstance(xi, (Real, torch.Tensor)):
+        raise ValueError(f"loss constraint xi must be a finite number >= 0, got {xi!r}")
+    value = float(xi)
+    if not math.isfinite(value) or value < 0:
+        raise ValueError(f"loss constraint xi must be a finite number >= 0, got {value!r}")
+    return value
+
+
+def validate_beta(beta) -> float:
+    """Return ``beta`` as a float, or raise naming it: beta must be a finite number > 0."""
+    if isinstance(beta, bool) or not isinstance(beta, (Real, torch.Tensor)):
+        raise ValueError(f"loss scale beta must be a finite number > 0, got {beta!r}")
+    value = float(beta)
+    if not math.isfinite(value) or value <= 0:
+        raise ValueError(f"loss scale beta must be a finite number > 0, got {value!r}")
+    return value
+
+
+def constrain(loss: torch.Tensor, xi: float, beta: float = 1.0) -> torch.Tensor:
+    """Apply the constraint to an already reduced loss: ``|beta * loss - xi| + xi``."""
+    return (beta * loss - xi).abs() + xi
+
+
+class LossConstraint(nn.Module):
+    """Cross-entropy under the UM loss constraint, as the official ``CustomLoss``."""
+
+    def __init__(self, xi: float, beta: float = 1.0):
+        super().__init__()
+        self.xi = xi
+        self.beta = beta
+
+    @property
+    def xi(self) -> float:
+        return self._xi
+
+    @xi.setter
+    def xi(self, value) -> None:
+        self._xi = validate_xi(value)
+
+    @property
+    def beta(self) -> float:
+        return self._beta
+
+    @beta.setter
+    def beta(self, value) -> None:
+        self._beta = validate_beta(value)
+
+    def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        return constrain(F.cross_entropy(logits, targets), self._xi, self._beta)
+
+    def extra_repr(self) -> str:
+        return f"xi={self._xi:.6g}, beta={self._beta:.6g}"

@@ -1,0 +1,128 @@
+"""Register an offline benchmark so OpenOOD's ``Evaluator(net, id_name=...)`` can use it.
+
+``Evaluator`` looks an ID name up in three module dicts (``datasets.DATA_INFO``,
+``datasets.benchmarks_dict`` and ``preprocessor.default_preprocessing_dict``) and calls
+``data_setup``, which downloads from Google Drive when ``<data_root>/benchmark_imglist`` is
+missing or a listed dataset folder is empty. :func:`register_benchmark` fills the three dicts
+for data already on disk and checks every file first, so the downloader never runs.
+"""
+from __future__ import annotations
+
+import os
+from typing import Mapping, Optional, Sequence
+
+_OURS: set = set()  # benchmark names this module registered (they may be re-registered)
+
+DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
+
+
+def _split(data_root: str, imglist: str, data_dir: str, what: str, check_images: bool) -> dict:
+    """One DATA_INFO leaf; raises FileNotFoundError naming the missing list or image."""
+    if not isinstance(imglist, (str, os.PathLike)) or not str(imglist):
+        raise ValueError(f"{what}: imglist path must be a non-empty path, got {imglist!r}")
+    imglist = os.fspath(imglist)
+    list_path = os.path.join(data_root, imglist)
+    if not os.path.isfile(list_path):
+        raise FileNotFoundError(f"{what}: image list {list_path!r} does not exist")
+    if check_images:
+        image_root = os.path.join(data_root, data_dir)
+        with open(list_path) as f:
+            lines = [ln.strip() for ln in f if ln.strip()]
+        if not lines:
+            raise ValueError(f"{what}: image list {list_path!r} is empty")
+        for ln in lines:
+            name = ln.split(" ", 1)[0]
+            if not os.path.isfile(os.path.join(image_root, name)):
+                raise FileNotFoundError(
+                    f"{what}: {list_path!r} names {name!r}, but "
+                    f"{os.path.join(image_root, name)!r} does not exist")
+    return {"data_dir": data_dir, "imglist_path": imglist}
+
+
+def _ood_group(data_root, sets, data_dir, what, check_images) -> dict:
+    if not isinstance(sets, Mapping) or not sets:
+        raise ValueError(f"{what} must be a non-empty mapping name -> imglist path, got {sets!r}")
+    group = {"datasets": list(sets)}
+    for name, imglist in sets.items():
+        group[name] = _split(data_root, imglist, data_dir, f"{what}[{name!r}]", check_images)
+    return group
+
+
+def register_benchmark(name: str, data_root: str, *, num_classes: int,
+                       id_train: str, id_val: str, id_test: str,
+                       ood_val: str, near_ood: Mapping[str, str], far_ood: Mapping[str, str],
+                       csid: Optional[Mapping[str, str]] = None,
+                       data_dir: str = "",
+                       image_size: int = 32, pre_size: Optional[int] = None,
+                       normalization: Sequence[Sequence[float]] = DEFAULT_NORMALIZATION,
+                       check_images: bool = True) -> dict:
+    """Make ``name`` a valid ``Evaluator`` ``id_name`` for data under ``data_root``; return its DATA_INFO.
+
+    Imglist paths are relative to ``data_root`` (as in OpenOOD: ``benchmark_imglist/...``) and
+    name images relative to ``data_root/data_dir``, one ``<image> <label>`` per line.
+    ``near_ood`` / ``far_ood`` / ``csid`` map a dataset name to its imglist. ``image_size`` /
+    ``pre_size`` / ``normalization`` build OpenOOD's default test preprocessor (resize to
+    ``pre_size``, centre-crop ``image_size``). Pass the same ``data_root`` to ``Evaluator``.
+    Names OpenOOD ships (cifar10, imagenet, ...) are refused; our own may be re-registered.
+    """
+    from .register import require_openood
+    require_openood()
+    from openood.evaluation_api import datasets as oo_datasets
+    from openood.evaluation_api import preprocessor as oo_pre
+
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"benchmark name must be a non-empty string, got {name!r}")
+    if name in oo_datasets.DATA_INFO and name not in _OURS:
+        raise ValueError(f"benchmark name {name!r} is already an OpenOOD benchmark; "
+                         f"choose a name not in {sorted(oo_datasets.DATA_INFO)}")
+    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
+        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    for label, size in (("image_size", image_size), ("pre_size", pre_size)):
+        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
+            raise ValueError(f"{label} must be a positive integer, got {size!r}")
+    if len(normalization) != 2 or any(len(v) != 3 for v in normalization):
+        raise ValueError(f"normalization must be ((mean r, g, b), (std r, g, b)), got {normalization!r}")
+    data_root = os.fspath(data_root)
+    if not os.path.isdir(os.path.join(data_root, "benchmark_imglist")):
+        raise FileNotFoundError(
+            f"{os.path.join(data_root, 'benchmark_imglist')!r} does not exist; OpenOOD's "
+            "data_setup would try to download it. Put the imglist files there.")
+
+    def split(imglist, what):
+        return _split(data_root, imglist, data_dir, what, check_images)
+
+    info = {
+        "num_classes": num_classes,
+        "id": {"train": split(id_train, "id_train"), "val": split(id_val, "id_val"),
+               "test": split(id_test, "id_test")},
+        "csid": {"datasets": []},
+        "ood": {"val": split(ood_val, "ood_val"),
+                "near": _ood_group(data_root, near_ood, data_dir, "near_ood", check_images),
+                "far": _ood_group(data_root, far_ood, data_dir, "far_ood", check_images)},
+    }
+    if csid:
+        info["csid"] = _ood_group(data_root, csid, data_dir, "csid", check_images)
+
+    oo_datasets.DATA_INFO[name] = info
+    # data_setup walks this list and downloads any listed set whose folder is empty; the
+    # files were checked above, so nothing needs to be listed.
+    oo_datasets.benchmarks_dict[name] = []
+    oo_pre.default_preprocessing_dict[name] = {
+        "pre_size": pre_size or image_size,
+        "img_size": image_size,
+        "normalization": [list(map(float, v)) for v in normalization],
+    }
+    _OURS.add(name)
+    return info
+
+
+def unregister_benchmark(name: str) -> None:
+    """Remove a benchmark this module registered (tests use it to leave OpenOOD as found)."""
+    if name not in _OURS:
+        raise ValueError(f"{name!r} was not registered by register_benchmark; "
+                         f"registered: {sorted(_OURS)}")
+    from openood.evaluation_api import datasets as oo_datasets
+    from openood.evaluation_api import preprocessor as oo_pre
+    for d in (oo_datasets.DATA_INFO, oo_datasets.benchmarks_dict, oo_pre.default_preprocessing_dict):
+        d.pop(name, None)
+    _OURS.discard(name)

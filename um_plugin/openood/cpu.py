@@ -1,0 +1,75 @@
+"""Opt-in CPU fallback so OpenOOD's hard-coded ``.cuda()`` calls run on a machine without a GPU.
+
+OpenOOD calls ``tensor.cuda()`` / ``module.cuda()`` unconditionally (trainers, evaluators,
+postprocessors, ``scripts/eval_ood.py``). CI benchmark runs have no GPU, so while the fallback
+is on those calls return the object unchanged and ``torch.cuda.device_count()`` reports 0 (so
+``nn.DataParallel`` wraps nothing). Nothing is patched unless this is called; GPU runs never
+see it.
+"""
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+_PATCHED: dict = {}  # (owner, attribute) -> original; empty while the fallback is off
+
+
+def _stay(self, *args, **kwargs):
+    """``.cuda()`` replacement: the object stays where it is (on the CPU)."""
+    return self
+
+
+def _no_devices() -> int:
+    return 0
+
+
+def _patches():
+    return [
+        (torch.Tensor, "cuda", _stay),
+        (torch.nn.Module, "cuda", _stay),
+        (torch.cuda, "device_count", _no_devices),
+    ]
+
+
+def cpu_fallback_enabled() -> bool:
+    """Whether ``.cuda()`` is currently a no-op."""
+    return bool(_PATCHED)
+
+
+def enable_cpu_fallback() -> contextlib.AbstractContextManager:
+    """Make ``.cuda()`` a no-op (idempotent); the returned context manager undoes it on exit.
+
+    Use as a call (``enable_cpu_fallback()``, stays on for the process, e.g. in the CLI) or as
+    ``with enable_cpu_fallback(): ...`` (on only inside the block, e.g. in tests). Refused when a
+    GPU is present, so a real GPU run can never silently fall back to the CPU.
+    """
+    if torch.cuda.is_available() and not _PATCHED:
+        raise RuntimeError(
+            f"enable_cpu_fallback() refused: {torch.cuda.device_count()} CUDA device(s) are "
+            "available; run without --cpu to use them, or hide them with CUDA_VISIBLE_DEVICES=''")
+    owned = not _PATCHED
+    if owned:
+        for owner, name, replacement in _patches():
+            _PATCHED[(owner, name)] = getattr(owner, name)
+            setattr(owner, name, replacement)
+    return _Restore(owned)
+
+
+def disable_cpu_fallback() -> None:
+    """Give ``.cuda()`` and ``torch.cuda.device_count`` their originals back."""
+    while _PATCHED:
+        (owner, name), original = _PATCHED.popitem()
+        setattr(owner, name, original)
+
+
+class _Restore(contextlib.AbstractContextManager):
+    """Undo the fallback on exit, but only if this call was the one that switched it on."""
+
+    def __init__(self, owned: bool):
+        self.owned = owned
+
+    def __exit__(self, *exc):
+        if self.owned:
+            disable_cpu_fallback()
+        return False
