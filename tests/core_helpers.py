@@ -23,7 +23,7 @@ class TinyCNN(nn.Module):
         return (logits, feature) if return_feature else logits
 
 
-def separable_data(n=96, num_classes=3, seed=0, noise=0.3):
+def separable_data(n=96, num_classes=3, seed=0, noise=0.3, flip=0.08):
     """Images whose class is a bright quadrant: separable, with a few noisy labels."""
     g = torch.Generator().manual_seed(seed)
     y = torch.arange(n) % num_classes
@@ -31,13 +31,13 @@ def separable_data(n=96, num_classes=3, seed=0, noise=0.3):
     for c in range(num_classes):
         r, col = divmod(c, 2)
         x[y == c, :, r * 4:(r + 1) * 4, col * 4:(col + 1) * 4] += 1.0
-    flip = torch.rand(n, generator=g) < 0.08
-    y = torch.where(flip, (y + 1) % num_classes, y)
+    flipped = torch.rand(n, generator=g) < flip
+    y = torch.where(flipped, (y + 1) % num_classes, y)
     return x, y
 
 
-def loader(n=96, batch_size=32, shuffle=False, seed=0, dict_batches=False):
-    x, y = separable_data(n, seed=seed)
+def loader(n=96, batch_size=32, shuffle=False, seed=0, dict_batches=False, flip=0.08):
+    x, y = separable_data(n, seed=seed, flip=flip)
     if dict_batches:
         data = [{"data": x[i:i + batch_size], "label": y[i:i + batch_size]}
                 for i in range(0, n, batch_size)]

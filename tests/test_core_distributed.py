@@ -1,0 +1,45 @@
+"""ξ under torch.distributed: two CPU processes (gloo) must agree with one process on all data."""
+import os
+import socket
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+
+from core_helpers import loader, trained_model
+from um_plugin.core.masks import attach_score_masks, score_parameters
+from um_plugin.core.xi import estimate_xi
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _worker(rank, world, port, state, out):
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        from core_helpers import TinyCNN
+        model = TinyCNN()
+        model.load_state_dict(state)
+        shard = [b for i, b in enumerate(loader(batch_size=16)) if i % world == rank]
+        est = estimate_xi(model, shard, keep_ratio=0.8, seed=5, progress=False)
+        probe = TinyCNN()
+        attach_score_masks(probe, 0.8, generator=torch.Generator().manual_seed(5))
+        out[rank] = (est.xi, est.num_samples, torch.cat([p.detach().flatten() for p in score_parameters(probe)]).tolist())
+    finally:
+        dist.destroy_process_group()
+
+
+def test_xi_is_all_reduced_and_masks_agree_across_ranks():
+    model = trained_model(epochs=20)
+    single = estimate_xi(model, loader(batch_size=16), keep_ratio=0.8, seed=5, progress=False)
+    out = mp.Manager().dict()
+    mp.spawn(_worker, args=(2, _free_port(), model.state_dict(), out), nprocs=2, join=True)
+    (xi0, n0, s0), (xi1, n1, s1) = out[0], out[1]
+    assert n0 == n1 == 96
+    assert xi0 == xi1
+    assert abs(xi0 - single.xi) < 1e-6
+    assert s0 == s1

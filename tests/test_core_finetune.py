@@ -1,0 +1,172 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from core_helpers import TinyCNN, loader, state_equal, trained_model
+from um_plugin.core.checkpoint import load_checkpoint, save_checkpoint
+from um_plugin.core.finetune import (FinetuneConfig, Finetuner, NonFiniteLossError, run_um,
+                                     run_umap)
+from um_plugin.core.masks import has_score_masks, iter_score_masks, num_kept
+
+
+def fresh_copy(model):
+    copy = TinyCNN()
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
+@pytest.fixture(scope="module")
+def base():
+    return trained_model()
+
+
+def train_loss(model, flip=0.08):
+    x, y = loader(batch_size=96, flip=flip).dataset.tensors
+    model.eval()
+    with torch.no_grad():
+        return F.cross_entropy(model(x), y).item()
+
+
+def test_defaults_follow_official_configs():
+    c = FinetuneConfig()
+    assert (c.lr, c.momentum, c.weight_decay, c.epochs, c.keep_ratio, c.threshold) == \
+        (0.1, 0.9, 1e-4, 100, 0.8, "layer")
+
+
+def test_um_stops_at_xi_while_plain_ce_goes_to_zero():
+    torch.manual_seed(0)
+    start = TinyCNN()
+    config = FinetuneConfig(epochs=40, lr=0.05, progress=False)
+    xi = 0.3
+    plain = fresh_copy(start)
+    data = loader(shuffle=True, flip=0.0)  # separable: plain CE can drive the loss to 0
+    plain_hist = run_um(plain, data, 0.0, config)  # xi = 0 is plain CE
+    um = fresh_copy(start)
+    torch.manual_seed(0)
+    hist = run_um(um, data, xi, config)
+    assert hist.xi == [xi] * 40 and len(hist.loss) == 40
+    assert plain_hist.loss[-1] < 0.05 and train_loss(plain, flip=0.0) < 0.05
+    # the constrained objective |CE - xi| + xi stays near xi; the CE it implies hovers at xi
+    assert abs(hist.loss[-1] - xi) < 0.05
+    assert abs(train_loss(um, flip=0.0) - xi) < 0.1
+
+
+def test_umap_learns_mask_over_frozen_weights_then_bakes(base):
+    model = fresh_copy(base)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    hist = run_umap(model, loader(shuffle=True), 0.2,
+                    FinetuneConfig(epochs=3, lr=0.1, progress=False))
+    assert len(hist.loss) == 3
+    assert not has_score_masks(model) and type(model.conv) is nn.Conv2d
+    assert set(model.state_dict()) == set(before)
+    w, w0 = model.conv.weight.detach(), before["conv.weight"]
+    kept = w != 0
+    assert int(kept.sum()) == num_kept(w.numel(), 0.8)
+    assert torch.equal(w[kept], w0[kept])  # surviving weights are untouched
+    assert torch.equal(model.bn.weight, before["bn.weight"])  # frozen
+    assert all(p.requires_grad for p in model.parameters())
+
+
+def test_umap_scores_move(base):
+    model = fresh_copy(base)
+    tuner = Finetuner(model, 0.2, FinetuneConfig(mode="umap", epochs=1, progress=False),
+                      steps_per_epoch=3)
+    scores0 = [m.scores.detach().clone() for _, _, m in iter_score_masks(model)]
+    tuner.train_epoch(loader())
+    assert any(not torch.equal(a, m.scores) for a, (_, _, m) in zip(scores0, iter_score_masks(model)))
+
+
+def test_dict_batches(base):
+    model = fresh_copy(base)
+    hist = run_um(model, loader(dict_batches=True), 0.1, FinetuneConfig(epochs=1, progress=False))
+    assert 0 <= hist.acc[0] <= 1
+
+
+def test_cosine_schedule_reaches_min_lr(base):
+    tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=2, lr=0.1, progress=False),
+                      steps_per_epoch=3)
+    tuner.fit(loader())
+    assert tuner.optimizer.param_groups[0]["lr"] == pytest.approx(0.0, abs=1e-12)
+    assert tuner.history.lr[0] == pytest.approx(0.05)
+
+
+def test_nan_loss_stops_naming_epoch_step_and_keeps_last_good_model(base):
+    good = [(x, y) for x, y in loader()]
+    bad = list(good)
+    bad[2] = (torch.full_like(good[2][0], math.nan), good[2][1])
+    torch.manual_seed(0)
+    reference = fresh_copy(base)
+    ref_tuner = Finetuner(reference, 0.1, FinetuneConfig(epochs=1, progress=False), 3)
+    for x, y in good[:2]:
+        ref_tuner.step(x, y)
+    model = fresh_copy(base)
+    tuner = Finetuner(model, 0.1, FinetuneConfig(epochs=1, progress=False), 3)
+    with pytest.raises(NonFiniteLossError, match="epoch 0, step 2") as err:
+        tuner.train_epoch(bad)
+    assert (err.value.epoch, err.value.step) == (0, 2)
+    assert state_equal(model, reference)  # BN running stats included
+
+
+def test_bad_labels_and_loaders(base):
+    tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=1, progress=False), 1)
+    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
+        tuner.train_epoch([(torch.zeros(2, 1, 8, 8), torch.tensor([0, 7]))])
+    with pytest.raises(ValueError, match="no batches"):
+        tuner.train_epoch([])
+    with pytest.raises(ValueError, match="labels of shape"):
+        tuner.train_epoch([(torch.zeros(2, 1, 8, 8), torch.tensor([0]))])
+
+
+@pytest.mark.parametrize("field,value", [("mode", "prune"), ("epochs", 0), ("lr", -1.0),
+                                         ("keep_ratio", 1.2), ("threshold", "x"), ("beta", 0.0),
+                                         ("lr", math.nan)])
+def test_bad_config_values_named(field, value):
+    with pytest.raises(ValueError, match=field):
+        FinetuneConfig(**{field: value})
+
+
+def test_um_on_masked_model_refused(base):
+    model = fresh_copy(base)
+    Finetuner(model, 0.1, FinetuneConfig(mode="umap", progress=False), 1)
+    with pytest.raises(RuntimeError, match="score masks"):
+        Finetuner(model, 0.1, FinetuneConfig(mode="um", progress=False), 1)
+
+
+@pytest.mark.parametrize("mode", ["umap", "um"])
+def test_resume_from_checkpoint_is_bit_exact(base, mode, tmp_path):
+    config = FinetuneConfig(mode=mode, epochs=3, lr=0.05, progress=False)
+    data = loader(shuffle=True)
+
+    torch.manual_seed(11)
+    full = fresh_copy(base)
+    whole = Finetuner(full, 0.15, config, len(data))
+    whole.fit(data)
+
+    torch.manual_seed(11)
+    part = fresh_copy(base)
+    first = Finetuner(part, 0.15, config, len(data))
+    first.train_epoch(data)
+    path = save_checkpoint(first, tmp_path / "run.pt")
+    torch.manual_seed(999)  # the checkpoint, not the caller, owns the RNG now
+    resumed = load_checkpoint(fresh_copy(base), path)
+    assert resumed.epoch == 1
+    resumed.fit(data)
+
+    assert state_equal(resumed.model, whole.model)
+    assert resumed.history == whole.history
+    assert state_equal(resumed.finish(), whole.finish())
+
+
+def test_checkpoint_for_another_architecture(base, tmp_path):
+    tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=1, progress=False), 1)
+    path = save_checkpoint(tuner, tmp_path / "a.pt")
+
+    class Other(TinyCNN):
+        def __init__(self):
+            super().__init__(num_classes=5)
+
+    with pytest.raises(ValueError, match="does not fit Other"):
+        load_checkpoint(Other(), path)

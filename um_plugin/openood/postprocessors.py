@@ -1,0 +1,255 @@
+"""OpenOOD postprocessors ``um`` / ``umap`` (and ``um_<base>`` / ``umap_<base>``).
+
+``setup`` estimates ξ on ``id_loader_dict['train']``, runs UM or UMAP on the network *in
+place* (the Evaluator keeps its own reference to it), then hands setup, scoring and the APS
+hyper-parameter search to a base postprocessor (``base: ebo`` by default). Configs come from
+``<config_root>/postprocessors/<name>.yml`` when present, else from this package, so the
+Evaluator never downloads them; the base's YAML is read from OpenOOD's configs.
+"""
+from __future__ import annotations
+
+import os
+from importlib import resources
+
+from openood.postprocessors.base_postprocessor import BasePostprocessor
+from openood.utils.config import Config, merge_configs
+
+from .options import parse_options
+from .register import is_method_name, known_postprocessor_names
+
+APPLIED = "_um_plugin_applied"  # attribute set on a network once UM/UMAP has run on it
+# Evaluator wraps the net for these names only when they are the postprocessor_name itself.
+_NET_WRAPPERS = {
+    "react": ("openood.networks.react_net", "ReactNet"),
+    "ash": ("openood.networks.ash_net", "ASHNet"),
+    "scale": ("openood.networks.scale_net", "ScaleNet"),
+    "adascale_a": ("openood.networks.adascale_net", "AdaScaleANet"),
+    "adascale_l": ("openood.networks.adascale_net", "AdaScaleLNet"),
+}
+
+
+def split_name(name: str):
+    """``'umap_odin'`` -> ``('umap', 'odin')``; ``'um'`` -> ``('um', None)``."""
+    if name in ("um", "umap"):
+        return name, None
+    for mode in ("umap", "um"):
+        if name.startswith(mode + "_") and len(name) > len(mode) + 1:
+            return mode, name[len(mode) + 1:]
+    raise ValueError(f"{name!r} is not a UM postprocessor name; use 'um', 'umap', "
+                     "'um_<base>' or 'umap_<base>'")
+
+
+def packaged_config(name: str) -> str:
+    """Path of a YAML shipped in ``um_plugin/openood/configs``."""
+    return str(resources.files("um_plugin.openood").joinpath("configs", *name.split("/")))
+
+
+def base_config_candidates(base: str, config_root=None) -> list:
+    """Where the base postprocessor's YAML is looked for, in order (never downloaded)."""
+    roots = []
+    if config_root:
+        roots.append(os.fspath(config_root))
+    if os.environ.get("OPENOOD_CONFIG_ROOT"):
+        roots.append(os.environ["OPENOOD_CONFIG_ROOT"])
+    roots.append(os.path.join(os.getcwd(), "configs"))
+    import openood
+    roots.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(openood.__file__))), "configs"))
+    seen, out = set(), []
+    for root in roots:
+        path = os.path.abspath(os.path.join(root, "postprocessors", f"{base}.yml"))
+        if path not in seen:
+            seen.add(path)
+            out.append(path)
+    return out
+
+
+def _base_class(base: str):
+    from openood.evaluation_api import postprocessor as eval_pp
+    cls = eval_pp.postprocessors.get(base)
+    if cls is not None and not is_method_name(base):
+        return cls
+    return None
+
+
+def build_base(base: str, config: Config, config_root=None):
+    """The base postprocessor, configured from its own YAML merged over ``config``."""
+    if not isinstance(base, str) or is_method_name(base):
+        raise ValueError(f"base postprocessor must be an OpenOOD method name, got {base!r}; "
+                         f"known: {known_postprocessor_names()}")
+    known = known_postprocessor_names()
+    if base not in known:
+        raise ValueError(f"unknown base postprocessor {base!r}; OpenOOD knows {known}")
+    candidates = base_config_candidates(base, config_root)
+    path = next((p for p in candidates if os.path.isfile(p)), None)
+    if path is None:
+        raise FileNotFoundError(
+            f"no config for base postprocessor {base!r}; looked in {candidates}. Point "
+            "config_root (or OPENOOD_CONFIG_ROOT) at OpenOOD's configs/ folder.")
+    base_config = Config(config)
+    if "postprocessor" in base_config:
+        del base_config["postprocessor"]
+    base_config = merge_configs(base_config, Config(path))
+    cls = _base_class(base)
+    if cls is not None:
+        instance = cls(base_config)
+    else:  # only in openood.postprocessors.utils' registry
+        from openood.postprocessors import utils as pp_utils
+        from .register import original
+        instance = original(pp_utils.get_postprocessor)(base_config)
+    instance.APS_mode = bool(base_config.postprocessor.APS_mode)
+    instance.hyperparam_search_done = False
+    return instance
+
+
+class UnleashingPostprocessor(BasePostprocessor):
+    """Run UM / UMAP on the network in ``setup``, then score with a base postprocessor."""
+
+    mode = None
+    _DELEGATED = ("args_dict", "setup_flag")
+
+    def __init__(self, config: Config):
+        super().__init__(config)
+        section = config.postprocessor
+        name = section.name
+        if name not in (None, self.mode):
+            mode, base = split_name(name)
+            if mode != self.mode:
+                raise ValueError(f"postprocessor name {name!r} is not a {self.mode!r} method")
+        else:
+            base = None
+        self.base_name = base or section.get("base") or "ebo"
+        self.options = parse_options(section.postprocessor_args, self.mode,
+                                     "postprocessor.postprocessor_args")
+        self.base = build_base(self.base_name, config, section.get("config_root"))
+        aps = section.get("APS_mode")
+        self.APS_mode = self.base.APS_mode if aps is None else bool(aps)
+        self.hyperparam_search_done = False
+        self.xi = None
+        self._wrapped = {}
+
+    # --- the network -----------------------------------------------------------------------
+    def _base_net(self, net):
+        """The net the base expects (ReactNet etc. for react/ash/scale), cached per net."""
+        spec = _NET_WRAPPERS.get(self.base_name)
+        if spec is None or type(net).__name__ == spec[1]:
+            return net
+        key = id(net)
+        if key not in self._wrapped or self._wrapped[key].backbone is not net:
+            import importlib
+            self._wrapped[key] = getattr(importlib.import_module(spec[0]), spec[1])(net)
+        return self._wrapped[key]
+
+    def unleash(self, net, train_loader) -> None:
+        """Estimate ξ and run UM / UMAP on ``net`` in place (once per network)."""
+        from um_plugin.core.finetune import FinetuneConfig, run_um, run_umap
+
+        from .trainers import resolve_xi
+
+        if getattr(net, APPLIED, None) is not None:
+            return
+        o = self.options
+        self.xi = resolve_xi(net, train_loader, o, progress=True)
+        config = FinetuneConfig(mode=self.mode, epochs=o.epochs, lr=o.lr, momentum=o.momentum,
+                                weight_decay=o.weight_decay, nesterov=o.nesterov,
+                                keep_ratio=o.keep_ratio, threshold=o.threshold, beta=o.beta,
+                                seed=o.seed)
+        if self.mode == "umap" and not o.freeze_weights and hasattr(config, "freeze_weights"):
+            config.freeze_weights = False
+        (run_umap if self.mode == "umap" else run_um)(net, train_loader, self.xi, config)
+        net.eval()
+        setattr(net, APPLIED, self.mode)
+
+    # --- OpenOOD's postprocessor contract --------------------------------------------------
+    def setup(self, net, id_loader_dict, ood_loader_dict):
+        if "train" not in id_loader_dict:
+            raise KeyError(f"{self.mode} needs id_loader_dict['train'] (ID training data) to "
+                           f"estimate xi and fine-tune; got splits {sorted(id_loader_dict)}")
+        self.unleash(net, id_loader_dict["train"])
+        self.base.setup(self._base_net(net), id_loader_dict, ood_loader_dict)
+
+    def postprocess(self, net, data):
+        return self.base.postprocess(self._base_net(net), data)
+
+    def inference(self, net, data_loader, progress: bool = True):
+        return self.base.inference(self._base_net(net), data_loader, progress)
+
+    def set_hyperparam(self, hyperparam):
+        self.base.set_hyperparam(hyperparam)
+
+    def get_hyperparam(self):
+        return self.base.get_hyperparam()
+
+    def __getattr__(self, name):
+        # Only called for missing attributes: expose the base's search space / setup flag.
+        if name in UnleashingPostprocessor._DELEGATED and "base" in self.__dict__:
+            return getattr(self.__dict__["base"], name)
+        raise AttributeError(name)
+
+    def __getstate__(self):
+        state = dict(self.__dict__)
+        state["_wrapped"] = {}  # holds the network; eval_ood.py pickles postprocessors
+        return state
+
+
+class UMPostprocessor(UnleashingPostprocessor):
+    """UM fine-tuning of all weights, then the base score."""
+
+    mode = "um"
+
+
+class UMAPPostprocessor(UnleashingPostprocessor):
+    """UMAP mask learning (weights frozen), then the base score."""
+
+    mode = "umap"
+
+
+POSTPROCESSORS = {"um": UMPostprocessor, "umap": UMAPPostprocessor}
+
+
+def load_method_config(name: str, config_root=None) -> Config:
+    """Our YAML for ``name`` (``<config_root>`` copy first, else the packaged one), base filled in."""
+    mode, base = split_name(name)
+    path = None
+    if config_root:
+        for candidate in (name, mode):
+            p = os.path.join(config_root, "postprocessors", f"{candidate}.yml")
+            if os.path.isfile(p):
+                path = p
+                break
+    config = Config(path or packaged_config(f"postprocessors/{mode}.yml"))
+    config.postprocessor.name = mode
+    if base is not None:
+        config.postprocessor.base = base
+    config.postprocessor.config_root = os.fspath(config_root) if config_root else None
+    return config
+
+
+def make_evaluator_get_postprocessor(openood_get_postprocessor):
+    """Wrap ``openood.evaluation_api.postprocessor.get_postprocessor`` for our names."""
+
+    def get_postprocessor(config_root, postprocessor_name, id_data_name):
+        if not is_method_name(postprocessor_name):
+            return openood_get_postprocessor(config_root, postprocessor_name, id_data_name)
+        config = load_method_config(postprocessor_name, config_root)
+        config = merge_configs(config, Config(**{"dataset": {"name": id_data_name}}))
+        mode = config.postprocessor.name
+        return POSTPROCESSORS[mode](config)
+
+    return get_postprocessor
+
+
+def make_pipeline_get_postprocessor(openood_get_postprocessor):
+    """Wrap ``openood.postprocessors.utils.get_postprocessor`` (test_ood pipelines) for our names."""
+
+    def get_postprocessor(config):
+        name = config.postprocessor.name if config.postprocessor is not None else None
+        if not is_method_name(name):
+            return openood_get_postprocessor(config)
+        mode, base = split_name(name)
+        if base is not None:
+            config.postprocessor.base = base
+        config.postprocessor.name = mode
+        postprocessor = POSTPROCESSORS[mode](config)
+        return postprocessor
+
+    return get_postprocessor
