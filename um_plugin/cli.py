@@ -16,7 +16,7 @@ from importlib import resources
 
 
 def configs_root() -> str:
-    """Folder of the shipped YAMLs (``pipelines/train/*.yml``, ``postprocessors/*.yml``)."""
+    """Folder of the shipped YAMLs (``train_*.yml``, ``postprocessors/*.yml``)."""
     return str(resources.files("um_plugin").joinpath("openood", "configs"))
 
 
@@ -31,8 +31,17 @@ def shipped_configs() -> list:
     return sorted(out)
 
 
+def openood_destination(rel: str) -> str:
+    """Where a shipped YAML goes in OpenOOD's tree: pipeline configs under pipelines/train/."""
+    if os.path.dirname(rel) == "" and os.path.basename(rel).startswith("train_"):
+        return os.path.join("pipelines", "train", rel)
+    return rel
+
+
 def install_configs(dest: str, force: bool = False) -> list:
     """Copy the shipped YAMLs into an OpenOOD ``configs/`` tree; return the written paths.
+
+    ``train_um[ap].yml`` land in ``pipelines/train/``, ``um[ap].yml`` in ``postprocessors/``.
 
     Refuses to overwrite a different existing file unless ``force``.
     """
@@ -40,7 +49,7 @@ def install_configs(dest: str, force: bool = False) -> list:
         raise FileNotFoundError(f"{dest!r} is not a folder; pass OpenOOD's configs/ directory")
     written = []
     for rel in shipped_configs():
-        src, target = os.path.join(configs_root(), rel), os.path.join(dest, rel)
+        src, target = os.path.join(configs_root(), rel), os.path.join(dest, openood_destination(rel))
         if os.path.exists(target) and not force:
             with open(src, "rb") as a, open(target, "rb") as b:
                 if a.read() == b.read():

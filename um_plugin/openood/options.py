@@ -51,7 +51,7 @@ _NUMBER_RULES = {
     "xi_seed": (int, lambda v: True, "an integer"),
     "seed": (int, lambda v: True, "an integer"),
     "xi_draws": (int, lambda v: v >= 1, "an integer >= 1"),
-    "epochs": (int, lambda v: v >= 0, "an integer >= 0"),
+    "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
 }
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 

@@ -98,9 +98,13 @@ def _literal_names(func) -> set:
     names, stack = set(), [original(func).__code__]
     while stack:
         code = stack.pop()
-        for const in code.co_consts:
+        consts = list(code.co_consts)
+        while consts:
+            const = consts.pop()
             if isinstance(const, str) and const.isidentifier():
                 names.add(const)
+            elif isinstance(const, (tuple, frozenset)):  # keys of a small dict literal
+                consts.extend(const)
             elif isinstance(const, types.CodeType):
                 stack.append(const)
     return names

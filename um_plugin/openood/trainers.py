@@ -109,7 +109,7 @@ class UnleashingTrainer:
             average_gradients(self.params)
             self.optimizer.step()
             self.scheduler.step()
-            loss_avg = loss_avg * 0.8 + float(loss) * 0.2
+            loss_avg = loss_avg * 0.8 + float(loss.detach()) * 0.2
         broadcast_buffers(self.model)
         metrics = {"epoch_idx": epoch_idx, "loss": mean_over_ranks(loss_avg), "xi": self.xi}
         return self.output_net(), metrics

@@ -1,0 +1,147 @@
+"""Tiny benchmarks in OpenOOD's on-disk format, so integration tests never download anything.
+
+OpenOOD reads ``<data_root>/benchmark_imglist/<bench>/<split>.txt`` files whose lines are
+``<image path relative to data_dir> <label>``, and opens every image as RGB. These helpers
+write a few dozen small PNGs with class-dependent colours (so a net can tell classes apart)
+and the list files, deterministically.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+REQUIRE_ENV = "UM_PLUGIN_REQUIRE_OPENOOD"
+CHECKOUT_ENV = "UM_PLUGIN_OPENOOD_ROOT"
+
+
+def openood_checkout():
+    """An OpenOOD source checkout (main.py, scripts/, configs/), or None."""
+    candidates = [os.environ.get(CHECKOUT_ENV),
+                  os.path.expanduser("~/.cache/um-plugin/OpenOOD"), "/tmp/oo/OpenOOD"]
+    for path in candidates:
+        if path and os.path.isfile(os.path.join(path, "main.py")) and \
+                os.path.isdir(os.path.join(path, "configs", "postprocessors")):
+            return path
+    return None
+
+
+def write_images(data_root, data_dir, rel_folder, n, size, num_classes, seed, ood=False):
+    """Write ``n`` PNGs under ``data_root/data_dir/rel_folder``; return imglist lines."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    folder = os.path.join(data_root, data_dir, rel_folder)
+    os.makedirs(folder, exist_ok=True)
+    lines = []
+    for i in range(n):
+        label = i % num_classes
+        if ood:
+            pixels = rng.integers(0, 256, size=(size, size, 3))
+        else:
+            base = np.zeros(3)
+            base[label % 3] = 60 + 190 * (label // 3 + 1) / (num_classes // 3 + 1)
+            pixels = base + rng.normal(0, 25, size=(size, size, 3))
+        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
+        name = f"{rel_folder}/{i:03d}.png"
+        image.save(os.path.join(data_root, data_dir, name))
+        lines.append(f"{name} {label if not ood else -1}")
+    return lines
+
+
+def write_list(data_root, rel_path, lines):
+    path = os.path.join(data_root, rel_path)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    return rel_path
+
+
+def make_tiny_benchmark(data_root, name="tinybench", num_classes=3, size=28, per_split=24,
+                        data_dir="images_classic/", seed=0) -> dict:
+    """Write an ID set (train/val/test) and OOD sets; return ``register_benchmark`` kwargs."""
+    lists = {}
+    for k, split in enumerate(("train", "val", "test")):
+        lines = write_images(data_root, data_dir, f"{name}/{split}", per_split, size, num_classes, seed + k)
+        lists[split] = write_list(data_root, f"benchmark_imglist/{name}/{split}_{name}.txt", lines)
+    ood = {}
+    for k, ood_name in enumerate(("noise_val", "noise_near", "noise_far")):
+        lines = write_images(data_root, data_dir, f"{ood_name}/test", per_split // 2, size, num_classes,
+                             seed + 10 + k, ood=True)
+        ood[ood_name] = write_list(data_root, f"benchmark_imglist/{name}/test_{ood_name}.txt", lines)
+    return dict(name=name, data_root=str(data_root), num_classes=num_classes, id_train=lists["train"],
+                id_val=lists["val"], id_test=lists["test"], ood_val=ood["noise_val"],
+                near_ood={"noise_near": ood["noise_near"]}, far_ood={"noise_far": ood["noise_far"]},
+                data_dir=data_dir, image_size=size)
+
+
+def make_openood_layout(data_root, id_name="cifar10", size=32, per_list=12, seed=0) -> None:
+    """Fill every image list OpenOOD's ``DATA_INFO[id_name]`` names, and every dataset folder
+    ``data_setup`` checks, with a few images: the stock benchmark, miniature and offline."""
+    from openood.evaluation_api.datasets import DATA_INFO
+
+    info = DATA_INFO[id_name]
+    num_classes = info["num_classes"]
+    leaves = []
+
+    def walk(node, tag):
+        if isinstance(node, dict) and "imglist_path" in node:
+            leaves.append((tag, node))
+        elif isinstance(node, dict):
+            for key, value in node.items():
+                if key != "datasets":
+                    walk(value, f"{tag}_{key}" if tag else key)
+
+    walk({"id": info["id"], "csid": info["csid"], "ood": info["ood"]}, "")
+    for k, (tag, leaf) in enumerate(leaves):
+        is_ood = tag.startswith("ood")
+        folder = os.path.basename(leaf["imglist_path"]).rsplit(".", 1)[0].split("_", 1)[1]
+        lines = write_images(data_root, leaf["data_dir"], f"{folder}/{tag}", per_list, size,
+                             num_classes, seed + k, ood=is_ood)
+        write_list(data_root, leaf["imglist_path"], lines)
+
+
+def ddp_worker(rank, world_size, init_file, out_dir, config_dict, dataset_tensors):
+    """One rank of the gloo test: build the OpenOOD trainer, train an epoch, save what matters."""
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader, Dataset
+    from torch.utils.data.distributed import DistributedSampler
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world_size)
+    try:
+        import um_plugin.openood  # noqa: F401  registers
+        from openood.networks.lenet import LeNet
+        from openood.trainers import get_trainer
+        from openood.utils import Config
+
+        x, y = dataset_tensors
+
+        class Dicts(Dataset):
+            def __len__(self):
+                return len(y)
+
+            def __getitem__(self, i):
+                return {"data": x[i], "label": y[i]}
+
+        sampler = DistributedSampler(Dicts(), num_replicas=world_size, rank=rank, shuffle=True, seed=0)
+        loader = DataLoader(Dicts(), batch_size=4, sampler=sampler)
+        torch.manual_seed(0)
+        net = LeNet(num_classes=3, num_channel=3)
+        config = Config(config_dict)
+        trainer = get_trainer(net, loader, None, config)
+        masks = {}
+        from um_plugin.core.masks import iter_score_masks
+        out_net, metrics = trainer.train_epoch(1)
+        scores = {}
+        for name, _, m in iter_score_masks(trainer.model):
+            m.group.refresh()
+            masks[name] = m.mask.detach().clone()
+            scores[name] = m.scores.detach().clone()
+        torch.save({"xi": trainer.xi, "metrics": metrics, "state": out_net.state_dict(),
+                    "masks": masks, "scores": scores, "type": type(out_net).__name__,
+                    "shard": list(iter(sampler))},
+                   os.path.join(out_dir, f"rank{rank}.pt"))
+    finally:
+        dist.destroy_process_group()

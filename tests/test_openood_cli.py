@@ -1,0 +1,113 @@
+"""`um-openood run` drives OpenOOD's own main.py and scripts/eval_ood.py, unchanged, on CPU."""
+import glob
+import os
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from openood_fixtures import make_openood_layout, make_tiny_benchmark
+
+MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, cwd, timeout=420):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "um_plugin.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout
+
+
+def test_configs_listing_and_install(oo, tmp_path):
+    from um_plugin.cli import install_configs, main, shipped_configs
+    assert shipped_configs() == ["postprocessors/um.yml", "postprocessors/umap.yml",
+                                 "train_um.yml", "train_umap.yml"]
+    written = install_configs(str(tmp_path))
+    assert sorted(os.path.relpath(p, tmp_path) for p in written) == [
+        "pipelines/train/train_um.yml", "pipelines/train/train_umap.yml",
+        "postprocessors/um.yml", "postprocessors/umap.yml"]
+    assert install_configs(str(tmp_path)) == []  # same content: no-op
+    (tmp_path / "postprocessors" / "um.yml").write_text("edited")
+    with pytest.raises(FileExistsError, match="pass --force"):
+        install_configs(str(tmp_path))
+    assert main(["install-configs", str(tmp_path), "--force"]) == 0
+    with pytest.raises(FileNotFoundError, match="not a folder"):
+        install_configs(str(tmp_path / "nope"))
+
+
+@pytest.mark.parametrize("trainer", ["um"])  # umap: see the end-to-end test below
+def test_main_py_train_pipeline(oo, checkout, tmp_path, trainer):
+    from openood.networks.lenet import LeNet
+    from um_plugin.cli import configs_root
+
+    data = tmp_path / "data"
+    bench = make_tiny_benchmark(str(data), name="tinymnist", num_classes=10, size=28, per_split=20)
+    torch.manual_seed(0)
+    ckpt = tmp_path / "pretrained.ckpt"
+    torch.save(LeNet(num_classes=10, num_channel=3).state_dict(), ckpt)
+    overrides = []
+    for split, key in (("train", "id_train"), ("val", "id_val"), ("test", "id_test")):
+        overrides += [f"--dataset.{split}.data_dir", str(data / bench["data_dir"]),
+                      f"--dataset.{split}.imglist_pth", str(data / bench[key]),
+                      f"--dataset.{split}.batch_size", "8"]
+    out = _cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config",
+               os.path.join(checkout, "configs/datasets/mnist/mnist.yml"),
+               os.path.join(checkout, "configs/networks/lenet.yml"),
+               os.path.join(configs_root(), f"train_{trainer}.yml"),
+               os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
+               "--network.checkpoint", str(ckpt), "--num_workers", "0",
+               "--optimizer.num_epochs", "2", "--output_dir", str(tmp_path / "results"),
+               *overrides, cwd=tmp_path)
+    assert "loss constraint estimated" in out and "Completed!" in out
+    run_dirs = glob.glob(str(tmp_path / "results" / f"mnist_lenet_{trainer}_xiauto*" / "s0"))
+    assert len(run_dirs) == 1, os.listdir(tmp_path / "results")
+    for pattern in ("best.ckpt", "last_epoch2_acc*.ckpt"):
+        [path] = glob.glob(os.path.join(run_dirs[0], pattern))
+        fresh = LeNet(num_classes=10, num_channel=3)
+        fresh.load_state_dict(torch.load(path, map_location="cpu"), strict=True)
+
+
+def test_umap_train_then_stock_eval_ood_script(oo, checkout, tmp_path):
+    """Route 1 end to end on a miniature offline CIFAR-10 tree: main.py trains UMAP from a
+    ResNet18_32x32 checkpoint, then the stock scripts/eval_ood.py (symlinked, so its ROOT_DIR
+    is our temp tree) evaluates the saved best.ckpt with --postprocessor umap_ebo."""
+    from openood.networks import ResNet18_32x32
+    from um_plugin.cli import install_configs
+
+    tree = tmp_path / "OpenOOD"
+    (tree / "scripts").mkdir(parents=True)
+    os.symlink(os.path.join(checkout, "scripts", "eval_ood.py"), tree / "scripts" / "eval_ood.py")
+    (tree / "configs" / "postprocessors").mkdir(parents=True)
+    shutil.copy(os.path.join(checkout, "configs", "postprocessors", "ebo.yml"),
+                tree / "configs" / "postprocessors")
+    install_configs(str(tree / "configs"))
+    umap_yml = tree / "configs" / "postprocessors" / "umap.yml"
+    umap_yml.write_text(umap_yml.read_text().replace("epochs: 10", "epochs: 1"))
+    make_openood_layout(str(tree / "data"), "cifar10", size=32, per_list=8)
+    torch.manual_seed(0)
+    torch.save(ResNet18_32x32(num_classes=10).state_dict(), tmp_path / "pretrained.ckpt")
+
+    # cifar10.yml reads ./data/..., so running in the tree needs no data overrides
+    _cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config",
+         os.path.join(checkout, "configs/datasets/cifar10/cifar10.yml"),
+         os.path.join(checkout, "configs/networks/resnet18_32x32.yml"),
+         str(tree / "configs/pipelines/train/train_umap.yml"),
+         os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
+         "--network.checkpoint", str(tmp_path / "pretrained.ckpt"), "--num_workers", "0",
+         "--optimizer.num_epochs", "1", "--dataset.train.batch_size", "8", cwd=tree)
+    [run] = glob.glob(str(tree / "results" / "cifar10_resnet18_32x32_umap_xiauto_keep0.8_*"))
+    fresh = ResNet18_32x32(num_classes=10)
+    fresh.load_state_dict(torch.load(os.path.join(run, "s0", "best.ckpt")), strict=True)
+
+    out = _cli("run", "--cpu", str(tree / "scripts" / "eval_ood.py"), "--root", run,
+               "--postprocessor", "umap_ebo", "--id-data", "cifar10", "--batch-size", "16",
+               cwd=tmp_path)
+    assert "loss constraint estimated" in out
+    table = out[out.rindex("FPR@95"):]
+    for row in ("cifar100", "tin", "nearood", "mnist", "svhn", "texture", "places365", "farood"):
+        assert row in table
+    assert "nan" not in table.lower()
+    assert os.path.isfile(os.path.join(run, "s0", "postprocessors", "umap_ebo.pkl"))  # APS done

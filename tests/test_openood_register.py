@@ -1,0 +1,90 @@
+"""Registration reaches every OpenOOD lookup site, is idempotent, and never shadows OpenOOD."""
+import os
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _python(code):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
+                          capture_output=True, text=True, timeout=300)
+
+
+def test_import_um_plugin_never_imports_openood():
+    proc = _python("""
+        import sys, um_plugin, um_plugin.core, um_plugin.cli
+        assert not any(m == 'openood' or m.startswith('openood.') for m in sys.modules), 'openood imported'
+    """)
+    assert proc.returncode == 0, proc.stderr
+
+
+def test_missing_openood_says_how_to_install():
+    proc = _python("""
+        import sys
+        sys.modules['openood'] = None  # as if not installed
+        try:
+            import um_plugin.openood
+        except ImportError as exc:
+            print(type(exc).__name__, exc)
+    """)
+    assert "OpenOODNotInstalledError" in proc.stdout and "pip install" in proc.stdout, proc.stderr
+
+
+def test_copies_imported_before_and_after_registration(oo):
+    proc = _python("""
+        import openood.pipelines.train_pipeline as before_tr
+        import openood.evaluation_api.evaluator as before_ev
+        import um_plugin.openood as u
+        import openood.pipelines.test_ood_pipeline as after_pp
+        import openood.pipelines.finetune_pipeline as after_ft
+        wrapped = lambda f: hasattr(f, '__um_plugin_wraps__')
+        assert wrapped(before_tr.get_trainer) and wrapped(before_ev.get_postprocessor)
+        assert wrapped(after_pp.get_postprocessor) and wrapped(after_ft.get_trainer)
+        import openood.evaluation_api.postprocessor as ep
+        assert ep.postprocessors['umap'] is u.UMAPPostprocessor
+        print('ok')
+    """)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
+def test_register_twice_is_harmless(oo):
+    from openood.evaluation_api import postprocessor as eval_pp
+    from openood.trainers import utils as trainer_utils
+    first = trainer_utils.get_trainer, eval_pp.get_postprocessor, dict(eval_pp.postprocessors)
+    oo.register()
+    oo.register()
+    assert (trainer_utils.get_trainer, eval_pp.get_postprocessor, dict(eval_pp.postprocessors)) == first
+    inner = trainer_utils.get_trainer.__um_plugin_wraps__
+    assert not hasattr(inner, "__um_plugin_wraps__")  # wrapped once, not twice
+    assert oo.is_registered()
+
+
+def test_clash_with_openood_name_is_refused(oo, monkeypatch):
+    from openood.evaluation_api import postprocessor as eval_pp
+    from openood.postprocessors.ebo_postprocessor import EBOPostprocessor
+    from openood.trainers import utils as trainer_utils
+    monkeypatch.setitem(eval_pp.postprocessors, "umap", EBOPostprocessor)
+    with pytest.raises(oo.RegistrationError, match=r"already defines postprocessor 'umap'"):
+        oo.register()
+    monkeypatch.setitem(eval_pp.postprocessors, "umap", oo.UMAPPostprocessor)
+
+    def get_trainer(net, train_loader, val_loader, config):  # an OpenOOD that ships 'um'
+        return {"base": None, "um": None}[config.trainer.name]
+
+    monkeypatch.setattr(trainer_utils, "get_trainer", get_trainer)
+    with pytest.raises(oo.RegistrationError, match=r"trainer 'um' \(openood/trainers/utils.py\)"):
+        oo.register()
+
+
+def test_unrecognised_layout_names_the_file(oo, monkeypatch):
+    from openood.evaluation_api import postprocessor as eval_pp
+    monkeypatch.setattr(eval_pp, "postprocessors", list(eval_pp.postprocessors))
+    with pytest.raises(oo.OpenOODLayoutError,
+                       match=r"OpenOOD .*openood.evaluation_api.postprocessor.postprocessors to be a "
+                             r"dict.*openood/evaluation_api/postprocessor.py"):
+        oo.register()

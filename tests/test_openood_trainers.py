@@ -1,0 +1,112 @@
+"""The um / umap trainers on OpenOOD's trainer contract, single process and 2-rank gloo DDP."""
+import os
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, Dataset
+
+
+class _Dicts(Dataset):
+    """OpenOOD-style dict samples."""
+
+    def __init__(self, n=32, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.y = torch.arange(n) % 3
+        self.x = torch.randn(n, 3, 28, 28, generator=g) + self.y.view(-1, 1, 1, 1).float()
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        return {"data": self.x[i], "label": self.y[i]}
+
+
+def _config(name, epochs=2, **trainer_args):
+    from openood.utils import Config
+    args = {"loss_constraint": "auto"}
+    if name == "umap":
+        args.update(keep_ratio=0.8)
+    args.update(trainer_args)
+    return Config({"trainer": {"name": name, "trainer_args": args},
+                   "optimizer": {"name": "sgd", "num_epochs": epochs, "lr": 0.05, "momentum": 0.9,
+                                 "weight_decay": 0.0005}})
+
+
+def _lenet():
+    from openood.networks.lenet import LeNet
+    torch.manual_seed(0)
+    return LeNet(num_classes=3, num_channel=3)
+
+
+@pytest.mark.parametrize("name", ["um", "umap"])
+def test_trainer_contract_and_plain_checkpoint(oo, name):
+    from openood.trainers import get_trainer
+    net = _lenet()
+    loader = DataLoader(_Dicts(), batch_size=8, shuffle=True)
+    trainer = get_trainer(net, loader, None, _config(name))
+    assert type(trainer).__name__ == {"um": "UMTrainer", "umap": "UMAPTrainer"}[name]
+    assert trainer.xi > 0
+    lrs = []
+    for epoch in (1, 2):
+        out, metrics = trainer.train_epoch(epoch)
+        lrs.append(trainer.optimizer.param_groups[0]["lr"])
+        assert set(metrics) >= {"epoch_idx", "loss"} and metrics["epoch_idx"] == epoch
+        assert metrics["loss"] > 0 and metrics["xi"] == trainer.xi
+    assert lrs[1] < lrs[0] < 0.05  # per-step cosine schedule from optimizer.lr
+    fresh = _lenet().__class__(num_classes=3, num_channel=3)
+    fresh.load_state_dict(out.state_dict(), strict=True)  # what the recorder saves
+    x = torch.randn(4, 3, 28, 28)
+    out.eval(), fresh.eval()
+    assert torch.allclose(out(x), fresh(x))
+    if name == "umap":
+        zeros = (out.state_dict()["fc.weight"] == 0).float().mean().item()
+        assert 0.15 < zeros < 0.25
+
+
+def test_fixed_xi_and_bad_args(oo):
+    from openood.trainers import get_trainer
+    loader = DataLoader(_Dicts(8), batch_size=4)
+    trainer = get_trainer(_lenet(), loader, None, _config("um", loss_constraint="0.25"))
+    assert trainer.xi == 0.25
+    with pytest.raises(ValueError, match=r"loss_constraint must be 'auto' or a number.*'lots'"):
+        get_trainer(_lenet(), loader, None, _config("um", loss_constraint="lots"))
+    with pytest.raises(ValueError, match=r"keep_ratio must be a number in \(0, 1\], got 1.5"):
+        get_trainer(_lenet(), loader, None, _config("umap", keep_ratio=1.5))
+    with pytest.raises(ValueError, match=r"unknown keys \['keep_rato'\]; valid keys are"):
+        get_trainer(_lenet(), loader, None, _config("umap", keep_rato=0.5))
+    with pytest.raises(ValueError, match=r"threshold must be one of \('layer', 'global'\)"):
+        get_trainer(_lenet(), loader, None, _config("umap", threshold="model"))
+
+
+def test_other_trainers_still_reach_openood(oo):
+    from openood.trainers import get_trainer
+    from openood.trainers.base_trainer import BaseTrainer
+    trainer = get_trainer(_lenet(), DataLoader(_Dicts(8), batch_size=4), None, _config("base"))
+    assert type(trainer) is BaseTrainer
+
+
+def test_two_rank_gloo_same_xi_and_masks(oo, tmp_path):
+    """ξ is all-reduced over the shards (equals the one-process ξ on all data); masks and the
+    exported weights are identical on both ranks."""
+    import torch.multiprocessing as mp
+
+    from openood.trainers import get_trainer
+    from openood_fixtures import ddp_worker
+
+    data = _Dicts(32)
+    config = _config("umap", epochs=1)
+    mp.spawn(ddp_worker, nprocs=2, join=True,
+             args=(2, str(tmp_path / "init"), str(tmp_path), dict(config), (data.x, data.y)))
+    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
+    assert set(r0["shard"]).isdisjoint(r1["shard"])  # each rank saw its own half
+    assert r0["xi"] == r1["xi"]
+    single = get_trainer(_lenet(), DataLoader(data, batch_size=4), None, _config("umap", epochs=1))
+    assert r0["xi"] == pytest.approx(single.xi, rel=1e-5)
+    assert r0["masks"].keys() == r1["masks"].keys() and r0["masks"]
+    for k in r0["masks"]:
+        assert torch.equal(r0["masks"][k], r1["masks"][k]), k
+        # different shards, same gradients: the scores moved, and identically
+        assert torch.equal(r0["scores"][k], r1["scores"][k]), k
+    for k in r0["state"]:
+        assert torch.equal(r0["state"][k], r1["state"][k]), k
+    assert r0["type"] == "LeNet" and r0["metrics"]["loss"] == r1["metrics"]["loss"]

@@ -1,0 +1,163 @@
+"""PNG plots for the embedded benchmark (matplotlib, Agg backend, no display needed)."""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+
+def _plt():
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    return plt
+
+
+def make_all(results, hist, out, cfg, set_split) -> list:
+    """Write every plot the data allows; returns the paths written."""
+    paths = []
+    seeds = list(results["seeds"].values())
+    if not seeds:
+        return paths
+    for fn in (_histograms, _finetune_loss, _stage, _xi_sweep):
+        try:
+            p = fn(results, hist, out, set_split)
+        except (KeyError, ValueError, IndexError):
+            p = None  # a plot whose inputs a partial run lacks is skipped, not fatal
+        if p:
+            paths.extend(p if isinstance(p, list) else [p])
+    return paths
+
+
+def _histograms(results, hist, out, set_split):
+    if not hist:
+        return None
+    plt = _plt()
+    after = "um" if "um" in hist else ("umap" if "umap" in hist else None)
+    methods = ["baseline"] + ([after] if after else [])
+    paths = []
+    for score in hist["baseline"]:
+        fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 3.8), squeeze=False)
+        for ax, method in zip(axes[0], methods):
+            by = hist[method][score]
+            vals = np.concatenate([by[k][1] for k in ["id_test"] + list(set_split)])
+            lo, hi = np.percentile(vals, 0.5), np.percentile(vals, 99.5)
+            bins = np.linspace(lo, hi, 50)
+            ax.hist(by["id_test"][1], bins=bins, alpha=0.6, density=True, label="ID (MNIST test)",
+                    color="k")
+            for s in set_split:
+                ax.hist(by[s][1], bins=bins, histtype="step", density=True, label=s, lw=1.4)
+            ax.set_title(f"{method} ({score}), seed {list(results['seeds'])[0]}")
+            ax.set_xlabel(f"{score} score (higher = more ID)")
+        axes[0][0].legend(fontsize=7)
+        fig.tight_layout()
+        p = os.path.join(out, f"hist_{score}.png")
+        fig.savefig(p, dpi=110)
+        plt.close(fig)
+        paths.append(p)
+    return paths
+
+
+def _finetune_loss(results, hist, out, set_split):
+    rec = list(results["seeds"].values())[0]
+    modes = [m for m in ("ce", "um", "umap") if m in rec["models"]]
+    if not modes:
+        return None
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for m in modes:
+        h = rec["models"][m]["history"]
+        line, = ax.plot(range(1, len(h["loss"]) + 1), h["loss"], marker="o", ms=3,
+                        label=f"{m} train loss")
+        if m != "ce":
+            ax.axhline(h["xi"], ls="--", color=line.get_color(), label=f"{m} ξ = {h['xi']:.3g}")
+    ax.set_xlabel("fine-tuning epoch")
+    ax.set_ylabel("mean train CE (constrained objective)")
+    ax.set_yscale("log")
+    ax.set_title("fine-tuning loss vs the ξ line (seed %s)" % list(results["seeds"])[0])
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    p = os.path.join(out, "finetune_loss.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
+def _stage(results, hist, out, set_split):
+    seeds = [r for r in results["seeds"].values() if r.get("stage")]
+    if not seeds:
+        return None
+    plt = _plt()
+    score = "msp" if "msp" in seeds[0]["stage"][0] else [k for k in seeds[0]["stage"][0] if k != "epoch"][0]
+    rows = [r for r in ("nearood", "farood") if r in seeds[0]["stage"][0][score]] + list(set_split)
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    epochs = [e["epoch"] for e in seeds[0]["stage"]]
+    for i, row in enumerate(rows):
+        curves = np.array([[e[score][row] for e in r["stage"]] for r in seeds])
+        mu = curves.mean(0)
+        ax = axes[0] if row.endswith("ood") else axes[1]
+        line, = ax.plot(epochs, mu, label=row, lw=2 if row.endswith("ood") else 1.2)
+        b = int(np.argmax(mu))
+        ax.scatter([epochs[b]], [mu[b]], color=line.get_color(), marker="*", s=120, zorder=3)
+        ax.scatter([epochs[-1]], [mu[-1]], color=line.get_color(), marker="s", s=30, zorder=3)
+        ax.annotate(f"best {mu[b]:.1f} @{epochs[b]} / final {mu[-1]:.1f}", (epochs[b], mu[b]),
+                    fontsize=7, xytext=(3, 4), textcoords="offset points")
+    acc = np.array([[e[score]["acc"] for e in r["stage"]] for r in seeds]).mean(0)
+    ax2 = axes[0].twinx()
+    ax2.plot(epochs, acc, color="gray", ls=":", label="ID test acc")
+    ax2.set_ylabel("ID test accuracy (%)", color="gray")
+    for ax, title in zip(axes, ("near / far mean", "per OOD set")):
+        ax.set_xlabel("training epoch of the base LeNet")
+        ax.set_ylabel(f"{score.upper()} AUROC (%)")
+        ax.set_title(f"{title}: ★ intermediate best, ■ final ({len(seeds)} seeds)")
+        ax.legend(fontsize=7, loc="lower right")
+    fig.tight_layout()
+    p = os.path.join(out, "stage_auroc.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
+
+
+def _xi_sweep(results, hist, out, set_split):
+    seeds = list(results["seeds"].values())
+    modes = [m for m in ("um", "umap") if f"{m}_sweep" in seeds[0]]
+    if not modes:
+        return None
+    plt = _plt()
+    base = seeds[0]["models"]["baseline"]["metrics"]
+    scores = list(base)
+    score = "ebo" if "ebo" in scores else scores[0]
+    fig, axes = plt.subplots(1, 3, figsize=(14, 4))
+    panels = [("AUROC", "AUROC (%)"), ("FPR@95", "FPR@95 (%)"), ("ACC", "ID accuracy (%)")]
+    for mode, style in zip(modes, ("-o", "--s")):
+        labels = [e["label"] for e in seeds[0][f"{mode}_sweep"]]
+        xis = np.array([[e["xi"] for e in r[f"{mode}_sweep"]] for r in seeds]).mean(0)
+        order = np.argsort(xis)
+        for ax, (metric, ylabel) in zip(axes, panels):
+            rows = ["acc"] if metric == "ACC" else [r for r in ("nearood", "farood")
+                                                     if r in base[score]["sets"]]
+            for row in rows:
+                vals = np.array([[e["metrics"][score]["acc"] if row == "acc" else
+                                  e["metrics"][score]["sets"][row][metric]
+                                  for e in r[f"{mode}_sweep"]] for r in seeds]).mean(0)
+                ax.plot(xis[order], vals[order], style, label=f"{mode} {row}")
+            ax.set_xscale("log")
+            ax.set_xlabel("ξ (mean over seeds)")
+            ax.set_ylabel(ylabel)
+        del labels
+    for ax, (metric, _) in zip(axes, panels):
+        for row in (["acc"] if metric == "ACC" else [r for r in ("nearood", "farood")
+                                                     if r in base[score]["sets"]]):
+            v = np.mean([r["models"]["baseline"]["metrics"][score]["acc"] if row == "acc" else
+                         r["models"]["baseline"]["metrics"][score]["sets"][row][metric]
+                         for r in seeds])
+            ax.axhline(v, color="gray", ls=":", lw=1)
+        ax.legend(fontsize=7)
+    axes[0].set_title(f"{score}: OOD AUROC vs ξ (dotted: baseline)")
+    axes[1].set_title(f"{score}: FPR@95 vs ξ")
+    axes[2].set_title("ID accuracy vs ξ")
+    fig.tight_layout()
+    p = os.path.join(out, "xi_sweep.png")
+    fig.savefig(p, dpi=110)
+    plt.close(fig)
+    return p
