@@ -166,3 +166,24 @@ def test_same_seed_same_mask():
     sa = score_parameters(a)
     assert all(torch.equal(x, y) for x, y in zip(sa, score_parameters(b)))
     assert not torch.equal(sa[0], score_parameters(c)[0])
+
+
+def test_ties_at_the_threshold_still_keep_exactly_k():
+    scores = torch.tensor([[1.0, 2.0, 2.0, 2.0], [2.0, 3.0, -2.0, 0.5]])
+    mask = torch.empty_like(scores)
+    topk_mask_(mask, scores, 5)
+    assert int(mask.sum()) == 5
+    assert mask[0, 0] == 0 and mask[1, 3] == 0 and mask[1, 1] == 1
+
+
+def test_scratch_buffer_is_reused_across_steps():
+    model = masked_model()
+    x = torch.randn(2, 1, 8, 8)
+    model(x)
+    group = next(iter_score_masks(model))[2].group
+    scratch = group._scratch
+    with torch.no_grad():
+        for p in score_parameters(model):
+            p.mul_(-1.5)
+    model(x)
+    assert group._scratch is scratch

@@ -38,23 +38,26 @@ def num_kept(numel: int, keep_ratio: float) -> int:
     return numel - int((1 - keep_ratio) * numel)
 
 
-def topk_mask_(mask: torch.Tensor, scores: torch.Tensor, keep: int) -> torch.Tensor:
+def topk_mask_(mask: torch.Tensor, scores: torch.Tensor, keep: int,
+               scratch: torch.Tensor | None = None) -> torch.Tensor:
     """Fill ``mask`` with 1 at the ``keep`` largest ``|scores|`` and 0 elsewhere, in place.
 
-    Selects only the smaller side (kept or dropped) with ``topk``: no full sort, and the
-    result equals the mask a full sort gives (up to ties, which have measure zero here).
+    One ``kthvalue`` finds the threshold and one comparison writes the mask: no sort, no
+    per-step allocation when a ``scratch`` buffer is given. Equal to the full-sort mask; if
+    ties at the threshold would keep too many (a measure-zero event for real-valued scores,
+    checked on the CPU only, where the check costs no device sync), a ``topk`` picks exactly.
     """
-    flat = scores.detach().abs().view(-1)
-    numel = flat.numel()
+    numel = scores.numel()
     drop = numel - keep
     out = mask.view(-1)
     if drop == 0:
         return mask.fill_(1)
-    if drop <= keep:
-        idx = torch.topk(flat, drop, largest=False, sorted=False).indices
-        out.fill_(1).index_fill_(0, idx, 0)
-    else:
-        idx = torch.topk(flat, keep, largest=True, sorted=False).indices
+    flat = scores.detach().view(-1)
+    magnitude = torch.abs(flat, out=scratch.view(-1)[:numel]) if scratch is not None else flat.abs()
+    threshold = torch.kthvalue(magnitude, drop).values
+    torch.gt(magnitude, threshold, out=out)
+    if out.device.type == "cpu" and int(out.sum()) != keep:
+        idx = torch.topk(magnitude, keep, sorted=False).indices
         out.zero_().index_fill_(0, idx, 1)
     return mask
 
@@ -101,9 +104,17 @@ class _MaskGroup:
         self.threshold = threshold
         self.members: list[ScoreMask] = []
         self._seen: tuple | None = None
+        self._scratch: torch.Tensor | None = None
 
     def _state(self) -> tuple:
         return tuple((m.scores.data_ptr(), m.scores._version) for m in self.members)
+
+    def _scratch_for(self, numel: int) -> torch.Tensor:
+        ref = self.members[0].scores
+        s = self._scratch
+        if s is None or s.numel() < numel or s.device != ref.device or s.dtype != ref.dtype:
+            self._scratch = s = torch.empty(numel, device=ref.device, dtype=ref.dtype)
+        return s
 
     def refresh(self) -> None:
         state = self._state()
@@ -111,12 +122,14 @@ class _MaskGroup:
             return
         with torch.no_grad():
             if self.threshold == "layer":
+                scratch = self._scratch_for(max(m.scores.numel() for m in self.members))
                 for m in self.members:
-                    topk_mask_(m.mask, m.scores, num_kept(m.scores.numel(), self.keep_ratio))
+                    topk_mask_(m.mask, m.scores, num_kept(m.scores.numel(), self.keep_ratio),
+                               scratch)
             else:
                 scores = torch.cat([m.scores.detach().view(-1) for m in self.members])
                 flat_mask = torch.empty_like(scores)
-                topk_mask_(flat_mask, scores, num_kept(scores.numel(), self.keep_ratio))
+                topk_mask_(flat_mask, scores, num_kept(scores.numel(), self.keep_ratio), scores)
                 offset = 0
                 for m in self.members:
                     n = m.mask.numel()
