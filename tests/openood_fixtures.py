@@ -18,7 +18,7 @@ CHECKOUT_ENV = "UM_PLUGIN_OPENOOD_ROOT"
 def openood_checkout():
     """An OpenOOD source checkout (main.py, scripts/, configs/), or None."""
     candidates = [os.environ.get(CHECKOUT_ENV),
-                  os.path.expanduser("~/.cache/um-plugin/OpenOOD"), "/tmp/oo/OpenOOD"]
+                  os.path.expanduser("~/.cache/um-plugin/OpenOOD")]
     for path in candidates:
         if path and os.path.isfile(os.path.join(path, "main.py")) and \
                 os.path.isdir(os.path.join(path, "configs", "postprocessors")):
@@ -101,8 +101,9 @@ def make_openood_layout(data_root, id_name="cifar10", size=32, per_list=12, seed
         write_list(data_root, leaf["imglist_path"], lines)
 
 
-def ddp_worker(rank, world_size, init_file, out_dir, config_dict, dataset_tensors):
-    """One rank of the gloo test: build the OpenOOD trainer, train an epoch, save what matters."""
+def ddp_worker(rank, world_size, init_file, out_dir, configs, dataset_tensors):
+    """One rank of the gloo test: for each trainer config, build the OpenOOD trainer on a
+    DDP-wrapped LeNet, train an epoch on this rank's shard, save what must agree across ranks."""
     import torch
     import torch.distributed as dist
     from torch.utils.data import DataLoader, Dataset
@@ -115,6 +116,7 @@ def ddp_worker(rank, world_size, init_file, out_dir, config_dict, dataset_tensor
         from openood.networks.lenet import LeNet
         from openood.trainers import get_trainer
         from openood.utils import Config
+        from um_plugin.core.masks import iter_score_masks
 
         x, y = dataset_tensors
 
@@ -125,23 +127,23 @@ def ddp_worker(rank, world_size, init_file, out_dir, config_dict, dataset_tensor
             def __getitem__(self, i):
                 return {"data": x[i], "label": y[i]}
 
-        sampler = DistributedSampler(Dicts(), num_replicas=world_size, rank=rank, shuffle=True, seed=0)
-        loader = DataLoader(Dicts(), batch_size=4, sampler=sampler)
-        torch.manual_seed(0)
-        net = LeNet(num_classes=3, num_channel=3)
-        config = Config(config_dict)
-        trainer = get_trainer(net, loader, None, config)
-        masks = {}
-        from um_plugin.core.masks import iter_score_masks
-        out_net, metrics = trainer.train_epoch(1)
-        scores = {}
-        for name, _, m in iter_score_masks(trainer.model):
-            m.group.refresh()
-            masks[name] = m.mask.detach().clone()
-            scores[name] = m.scores.detach().clone()
-        torch.save({"xi": trainer.xi, "metrics": metrics, "state": out_net.state_dict(),
-                    "masks": masks, "scores": scores, "type": type(out_net).__name__,
-                    "shard": list(iter(sampler))},
-                   os.path.join(out_dir, f"rank{rank}.pt"))
+        for name, config_dict in configs.items():
+            sampler = DistributedSampler(Dicts(), num_replicas=world_size, rank=rank, shuffle=True,
+                                         seed=0)
+            loader = DataLoader(Dicts(), batch_size=4, sampler=sampler)
+            torch.manual_seed(rank)  # different inits: DDP must broadcast rank 0's, as in OpenOOD
+            net = torch.nn.parallel.DistributedDataParallel(LeNet(num_classes=3, num_channel=3))
+            trainer = get_trainer(net, loader, None, Config(config_dict))
+            out_net, metrics = trainer.train_epoch(1)
+            out_net = getattr(out_net, "module", out_net)  # um hands back OpenOOD's DDP wrapper
+            masks, scores = {}, {}
+            for layer, _, m in iter_score_masks(trainer.model):
+                m.group.refresh()
+                masks[layer] = m.mask.detach().clone()
+                scores[layer] = m.scores.detach().clone()
+            torch.save({"xi": trainer.xi, "metrics": metrics, "state": out_net.state_dict(),
+                        "masks": masks, "scores": scores, "type": type(out_net).__name__,
+                        "shard": list(iter(sampler))},
+                       os.path.join(out_dir, f"{name}_rank{rank}.pt"))
     finally:
         dist.destroy_process_group()

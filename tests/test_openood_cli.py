@@ -111,3 +111,22 @@ def test_umap_train_then_stock_eval_ood_script(oo, checkout, tmp_path):
         assert row in table
     assert "nan" not in table.lower()
     assert os.path.isfile(os.path.join(run, "s0", "postprocessors", "umap_ebo.pkl"))  # APS done
+
+
+def test_run_registers_and_cpu_only_on_request(oo, tmp_path):
+    from um_plugin.cli import main
+    from um_plugin.openood.cpu import cpu_fallback_enabled, disable_cpu_fallback
+    script = tmp_path / "probe.py"
+    script.write_text(
+        "import sys, torch, openood.trainers.utils as u\n"
+        "assert hasattr(u.get_trainer, '__um_plugin_wraps__')\n"
+        "print('argv', sys.argv[1:], 'cpu', torch.Tensor.cuda.__name__ == '_stay')\n")
+    main(["run", str(script), "--x", "1"])
+    assert not cpu_fallback_enabled()  # GPU code paths untouched without --cpu
+    try:
+        main(["run", "--cpu", str(script)])
+        assert cpu_fallback_enabled()
+    finally:
+        disable_cpu_fallback()
+    with pytest.raises(FileNotFoundError, match="script 'nope.py' not found"):
+        main(["run", "nope.py"])

@@ -88,3 +88,16 @@ def test_unrecognised_layout_names_the_file(oo, monkeypatch):
                        match=r"OpenOOD .*openood.evaluation_api.postprocessor.postprocessors to be a "
                              r"dict.*openood/evaluation_api/postprocessor.py"):
         oo.register()
+
+
+def test_spawned_gpu_workers_register_first(oo):
+    """main.py with num_gpus > 1 spawns fresh interpreters; they must register before training."""
+    import importlib
+    import pickle
+
+    launch = importlib.import_module("openood.utils.launch")  # openood.utils.launch is also a function
+    from um_plugin.openood.register import original
+    from um_plugin.openood.spawn import registered_worker
+    assert launch._distributed_worker is registered_worker
+    assert pickle.loads(pickle.dumps(launch._distributed_worker)) is registered_worker  # by reference
+    assert original(registered_worker).__module__ == "openood.utils.launch"

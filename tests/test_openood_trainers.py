@@ -86,27 +86,44 @@ def test_other_trainers_still_reach_openood(oo):
 
 
 def test_two_rank_gloo_same_xi_and_masks(oo, tmp_path):
-    """ξ is all-reduced over the shards (equals the one-process ξ on all data); masks and the
-    exported weights are identical on both ranks."""
+    """Under DDP (as OpenOOD wraps it), ξ is all-reduced over the shards (equals the
+    one-process ξ on all data); masks, scores and weights stay identical on both ranks."""
     import torch.multiprocessing as mp
 
     from openood.trainers import get_trainer
     from openood_fixtures import ddp_worker
 
     data = _Dicts(32)
-    config = _config("umap", epochs=1)
+    configs = {name: dict(_config(name, epochs=1)) for name in ("umap", "um")}
     mp.spawn(ddp_worker, nprocs=2, join=True,
-             args=(2, str(tmp_path / "init"), str(tmp_path), dict(config), (data.x, data.y)))
-    r0, r1 = (torch.load(tmp_path / f"rank{r}.pt", weights_only=False) for r in (0, 1))
-    assert set(r0["shard"]).isdisjoint(r1["shard"])  # each rank saw its own half
-    assert r0["xi"] == r1["xi"]
-    single = get_trainer(_lenet(), DataLoader(data, batch_size=4), None, _config("umap", epochs=1))
-    assert r0["xi"] == pytest.approx(single.xi, rel=1e-5)
-    assert r0["masks"].keys() == r1["masks"].keys() and r0["masks"]
-    for k in r0["masks"]:
-        assert torch.equal(r0["masks"][k], r1["masks"][k]), k
-        # different shards, same gradients: the scores moved, and identically
-        assert torch.equal(r0["scores"][k], r1["scores"][k]), k
-    for k in r0["state"]:
-        assert torch.equal(r0["state"][k], r1["state"][k]), k
-    assert r0["type"] == "LeNet" and r0["metrics"]["loss"] == r1["metrics"]["loss"]
+             args=(2, str(tmp_path / "init"), str(tmp_path), configs, (data.x, data.y)))
+    for name in configs:
+        r0, r1 = (torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=False) for r in (0, 1))
+        assert set(r0["shard"]).isdisjoint(r1["shard"])  # each rank saw its own half
+        assert r0["xi"] == r1["xi"]
+        single = get_trainer(_lenet(), DataLoader(data, batch_size=4), None, _config(name, epochs=1))
+        assert r0["xi"] == pytest.approx(single.xi, rel=1e-5), name
+        assert r0["masks"].keys() == r1["masks"].keys()
+        assert bool(r0["masks"]) == (name == "umap")
+        for k in r0["masks"]:
+            assert torch.equal(r0["masks"][k], r1["masks"][k]), k
+            # different shards, same gradients: the scores moved, and identically
+            assert torch.equal(r0["scores"][k], r1["scores"][k]), k
+        assert not torch.equal(r0["state"]["fc.weight"], _lenet().state_dict()["fc.weight"])
+        for k in r0["state"]:
+            assert torch.equal(r0["state"][k], r1["state"][k]), (name, k)
+        assert r0["type"] == "LeNet" and r0["metrics"]["loss"] == r1["metrics"]["loss"]
+
+
+def test_umap_trainer_can_train_weights_too(oo):
+    """freeze_weights: false (the official CIFAR-100 UMAP setting) learns scores and weights."""
+    from openood.trainers import get_trainer
+    net = _lenet()
+    before = net.fc.weight.detach().clone()
+    trainer = get_trainer(net, DataLoader(_Dicts(16), batch_size=8), None,
+                          _config("umap", epochs=1, freeze_weights=False, loss_constraint=0.01))
+    weight = trainer.model.fc.parametrizations.weight.original
+    assert any(p is weight for p in trainer.params) and weight.requires_grad
+    out, _ = trainer.train_epoch(1)
+    kept = out.fc.weight != 0
+    assert not torch.equal(out.fc.weight[kept], before[kept])  # surviving weights moved

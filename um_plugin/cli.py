@@ -71,9 +71,13 @@ def run_script(script: str, args: list, cpu: bool = False) -> None:
     if cpu:
         from um_plugin.openood.cpu import enable_cpu_fallback
         enable_cpu_fallback()
+    saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [script, *args]
-    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))
-    runpy.run_path(script, run_name="__main__")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python script` does
+    try:
+        runpy.run_path(script, run_name="__main__")
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -2,8 +2,9 @@
 
 OpenOOD calls ``tensor.cuda()`` / ``module.cuda()`` unconditionally (trainers, evaluators,
 postprocessors, ``scripts/eval_ood.py``). CI benchmark runs have no GPU, so while the fallback
-is on those calls return the object unchanged and ``torch.cuda.device_count()`` reports 0 (so
-``nn.DataParallel`` wraps nothing). Nothing is patched unless this is called; GPU runs never
+is on those calls return the object unchanged, ``torch.cuda.device_count()`` reports 0 (so
+``nn.DataParallel`` wraps nothing) and ``torch.load`` maps GPU-saved checkpoints to the CPU
+(``get_network`` loads them without ``map_location``). Nothing is patched unless this is called; GPU runs never
 see it.
 """
 from __future__ import annotations
@@ -24,11 +25,20 @@ def _no_devices() -> int:
     return 0
 
 
+def _load_to_cpu(load):
+    def cpu_load(*args, **kwargs):
+        if len(args) < 2 and kwargs.get("map_location") is None:
+            kwargs["map_location"] = "cpu"
+        return load(*args, **kwargs)
+    return cpu_load
+
+
 def _patches():
     return [
         (torch.Tensor, "cuda", _stay),
         (torch.nn.Module, "cuda", _stay),
         (torch.cuda, "device_count", _no_devices),
+        (torch, "load", _load_to_cpu(torch.load)),
     ]
 
 

@@ -112,4 +112,7 @@ def parse_options(section: Optional[Mapping], mode: str, where: str) -> MethodOp
             out[key] = value
         else:
             out[key] = _number(key, value, *_NUMBER_RULES[key], where)
-    return MethodOptions(**out)
+    options = MethodOptions(**out)
+    if options.nesterov and options.momentum == 0:
+        raise ValueError(f"{where}.nesterov: true needs momentum > 0; set nesterov: false or a momentum")
+    return options

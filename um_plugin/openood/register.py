@@ -31,6 +31,7 @@ _LAYOUT = (
     ("openood.evaluation_api.preprocessor", "default_preprocessing_dict", dict),
     ("openood.trainers.lr_scheduler", "cosine_annealing", types.FunctionType),
     ("openood.utils.comm", "is_main_process", types.FunctionType),
+    ("openood.utils.launch", "_distributed_worker", types.FunctionType),
 )
 _WRAPPED = "__um_plugin_wraps__"  # attribute on our wrappers pointing at OpenOOD's original
 
@@ -179,6 +180,17 @@ def register() -> None:
     _hook(modules["openood.evaluation_api.postprocessor"], "get_postprocessor",
           ours_pp.make_evaluator_get_postprocessor)
     modules["openood.evaluation_api.postprocessor"].postprocessors.update(ours)
+    _hook_spawned_workers(modules["openood.utils.launch"])
+
+
+def _hook_spawned_workers(launch) -> None:
+    """Make processes spawned by OpenOOD's ``launch`` (num_gpus > 1) register too."""
+    from .spawn import registered_worker
+    current = launch._distributed_worker
+    if current is registered_worker:
+        return
+    registered_worker.__dict__[_WRAPPED] = current
+    launch._distributed_worker = registered_worker
 
 
 def is_registered() -> bool:
