@@ -170,3 +170,13 @@ def test_checkpoint_for_another_architecture(base, tmp_path):
 
     with pytest.raises(ValueError, match="does not fit Other"):
         load_checkpoint(Other(), path)
+
+
+def test_umap_without_freezing_trains_weights_and_scores(base):
+    model = fresh_copy(base)
+    tuner = Finetuner(model, 0.2, FinetuneConfig(mode="umap", epochs=1, freeze_weights=False,
+                                                 progress=False), steps_per_epoch=3)
+    w0 = model.conv.parametrizations.weight.original.detach().clone()
+    tuner.train_epoch(loader())
+    assert not torch.equal(w0, model.conv.parametrizations.weight.original)
+    assert len(tuner.optimizer.param_groups[0]["params"]) == len(list(model.parameters()))

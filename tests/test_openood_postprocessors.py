@@ -26,8 +26,9 @@ def test_bad_postprocessor_args(oo, checkout, monkeypatch):
     monkeypatch.chdir(checkout)
     with pytest.raises(ValueError, match=r"postprocessor_args.lr must be a finite number > 0, got -1"):
         get_postprocessor(_pipeline_config("um", lr=-1))
-    with pytest.raises(ValueError, match=r"freeze_weights: false is not supported"):
-        get_postprocessor(_pipeline_config("umap", freeze_weights=False))
+    with pytest.raises(ValueError, match=r"freeze_weights"):
+        get_postprocessor(_pipeline_config("umap", freeze_weights="maybe"))
+    assert get_postprocessor(_pipeline_config("umap", freeze_weights=False)).options.freeze_weights is False
 
 
 def test_missing_base_yaml_is_not_downloaded(oo, tmp_path, monkeypatch):

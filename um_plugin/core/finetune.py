@@ -45,6 +45,7 @@ class FinetuneConfig:
     nesterov: bool = False
     keep_ratio: float = 0.8
     threshold: str = "layer"
+    freeze_weights: bool = True  # UMAP: learn the mask only (official CIFAR-10); False trains both
     beta: float = 1.0
     min_lr: float = 0.0
     seed: int = 0
@@ -64,6 +65,8 @@ class FinetuneConfig:
         if self.threshold not in THRESHOLDS:
             raise ValueError(f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
         self.keep_ratio = validate_keep_ratio(self.keep_ratio)
+        if not isinstance(self.freeze_weights, bool):
+            raise ValueError(f"freeze_weights must be True or False, got {self.freeze_weights!r}")
         LossConstraint(0.0, self.beta)  # validates beta
 
 
@@ -103,7 +106,8 @@ class Finetuner:
             if not has_score_masks(model):
                 attach_score_masks(model, config.keep_ratio, threshold=config.threshold,
                                    generator=torch.Generator().manual_seed(config.seed))
-            self._frozen = freeze_weights(model)
+            if config.freeze_weights:
+                self._frozen = freeze_weights(model)
         elif has_score_masks(model):
             raise RuntimeError("UM trains weights of an unmasked model; this model has score "
                                "masks (bake_masks() it first, or use mode='umap')")

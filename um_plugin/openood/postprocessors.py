@@ -120,10 +120,6 @@ class UnleashingPostprocessor(BasePostprocessor):
         self.base_name = base or section.get("base") or "ebo"
         self.options = parse_options(section.postprocessor_args, self.mode,
                                      "postprocessor.postprocessor_args")
-        if self.mode == "umap" and not self.options.freeze_weights:
-            raise ValueError("postprocessor.postprocessor_args.freeze_weights: false is not "
-                             "supported by the umap postprocessor (it learns the mask over frozen "
-                             "weights); use the umap trainer for joint training, or set it true")
         self.base = build_base(self.base_name, config, section.get("config_root"))
         aps = section.get("APS_mode")
         self.APS_mode = self.base.APS_mode if aps is None else bool(aps)
@@ -157,7 +153,8 @@ class UnleashingPostprocessor(BasePostprocessor):
         self.xi = resolve_xi(net, train_loader, o, progress=is_main_process())
         config = FinetuneConfig(mode=self.mode, epochs=o.epochs, lr=o.lr, momentum=o.momentum,
                                 weight_decay=o.weight_decay, nesterov=o.nesterov,
-                                keep_ratio=o.keep_ratio, threshold=o.threshold, beta=o.beta,
+                                keep_ratio=o.keep_ratio, threshold=o.threshold,
+                                freeze_weights=o.freeze_weights, beta=o.beta,
                                 seed=o.seed, progress=is_main_process())
         (run_umap if self.mode == "umap" else run_um)(net, train_loader, self.xi, config)
         net.eval()
