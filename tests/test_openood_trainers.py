@@ -127,3 +127,15 @@ def test_umap_trainer_can_train_weights_too(oo):
     out, _ = trainer.train_epoch(1)
     kept = out.fc.weight != 0
     assert not torch.equal(out.fc.weight[kept], before[kept])  # surviving weights moved
+
+
+def test_trainer_stops_on_nan_loss_naming_epoch_and_step(oo):
+    from openood.trainers import get_trainer
+
+    from um_plugin.core.finetune import NonFiniteLossError
+    data = _Dicts(n=16)
+    data.x[9] = float("nan")  # second batch of 8
+    trainer = get_trainer(_lenet(), DataLoader(data, batch_size=8), None,
+                          _config("um", loss_constraint=0.1))
+    with pytest.raises(NonFiniteLossError, match="epoch 3, step 1"):
+        trainer.train_epoch(3)

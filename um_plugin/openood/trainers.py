@@ -9,6 +9,8 @@ or, when ``auto``, estimated on the training loader at construction (all-reduced
 """
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import nn
 from tqdm import tqdm
@@ -17,6 +19,7 @@ import openood.utils.comm as comm
 from openood.trainers.lr_scheduler import cosine_annealing
 
 from um_plugin.core.batches import unpack_batch
+from um_plugin.core.finetune import NonFiniteLossError
 from um_plugin.core.masks import attach_score_masks, freeze_weights, score_parameters
 from um_plugin.core.objective import LossConstraint
 from um_plugin.core.xi import estimate_xi
@@ -99,17 +102,21 @@ class UnleashingTrainer:
         self.model.train()
         device = self._device()
         loss_avg = 0.0
-        for batch in tqdm(self.train_loader, desc=f"Epoch {epoch_idx:03d} ({self.mode}): ",
-                          position=0, leave=True, disable=not comm.is_main_process()):
+        bar = tqdm(self.train_loader, desc=f"Epoch {epoch_idx:03d} ({self.mode}): ",
+                   position=0, leave=True, disable=not comm.is_main_process())
+        for step, batch in enumerate(bar):
             x, y = unpack_batch(batch)
             x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
             loss = self.criterion(self.model(x), y)
+            value = float(loss.detach())
+            if not math.isfinite(value):
+                raise NonFiniteLossError(epoch_idx, step, value)
             self.optimizer.zero_grad(set_to_none=True)
             loss.backward()
             average_gradients(self.params)
             self.optimizer.step()
             self.scheduler.step()
-            loss_avg = loss_avg * 0.8 + float(loss.detach()) * 0.2
+            loss_avg = loss_avg * 0.8 + value * 0.2
         broadcast_buffers(self.model)
         metrics = {"epoch_idx": epoch_idx, "loss": mean_over_ranks(loss_avg), "xi": self.xi}
         return self.output_net(), metrics
