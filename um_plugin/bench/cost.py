@@ -197,8 +197,9 @@ def measure_model(name: str, batch: int, steps: int, warmup: int, device, keep_r
     res["baked_has_no_parametrizations"] = not any(
         hasattr(mod, "parametrizations") for mod in baked.modules())
     with torch.no_grad():
+        # forward passes are cheap and noisy: many more rounds than training steps
         it = _interleaved({"base": lambda a, b: ref(a), "baked": lambda a, b: baked(a)}, x, y,
-                          steps, warmup, device)
+                          max(4 * steps, 20), max(warmup, 2), device)
     res["infer_s"] = {k: statistics.median(v) for k, v in it.items()}
     res["ratio_baked_vs_base_inference"] = res["infer_s"]["baked"] / res["infer_s"]["base"]
 
@@ -226,7 +227,7 @@ def markdown(results: dict) -> str:
     lines = [f"Cost on {results['device_name']} (torch {results['torch']}, "
              f"{results['threads']} threads); median of {results['steps']} interleaved steps.\n",
              "| model | batch | UMAP/plain step (≤1.10) | UM/plain step | full sort/top-k mask (≥5) "
-             "| same mask | baked/base inference (1.00) | ξ estimation img/s | peak MiB plain/UMAP step |",
+             "| same mask | baked/base inference (1.00) | ξ estimation img/s | peak MiB plain / UMAP step (+ over start) |",
              "|---|---|---|---|---|---|---|---|---|"]
     for r in results["models"]:
         mem = r["memory"]
@@ -234,7 +235,8 @@ def markdown(results: dict) -> str:
             f"| {r['model']} | {r['batch']} | {r['ratio_umap_vs_plain']:.3f} | "
             f"{r['ratio_um_vs_plain']:.3f} | {r['ratio_sort_vs_topk']:.1f}× | {r['mask_same_as_sort']} | "
             f"{r['ratio_baked_vs_base_inference']:.3f} | {r['xi_images_per_s']:.0f} | "
-            f"{mem['plain']['peak_mib']:.0f} / {mem['umap']['peak_mib']:.0f} |")
+            f"{mem['plain']['peak_mib']:.0f} / {mem['umap']['peak_mib']:.0f} "
+            f"(+{mem['plain']['delta_mib']:.0f} / +{mem['umap']['delta_mib']:.0f}) |")
     lines.append("\nStep times (s, median): " + "; ".join(
         f"{r['model']}: plain {r['step_s']['plain']:.4f}, UM {r['step_s']['um']:.4f}, "
         f"UMAP {r['step_s']['umap']:.4f}" for r in results["models"]))

@@ -182,31 +182,37 @@ def train_accuracy(model, x, y) -> float:
                  .eq(y).float().mean())
 
 
-def score_all(model, tensors: Dict[str, torch.Tensor], names) -> Dict[str, Dict[str, np.ndarray]]:
-    """{score: {set: (pred, conf)}} over the ID test/val and every OOD tensor."""
-    out = {}
-    for name in names:
-        out[name] = {}
-        for key, x in tensors.items():
-            pred, conf = scoring.score(model, x, name)
+def score_all(model, tensors: Dict[str, torch.Tensor], names) -> Dict[str, Dict[str, tuple]]:
+    """{score: {set: (pred, conf)}} over the given ID / OOD tensors (one forward for logit scores)."""
+    out = {name: {} for name in names}
+    for key, x in tensors.items():
+        for name, (pred, conf) in scoring.score_many(model, x, names).items():
             out[name][key] = (pred.numpy(), conf.numpy().astype(np.float64))
     return out
 
 
 def metrics_from_scores(scores, id_label: np.ndarray, set_split: Dict[str, str]) -> dict:
-    """Per score: per test set metrics (percent), near/far means, ID accuracy, val AUROC."""
+    """Per score: per test set metrics (percent), near/far means, ID accuracy, val AUROC.
+
+    Parts whose scores were not computed (a candidate scored on the validation sets only)
+    are left out.
+    """
     res = {}
     for name, by_set in scores.items():
-        id_pred, id_conf = by_set["id_test"]
-        rows = {s: id_ood_metrics(id_conf, by_set[s][1]) for s in set_split}
-        for split in ("near", "far"):
-            members = [s for s, sp in set_split.items() if sp == split]
-            if members:
-                rows[f"{split}ood"] = {m: float(np.mean([rows[s][m] for s in members]))
-                                       for m in METRICS}
-        val = id_ood_metrics(by_set["id_val"][1], by_set["ood_val"][1])
-        res[name] = {"sets": rows, "val": val,
-                     "acc": 100.0 * float((id_pred == id_label).mean())}
+        entry = {}
+        if "id_test" in by_set:
+            id_pred, id_conf = by_set["id_test"]
+            rows = {s: id_ood_metrics(id_conf, by_set[s][1]) for s in set_split if s in by_set}
+            for split in ("near", "far"):
+                members = [s for s, sp in set_split.items() if sp == split and s in rows]
+                if members:
+                    rows[f"{split}ood"] = {m: float(np.mean([rows[s][m] for s in members]))
+                                           for m in METRICS}
+            entry["sets"] = rows
+            entry["acc"] = 100.0 * float((id_pred == id_label).mean())
+        if "id_val" in by_set and "ood_val" in by_set:
+            entry["val"] = id_ood_metrics(by_set["id_val"][1], by_set["ood_val"][1])
+        res[name] = entry
     return res
 
 
@@ -284,8 +290,8 @@ class OpenOODScorer:
         post.setup(model, ev.dataloader_dict["id"], ev.dataloader_dict["ood"])
         ev.net, ev.postprocessor = model, post
         ev.scores, ev.metrics = copy.deepcopy(self._fresh)
-        with contextlib.redirect_stdout(io.StringIO()):
-            df = ev.eval_ood(fsood=False, progress=False)
+        with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+            df = ev.eval_ood(fsood=False, progress=False)  # eval_acc's bar ignores progress
         raw = {"id_test": ev.scores["id"]["test"][:2]}
         for split in ("near", "far"):
             for k, v in ev.scores["ood"][split].items():
@@ -363,12 +369,20 @@ def run_seed(cfg, seed, data, tensors, x_tr, y_tr, id_label, set_split, out, oo)
     """Everything for one seed: base training, stage curve, fine-tunes, selection, scoring."""
     tag = f"seed {seed}"
     ckpt_dir = os.path.join(out, "checkpoints", f"seed{seed}")
-    rec = {}
+    rec = {"timing_s": {}}
+    clock = [time.time()]
+
+    def lap(name):
+        now = time.time()
+        rec["timing_s"][name] = rec["timing_s"].get(name, 0.0) + now - clock[0]
+        clock[0] = now
+
     if cfg.checkpoint:
         base = load_checkpoint_model(cfg.checkpoint)
         rec["train_log"] = []
     else:
         base, rec["train_log"] = train_base(x_tr, y_tr, cfg, seed, ckpt_dir, f"{tag}: train LeNet")
+    lap("train")
     rec["train_acc_final"] = train_accuracy(base, x_tr, y_tr)
     rec["final_stage_reached"] = rec["train_acc_final"] >= 1.0
     # the paper's core finding on this data: OOD AUROC across the base model's epochs
@@ -376,7 +390,11 @@ def run_seed(cfg, seed, data, tensors, x_tr, y_tr, id_label, set_split, out, oo)
     if rec["train_log"]:
         probe = make_model(seed)
         stage_scores = [s for s in ("msp", "ebo") if s in cfg.scores] or cfg.scores[:1]
-        for entry in tqdm(rec["train_log"], desc=f"{tag}: score epochs", disable=not cfg.progress,
+        # every epoch while AUROC moves fast, then every other one (and always the last)
+        last = rec["train_log"][-1]["epoch"]
+        probed = [e for e in rec["train_log"] if e["epoch"] <= 10 or e["epoch"] % 2 == 0
+                  or e["epoch"] == last]
+        for entry in tqdm(probed, desc=f"{tag}: score epochs", disable=not cfg.progress,
                           leave=False):
             probe.load_state_dict(torch.load(os.path.join(ckpt_dir, f"epoch{entry['epoch']:03d}.pt"),
                                              weights_only=True))
@@ -385,6 +403,7 @@ def run_seed(cfg, seed, data, tensors, x_tr, y_tr, id_label, set_split, out, oo)
                 s: {"val_auroc": m[s]["val"]["AUROC"], "acc": m[s]["acc"],
                     **{k: v["AUROC"] for k, v in m[s]["sets"].items()}} for s in stage_scores}})
     rec["stage"] = stage
+    lap("stage_curve")
     loader = _loader(x_tr, y_tr, cfg.batch_size, seed + 1000)
     models = {"baseline": base}
     rec["models"] = {"baseline": {"metrics": metrics_from_scores(
@@ -395,25 +414,35 @@ def run_seed(cfg, seed, data, tensors, x_tr, y_tr, id_label, set_split, out, oo)
         rec["models"]["ce"] = {"metrics": metrics_from_scores(
             score_all(model, tensors, cfg.scores), id_label, set_split), "history": hist}
     tuned = [m for m in ("um", "umap") if m in cfg.methods]
+    val_tensors = {k: tensors[k] for k in ("id_val", "ood_val")}
+    test_tensors = {k: v for k, v in tensors.items() if k not in val_tensors}
+    sweep_score = "ebo" if "ebo" in cfg.scores else cfg.scores[0]
     if tuned:
+        lap("score_baseline_ce")
         cands, rec["xi_estimates"] = _xi_candidates(cfg, base, loader, seed)
+        lap("xi_estimate")
         for mode in tuned:
             sweep = []
             best = None
             for label, xi in tqdm(cands, desc=f"{tag}: {mode} over xi", disable=not cfg.progress,
                                   leave=False):
                 model, hist = finetune(mode, base, loader, xi, cfg, seed)
-                m = metrics_from_scores(score_all(model, tensors, cfg.scores), id_label, set_split)
+                # selection needs only ood.val; the ξ plot needs one score on the test sets
+                m = metrics_from_scores(score_all(model, val_tensors, cfg.scores), id_label, set_split)
+                m[sweep_score].update(metrics_from_scores(score_all(model, test_tensors, [sweep_score]),
+                                                          id_label, set_split)[sweep_score])
                 entry = {"label": label, "xi": xi, "metrics": m, "history": hist,
                          "val_auroc": _sel_value(m)}
                 sweep.append(entry)
                 if best is None or entry["val_auroc"] > best[0]["val_auroc"]:
                     best = (entry, model)
             models[mode] = best[1]
-            rec["models"][mode] = {"metrics": best[0]["metrics"], "history": best[0]["history"],
+            full = metrics_from_scores(score_all(best[1], tensors, cfg.scores), id_label, set_split)
+            rec["models"][mode] = {"metrics": full, "history": best[0]["history"],
                                    "xi": best[0]["xi"], "xi_label": best[0]["label"],
                                    "val_auroc": best[0]["val_auroc"]}
             rec[f"{mode}_sweep"] = [{k: v for k, v in e.items()} for e in sweep]
+            lap(f"{mode}_finetune_and_score")
     if oo is not None:
         rec["openood"] = {}
         for method, model in models.items():
@@ -426,6 +455,7 @@ def run_seed(cfg, seed, data, tensors, x_tr, y_tr, id_label, set_split, out, oo)
                                                        for i in df.index},
                                              "max_abs_score_diff_vs_plugin": diff}
         rec["models_table_source"] = "openood"
+        lap("openood_scoring")
     if seed == cfg.seeds[0]:
         rec["_hist"] = {m: score_all(models[m], tensors, [s for s in ("ebo", "msp") if s in cfg.scores])
                         for m in models}
@@ -564,7 +594,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="um-bench", description="Embedded offline OOD benchmark: baseline vs UM vs UMAP "
         "on MNIST-5k with letters, animal shapes, textures, photos and noise as OOD.")
     p.add_argument("--out", default="um-bench-results", help="results folder (created)")
-    p.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    p.add_argument("--seeds", type=int, nargs="+", default=None,
+                   help="model seeds (default 0 1 2; --quick: 0)")
     p.add_argument("--methods", default=",".join(METHODS),
                    help=f"comma list from {','.join(METHODS)}")
     p.add_argument("--scores", default=",".join(scoring.SCORES),
@@ -598,7 +629,8 @@ def _split_list(s: str) -> List[str]:
 
 
 def config_from_args(args) -> BenchConfig:
-    cfg = BenchConfig(out=args.out, seeds=args.seeds, methods=_split_list(args.methods),
+    seeds = args.seeds if args.seeds is not None else ([0] if args.quick else [0, 1, 2])
+    cfg = BenchConfig(out=args.out, seeds=seeds, methods=_split_list(args.methods),
                       scores=_split_list(args.scores), sets=_split_list(args.sets),
                       epochs=args.epochs, ft_epochs=args.ft_epochs, um_lr=args.um_lr,
                       umap_lr=args.umap_lr, keep_ratio=args.keep_ratio,
@@ -608,8 +640,7 @@ def config_from_args(args) -> BenchConfig:
     if args.xi_sweep:
         cfg.xi_keeps, cfg.xi_fixed = list(SWEEP_XI_KEEPS), list(SWEEP_XI_FIXED)
     if args.quick:
-        cfg.seeds = args.seeds[:1] if args.seeds != [0, 1, 2] else [0]
-        cfg.epochs, cfg.ft_epochs, cfg.n_ood, cfg.n_val_ood, cfg.xi_draws = 2, 1, 200, 100, 1
+        cfg.epochs, cfg.ft_epochs, cfg.n_ood, cfg.n_val_ood, cfg.xi_draws = 2, 1, 100, 50, 1
         cfg.xi_keeps, cfg.xi_fixed = [0.965], [0.05]
     if args.xi_keeps is not None:
         cfg.xi_keeps = args.xi_keeps

@@ -33,8 +33,7 @@ def _histograms(results, hist, out, set_split):
     if not hist:
         return None
     plt = _plt()
-    after = "um" if "um" in hist else ("umap" if "umap" in hist else None)
-    methods = ["baseline"] + ([after] if after else [])
+    methods = ["baseline"] + [m for m in ("um", "umap") if m in hist]
     paths = []
     for score in hist["baseline"]:
         fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 3.8), squeeze=False)
@@ -72,7 +71,7 @@ def _finetune_loss(results, hist, out, set_split):
         if m != "ce":
             ax.axhline(h["xi"], ls="--", color=line.get_color(), label=f"{m} ξ = {h['xi']:.3g}")
     ax.set_xlabel("fine-tuning epoch")
-    ax.set_ylabel("mean train CE (constrained objective)")
+    ax.set_ylabel("train objective |CE − ξ| + ξ (plain CE for ce)")
     ax.set_yscale("log")
     ax.set_title("fine-tuning loss vs the ξ line (seed %s)" % list(results["seeds"])[0])
     ax.legend(fontsize=8)

@@ -13,24 +13,23 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def _finite_number(value, name: str, rule: str, ok) -> float:
+    if isinstance(value, bool) or not isinstance(value, (Real, torch.Tensor)):
+        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not ok(number):
+        raise ValueError(f"{name} must be a finite number {rule}, got {number!r}")
+    return number
+
+
 def validate_xi(xi) -> float:
     """Return ``xi`` as a float, or raise naming it: xi must be a finite number >= 0."""
-    if isinstance(xi, bool) or not isinstance(xi, (Real, torch.Tensor)):
-        raise ValueError(f"loss constraint xi must be a finite number >= 0, got {xi!r}")
-    value = float(xi)
-    if not math.isfinite(value) or value < 0:
-        raise ValueError(f"loss constraint xi must be a finite number >= 0, got {value!r}")
-    return value
+    return _finite_number(xi, "loss constraint xi", ">= 0", lambda v: v >= 0)
 
 
 def validate_beta(beta) -> float:
     """Return ``beta`` as a float, or raise naming it: beta must be a finite number > 0."""
-    if isinstance(beta, bool) or not isinstance(beta, (Real, torch.Tensor)):
-        raise ValueError(f"loss scale beta must be a finite number > 0, got {beta!r}")
-    value = float(beta)
-    if not math.isfinite(value) or value <= 0:
-        raise ValueError(f"loss scale beta must be a finite number > 0, got {value!r}")
-    return value
+    return _finite_number(beta, "loss scale beta", "> 0", lambda v: v > 0)
 
 
 def constrain(loss: torch.Tensor, xi: float, beta: float = 1.0) -> torch.Tensor:

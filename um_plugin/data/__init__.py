@@ -1,0 +1,1 @@
+"""Offline datasets built from images that ship inside PyPI packages (no download)."""
