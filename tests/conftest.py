@@ -42,3 +42,13 @@ def tiny_bench(oo, tmp_path_factory):
     oo.register_benchmark(**kwargs)
     yield kwargs
     oo.unregister_benchmark(kwargs["name"])
+
+
+@pytest.fixture(autouse=True)
+def _cpu_fallback_does_not_leak():
+    """Benchmark entry points switch OpenOOD's CPU fallback on for their whole process; inside
+    the test session that would leak into later tests, so each test ends with it off again."""
+    yield
+    cpu = sys.modules.get("um_plugin.openood.cpu")
+    if cpu is not None:
+        cpu.disable_cpu_fallback()

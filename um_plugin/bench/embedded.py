@@ -405,11 +405,17 @@ def run_seed(cfg, seed, data, tensors, x_tr, y_tr, id_label, set_split, out, oo)
     rec["stage"] = stage
     lap("stage_curve")
     loader = _loader(x_tr, y_tr, cfg.batch_size, seed + 1000)
+
+    def fresh():
+        # every fine-tune sees the same batch order, whatever ran before it: a shared
+        # loader's generator made the same (seed, ξ) give different models in the default
+        # run and in --xi-sweep (near AUROC differed by ~0.8)
+        return _loader(x_tr, y_tr, cfg.batch_size, seed + 1000)
     models = {"baseline": base}
     rec["models"] = {"baseline": {"metrics": metrics_from_scores(
         score_all(base, tensors, cfg.scores), id_label, set_split)}}
     if "ce" in cfg.methods:
-        model, hist = finetune("ce", base, loader, 0.0, cfg, seed)
+        model, hist = finetune("ce", base, fresh(), 0.0, cfg, seed)
         models["ce"] = model
         rec["models"]["ce"] = {"metrics": metrics_from_scores(
             score_all(model, tensors, cfg.scores), id_label, set_split), "history": hist}
@@ -426,7 +432,7 @@ def run_seed(cfg, seed, data, tensors, x_tr, y_tr, id_label, set_split, out, oo)
             best = None
             for label, xi in tqdm(cands, desc=f"{tag}: {mode} over xi", disable=not cfg.progress,
                                   leave=False):
-                model, hist = finetune(mode, base, loader, xi, cfg, seed)
+                model, hist = finetune(mode, base, fresh(), xi, cfg, seed)
                 # selection needs only ood.val; the ξ plot needs one score on the test sets
                 m = metrics_from_scores(score_all(model, val_tensors, cfg.scores), id_label, set_split)
                 m[sweep_score].update(metrics_from_scores(score_all(model, test_tensors, [sweep_score]),
@@ -550,6 +556,41 @@ def markdown_table(rows: List[dict], results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def sweep_table(results: dict) -> str:
+    """Every ξ candidate (mean over seeds): val AUROC that chose it, then test EBO metrics."""
+    seeds = list(results["seeds"].values())
+    lines = []
+    for mode in ("um", "umap"):
+        key = f"{mode}_sweep"
+        if not seeds or key not in seeds[0]:
+            continue
+        score = next(iter(k for k, v in seeds[0][key][0]["metrics"].items() if "sets" in v))
+        if not lines:
+            lines += [f"ξ candidates, mean over {len(seeds)} seed(s); selection uses the "
+                      f"ood.val column only; test columns use {score}.\n",
+                      "| method | candidate | ξ (mean ± std) | val AUROC | near AUROC | near FPR95 "
+                      "| far AUROC | far FPR95 | letters FPR95 | animals FPR95 | ID acc |",
+                      "|---|---|---|---|---|---|---|---|---|---|---|"]
+        base = [r["models"]["baseline"]["metrics"][score] for r in seeds]
+        cells = lambda ms: [f"{np.mean([m['sets'][row][met] for m in ms]):.2f}"  # noqa: E731
+                            if row in ms[0]["sets"] else "-"
+                            for row, met in (("nearood", "AUROC"), ("nearood", "FPR@95"),
+                                             ("farood", "AUROC"), ("farood", "FPR@95"),
+                                             ("letters", "FPR@95"), ("animals", "FPR@95"))]
+        if mode == "um" or "um_sweep" not in seeds[0]:
+            lines.append("| baseline | – | – | " +
+                         f"{np.mean([r['models']['baseline']['metrics'][score]['val']['AUROC'] for r in seeds]):.2f} | "
+                         + " | ".join(cells(base)) + f" | {np.mean([m['acc'] for m in base]):.2f} |")
+        for i, entry in enumerate(seeds[0][key]):
+            ms = [r[key][i]["metrics"][score] for r in seeds]
+            xs = [r[key][i]["xi"] for r in seeds]
+            val = np.mean([r[key][i]["val_auroc"] for r in seeds])
+            lines.append(f"| {mode} | {entry['label']} | {np.mean(xs):.4f} ± {np.std(xs):.4f} | "
+                         f"{val:.2f} | " + " | ".join(cells(ms)) +
+                         f" | {np.mean([m['acc'] for m in ms]):.2f} |")
+    return "\n".join(lines) + ("\n" if lines else "")
+
+
 def write_outputs(state, cfg: BenchConfig, set_split, final: bool = False) -> None:
     """results.json, summary.csv / .md, one OpenOOD-format CSV per method+score, plots."""
     import csv
@@ -570,6 +611,9 @@ def write_outputs(state, cfg: BenchConfig, set_split, final: bool = False) -> No
         w.writeheader()
         w.writerows(rows)
     table = markdown_table(rows, results)
+    sweep = sweep_table(results)
+    if sweep:
+        table += "\n" + sweep
     with open(os.path.join(out, "summary.md"), "w") as fh:
         fh.write(table)
     os.makedirs(os.path.join(out, "openood_format"), exist_ok=True)
