@@ -6,13 +6,34 @@ import sys
 import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
-from openood_fixtures import REQUIRE_ENV, make_tiny_benchmark, openood_checkout  # noqa: E402
+from openood_fixtures import (_missing, make_tiny_benchmark, need_openood,  # noqa: E402,F401
+                              openood_checkout)
 
 
-def _missing(reason):
-    if os.environ.get(REQUIRE_ENV) == "1":
-        pytest.fail(f"{reason}, but {REQUIRE_ENV}=1 requires the OpenOOD integration tests to run")
-    pytest.skip(reason)
+BENCH_ENV = "UM_PLUGIN_REQUIRE_BENCH"
+BENCH_MODULES = ("mlxtend", "animal_shape_mnist", "skimage", "sklearn", "matplotlib", "PIL")
+
+
+def need_bench(*modules):
+    """Skip (or fail, under UM_PLUGIN_REQUIRE_BENCH=1) without these ``[bench]`` packages."""
+    for name in modules or BENCH_MODULES:
+        try:
+            importlib.import_module(name)
+        except ImportError as exc:
+            _missing(f"this test needs {name} ({exc}); pip install 'um-plugin[bench]'",
+                     BENCH_ENV, "the benchmark tests")
+
+
+@pytest.fixture
+def bench_extras():
+    """Every package the embedded benchmark's data and plots come from."""
+    need_bench()
+
+
+@pytest.fixture
+def sklearn_extra():
+    """scikit-learn, which the OOD metrics use."""
+    need_bench("sklearn")
 
 
 @pytest.fixture(scope="session")

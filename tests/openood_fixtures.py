@@ -7,12 +7,28 @@ and the list files, deterministically.
 """
 from __future__ import annotations
 
+import importlib
 import os
 
 import numpy as np
+import pytest
 
 REQUIRE_ENV = "UM_PLUGIN_REQUIRE_OPENOOD"
 CHECKOUT_ENV = "UM_PLUGIN_OPENOOD_ROOT"
+
+
+def _missing(reason, env=REQUIRE_ENV, what="the OpenOOD integration tests"):
+    if os.environ.get(env) == "1":
+        pytest.fail(f"{reason}, but {env}=1 requires {what} to run")
+    pytest.skip(reason)
+
+
+def need_openood():
+    """Skip (or fail, under UM_PLUGIN_REQUIRE_OPENOOD=1) a test when OpenOOD is missing."""
+    try:
+        importlib.import_module("openood")
+    except ImportError as exc:
+        _missing(f"OpenOOD is not importable ({exc})")
 
 
 def openood_checkout():

@@ -4,10 +4,14 @@ import os
 
 import numpy as np
 import pytest
+from openood_fixtures import need_openood
 import torch
 
 from um_plugin.bench import embedded as bench
 from um_plugin.data import embedded as emb
+
+
+pytestmark = pytest.mark.usefixtures("bench_extras")
 
 
 @pytest.fixture(autouse=True)
@@ -87,7 +91,7 @@ def test_interrupted_run_keeps_finished_seeds(tmp_path, monkeypatch):
 
 
 def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path):
-    pytest.importorskip("openood")
+    need_openood()
     from um_plugin.metrics import id_ood_metrics
     from um_plugin.openood.benchmarks import unregister_benchmark
     data = emb.build_embedded(n_ood=40, n_val_ood=20)

@@ -2,12 +2,16 @@
 import json
 
 import pytest
+from openood_fixtures import need_openood
 
 from um_plugin.bench import repro
 
 
+pytestmark = pytest.mark.usefixtures("bench_extras")
+
+
 def test_cifar10_dry_run_goes_through_openood(tmp_path, capsys):
-    pytest.importorskip("openood")
+    need_openood()
     rc = repro.main(["cifar10", "--dry-run", "--out", str(tmp_path), "--methods", "baseline,umap",
                      "--scores", "msp,odin", "--no-progress"])
     assert rc == 0
@@ -20,7 +24,7 @@ def test_cifar10_dry_run_goes_through_openood(tmp_path, capsys):
 
 
 def test_imagenet_suite_uses_the_papers_ood_sets_and_numbers(tmp_path):
-    pytest.importorskip("openood")
+    need_openood()
     id_name, info = repro.suite_info("imagenet", str(tmp_path))
     assert info["ood"]["far"]["datasets"] == ["inaturalist", "sun", "places", "texture"]
     assert info["ood"]["near"]["datasets"] == ["ssb_hard", "ninco"]
@@ -33,7 +37,7 @@ def test_imagenet_suite_uses_the_papers_ood_sets_and_numbers(tmp_path):
 
 
 def test_repro_errors_are_one_line(tmp_path, capsys):
-    pytest.importorskip("openood")
+    need_openood()
     assert repro.main(["cifar10", "--out", str(tmp_path), "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing; download" in err

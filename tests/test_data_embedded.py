@@ -1,8 +1,12 @@
 """The embedded benchmark's data: real packaged images, deterministic, disjoint splits."""
 import numpy as np
 import pytest
+from openood_fixtures import need_openood
 
 from um_plugin.data import embedded as emb
+
+
+pytestmark = pytest.mark.usefixtures("bench_extras")
 
 
 @pytest.fixture(autouse=True)
@@ -56,7 +60,7 @@ def test_build_embedded_caches_and_rejects_unknown_sets(tmp_path):
 
 
 def test_openood_layout_round_trips_pixels_and_registers(tmp_path):
-    pytest.importorskip("openood")
+    need_openood()
     from PIL import Image
     from um_plugin.data.openood_layout import register_embedded
     from um_plugin.openood.benchmarks import unregister_benchmark
