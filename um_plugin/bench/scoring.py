@@ -18,22 +18,20 @@ ODIN_NOISE = 0.0014
 EBO_TEMPERATURE = 1.0
 
 
-def _msp(net, x, std):
-    with torch.no_grad():
-        conf, pred = torch.softmax(net(x), dim=1).max(dim=1)
-    return pred, conf
+# Scores that are functions of the logits alone: (pred, conf) from one forward pass.
+LOGIT_SCORES: Dict[str, Callable] = {
+    "msp": lambda logits: torch.softmax(logits, dim=1).max(dim=1)[::-1],
+    "ebo": lambda logits: (logits.argmax(1),
+                           EBO_TEMPERATURE * torch.logsumexp(logits / EBO_TEMPERATURE, dim=1)),
+    "mls": lambda logits: logits.max(dim=1)[::-1],
+}
 
 
-def _ebo(net, x, std):
-    with torch.no_grad():
-        out = net(x)
-    return out.argmax(1), EBO_TEMPERATURE * torch.logsumexp(out / EBO_TEMPERATURE, dim=1)
-
-
-def _mls(net, x, std):
-    with torch.no_grad():
-        conf, pred = net(x).max(dim=1)
-    return pred, conf
+def _from_logits(name: str) -> Callable:
+    def scorer(net, x, std):
+        with torch.no_grad():
+            return LOGIT_SCORES[name](net(x))
+    return scorer
 
 
 def _odin(net, x, std):
@@ -51,7 +49,8 @@ def _odin(net, x, std):
     return pred, conf
 
 
-SCORERS: Dict[str, Callable] = {"msp": _msp, "odin": _odin, "ebo": _ebo, "mls": _mls}
+SCORERS: Dict[str, Callable] = {"msp": _from_logits("msp"), "odin": _odin,
+                                "ebo": _from_logits("ebo"), "mls": _from_logits("mls")}
 
 
 def check_scores(names) -> list:
@@ -94,14 +93,8 @@ def score_many(net: nn.Module, x: torch.Tensor, names, batch_size: int = 500,
         if from_logits:
             with torch.no_grad():
                 logits = net(xb)
-            pred = logits.argmax(1)
             for n in from_logits:
-                if n == "msp":
-                    conf, p = torch.softmax(logits, dim=1).max(dim=1)
-                elif n == "ebo":
-                    conf, p = EBO_TEMPERATURE * torch.logsumexp(logits / EBO_TEMPERATURE, dim=1), pred
-                else:
-                    conf, p = logits.max(dim=1)
+                p, conf = LOGIT_SCORES[n](logits)
                 out[n][0].append(p.cpu())
                 out[n][1].append(conf.cpu())
         if "odin" in names:
