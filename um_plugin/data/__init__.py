@@ -1,1 +1,0 @@
-"""Offline datasets built from images that ship inside PyPI packages (no download)."""
