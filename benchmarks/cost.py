@@ -29,7 +29,7 @@ class CostError(Exception):
 def build_model(name: str, num_classes: int = 10):
     """(model, input shape): our LeNet (28x28) or OpenOOD's ResNet18_32x32 (32x32)."""
     if name == "lenet":
-        from ..core.models import LeNet
+        from um_plugin.core.models import LeNet
         return LeNet(num_classes, 3), (3, 28, 28)
     if name == "resnet18":
         try:
@@ -107,7 +107,7 @@ def _plain_stepper(model, lr=0.01):
 
 
 def _tuner_stepper(model, mode, keep_ratio, steps):
-    from ..core.finetune import FinetuneConfig, Finetuner
+    from um_plugin.core.finetune import FinetuneConfig, Finetuner
     cfg = FinetuneConfig(mode=mode, epochs=1, lr=0.01, keep_ratio=keep_ratio, progress=False)
     tuner = Finetuner(model, 0.05, cfg, steps_per_epoch=max(1, steps))
     return lambda x, y: tuner.step(x, y), tuner
@@ -131,9 +131,9 @@ def _interleaved(fns: Dict[str, Callable], x, y, steps: int, warmup: int, device
 def measure_model(name: str, batch: int, steps: int, warmup: int, device, keep_ratio=0.8,
                   xi_images: int = 1024, progress: bool = True) -> dict:
     """All cost figures for one architecture."""
-    from ..core.masks import (bake_masks, iter_score_masks, num_kept, sorted_reference_mask,
+    from um_plugin.core.masks import (bake_masks, iter_score_masks, num_kept, sorted_reference_mask,
                               topk_mask_)
-    from ..core.xi import estimate_xi
+    from um_plugin.core.xi import estimate_xi
     torch.manual_seed(0)
     base, shape = build_model(name)
     base = base.to(device)

@@ -1,7 +1,7 @@
 """The cost benchmark runs and reports consistent figures (timings themselves are not asserted)."""
 import pytest
 
-from um_plugin.bench import cost
+from benchmarks import cost
 
 
 def test_cost_lenet_tiny(tmp_path):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 from openood_fixtures import need_openood
 
-from um_plugin.data import embedded as emb
+from benchmarks.embedded import datasets as emb
 
 
 pytestmark = pytest.mark.usefixtures("bench_extras")
@@ -62,7 +62,7 @@ def test_build_embedded_caches_and_rejects_unknown_sets(tmp_path):
 def test_openood_layout_round_trips_pixels_and_registers(tmp_path):
     need_openood()
     from PIL import Image
-    from um_plugin.data.openood_layout import register_embedded
+    from benchmarks.embedded.openood_layout import register_embedded
     from um_plugin.openood.benchmarks import unregister_benchmark
     data = emb.build_embedded(n_ood=6, n_val_ood=4, cache_dir=str(tmp_path / "c"))
     root = str(tmp_path / "oo")

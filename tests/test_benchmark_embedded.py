@@ -4,11 +4,13 @@ import os
 
 import numpy as np
 import pytest
-from openood_fixtures import need_openood
 import torch
+from openood_fixtures import need_openood
 
-from um_plugin.bench import embedded as bench
-from um_plugin.data import embedded as emb
+from benchmarks.embedded import cli, protocol, scoring
+from benchmarks.embedded import datasets as emb
+from benchmarks.embedded.config import METHODS, QUICK, BenchConfig
+from benchmarks.embedded.training import make_model
 
 
 pytestmark = pytest.mark.usefixtures("bench_extras")
@@ -21,14 +23,14 @@ def _cache(tmp_path_factory, monkeypatch):
 
 def test_quick_mode_writes_every_output(tmp_path, capsys):
     out = tmp_path / "res"
-    rc = bench.main(["--quick", "--out", str(out), "--backend", "plugin", "--no-progress"])
+    rc = cli.main(["--quick", "--out", str(out), "--backend", "plugin", "--no-progress"])
     assert rc == 0
     printed = capsys.readouterr().out
     assert "| method | score | ID acc |" in printed and "umap" in printed
     for name in ("results.json", "summary.csv", "summary.md", "hist_ebo.png", "hist_msp.png",
                  "finetune_loss.png", "stage_auroc.png", "xi_sweep.png"):
         assert (out / name).is_file(), name
-    for method in bench.METHODS:
+    for method in METHODS:
         for score in ("msp", "odin", "ebo", "mls"):
             lines = (out / "openood_format" / f"{method}_{score}.csv").read_text().splitlines()
             assert lines[0] == ",FPR@95,AUROC,AUPR_IN,AUPR_OUT,ACC"
@@ -36,42 +38,83 @@ def test_quick_mode_writes_every_output(tmp_path, capsys):
                 "letters", "animals", "textures", "photos", "noise", "nearood", "farood"]
     res = json.loads((out / "results.json").read_text())
     rec = res["seeds"]["0"]
-    assert len(os.listdir(out / "checkpoints" / "seed0")) == 2  # one per epoch
+    assert len(os.listdir(out / "checkpoints" / "seed0")) == QUICK["epochs"]  # one per epoch
     assert rec["models"]["um"]["xi_label"] in ("est@0.965", "fixed 0.05")
-    auroc = rec["models"]["baseline"]["metrics"]["msp"]["sets"]["noise"]["AUROC"]
+    auroc = rec["models"]["baseline"]["metrics"]["msp"]["sets"]["noise"]["auroc"]
     assert 0 <= auroc <= 100
+    assert [e["epoch"] for e in rec["train_log"]] == list(range(1, QUICK["epochs"] + 1))
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["--methods", "baseline,oe"], "unknown method(s) ['oe']"),
-    (["--sets", "letters,svhn"], "unknown OOD set(s) ['svhn']"),
-    (["--scores", "msp,knn"], "unknown score(s) ['knn']"),
+    (["--methods", "baseline,oe"], "unknown method(s) ['oe']; valid"),
+    (["--sets", "letters,svhn"], "unknown OOD set(s) ['svhn']; valid"),
+    (["--scores", "msp,knn"], "unknown score(s) ['knn']; valid"),
+    (["--keep-ratio", "2"], "--keep-ratio: keep_ratio must be in (0, 1]"),
+    (["--keep-ratio", "0"], "--keep-ratio: keep_ratio must be in (0, 1]"),
+    (["--xi-fixed", "-1"], "--xi-fixed: loss constraint xi must be a finite number >= 0"),
+    (["--xi-fixed", "nan"], "--xi-fixed: loss constraint xi must be a finite number >= 0"),
+    (["--xi-keeps", "1.5"], "--xi-keeps: keep_ratio must be in (0, 1]"),
+    (["--xi-keeps", "--xi-fixed"], "UM/UMAP need at least one ξ candidate"),
+    (["--threads", "-1"], "--threads must be an integer >= 0"),
+    (["--threads", "two"], "argument --threads: invalid int value: 'two'"),
+    (["--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["--ft-epochs", "0"], "--ft-epochs must be an integer >= 1, got 0"),
+    (["--quick", "--ft-epochs", "0"], "--ft-epochs must be an integer >= 1, got 0"),
+    (["--batch-size", "0"], "--batch-size must be an integer >= 1"),
+    (["--xi-draws", "0"], "--xi-draws must be an integer >= 1"),
+    (["--n-ood", "0"], "--n-ood must be an integer >= 1"),
+    (["--lr", "0"], "--lr must be a finite number > 0"),
+    (["--um-lr", "inf"], "--um-lr must be a finite number > 0"),
+    (["--umap-lr", "-0.1"], "--umap-lr must be a finite number > 0"),
+    (["--seeds", "0", "0"], "--seeds must be distinct integers >= 0"),
+    (["--seeds", "-1"], "--seeds must be distinct integers >= 0"),
+    (["--backend", "tf"], "argument --backend: invalid choice: 'tf'"),
+    (["--checkpoint", "/nonexistent/x.pt"], "checkpoint '/nonexistent/x.pt' does not exist"),
+    (["--nosuch"], "unrecognized arguments: --nosuch"),
 ])
-def test_bad_arguments_get_one_line(argv, message, tmp_path, capsys):
-    assert bench.main(argv + ["--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and message in err and "valid" in err
+def test_bad_arguments_get_one_line_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+    def no_work(*a, **k):
+        raise AssertionError("work started before the arguments were validated")
+    monkeypatch.setattr(emb, "build_embedded", no_work)
+    assert cli.main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith(f"{cli.PROG}: error: ") and message in err, err
+
+
+@pytest.mark.parametrize("argv, field, want", [
+    (["--quick"], "epochs", QUICK["epochs"]),
+    (["--quick", "--epochs", "7"], "epochs", 7),          # an explicit value beats the preset
+    (["--quick", "--ft-epochs", "3"], "ft_epochs", 3),
+    (["--quick", "--seeds", "4", "5"], "seeds", [4, 5]),
+    (["--xi-sweep", "--xi-fixed", "0.2"], "xi_fixed", [0.2]),
+    (["--quick", "--xi-sweep"], "xi_fixed", [0.01, 0.02, 0.05, 0.1, 0.2, 0.3]),
+    ([], "epochs", BenchConfig().epochs),
+    ([], "keep_ratio", 0.8),
+])
+def test_presets_never_override_explicit_options(argv, field, want):
+    args = cli.build_parser().parse_args(argv)
+    assert getattr(cli.config_from_args(args), field) == want
 
 
 def test_unwritable_output_folder_gets_one_line(tmp_path, capsys):
     blocker = tmp_path / "file"
     blocker.write_text("x")
-    assert bench.main(["--quick", "--out", str(blocker / "sub"), "--backend", "plugin"]) == 2
+    assert cli.main(["--quick", "--out", str(blocker / "sub"), "--backend", "plugin"]) == 2
     err = capsys.readouterr().err.strip()
-    assert err.count("\n") == 0 and "not writable" in err
+    assert err.count("\n") == 0 and "--out folder" in err and "is not writable" in err
 
 
 def test_checkpoint_of_another_architecture_gets_one_line(tmp_path, capsys):
     path = tmp_path / "other.pt"
     torch.save(torch.nn.Linear(3, 2).state_dict(), path)
-    assert bench.main(["--quick", "--out", str(tmp_path / "o"), "--backend", "plugin",
-                       "--checkpoint", str(path)]) == 2
+    assert cli.main(["--quick", "--out", str(tmp_path / "o"), "--backend", "plugin",
+                     "--checkpoint", str(path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "is not a LeNet" in err
 
 
 def test_interrupted_run_keeps_finished_seeds(tmp_path, monkeypatch):
-    real = bench.run_seed
+    real = protocol.run_seed
     calls = []
 
     def flaky(*args, **kwargs):
@@ -80,10 +123,10 @@ def test_interrupted_run_keeps_finished_seeds(tmp_path, monkeypatch):
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(bench, "run_seed", flaky)
+    monkeypatch.setattr(protocol, "run_seed", flaky)
     out = tmp_path / "r"
-    rc = bench.main(["--quick", "--seeds", "0", "1", "--out", str(out), "--backend", "plugin",
-                     "--methods", "baseline", "--scores", "msp", "--no-progress"])
+    rc = cli.main(["--quick", "--seeds", "0", "1", "--out", str(out), "--backend", "plugin",
+                   "--methods", "baseline", "--scores", "msp", "--no-progress"])
     assert rc == 130
     res = json.loads((out / "results.json").read_text())
     assert list(res["seeds"]) == ["0"] and res["interrupted"] is True
@@ -92,23 +135,25 @@ def test_interrupted_run_keeps_finished_seeds(tmp_path, monkeypatch):
 
 def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path):
     need_openood()
-    from um_plugin.metrics import id_ood_metrics
+    from benchmarks.metrics import id_ood_metrics
     from um_plugin.openood.benchmarks import unregister_benchmark
     data = emb.build_embedded(n_ood=40, n_val_ood=20)
-    scorer = bench.OpenOODScorer(data, str(tmp_path / "oo"), id_name="mnist5k_parity")
+    scorer = scoring.OpenOODScorer(data, str(tmp_path / "oo"), id_name="mnist5k_parity")
     try:
-        model = bench.make_model(3)
+        model = make_model(3)
         tensors = {"id_test": emb.to_tensor(data.id["test"][0])}
         tensors.update({k: emb.to_tensor(v) for k, v in data.ood_sets().items()})
         for score in ("msp", "odin", "ebo", "mls"):
             df, raw = scorer.evaluate(model, score)
-            plug = bench.score_all(model, tensors, [score])[score]
+            plug = scoring.score_all(model, tensors, [score])[score]
             for key in tensors:
                 np.testing.assert_allclose(raw[key][1], plug[key][1], rtol=1e-5, atol=1e-5)
                 np.testing.assert_array_equal(raw[key][0], plug[key][0])
+            table = scoring.OpenOODScorer.table(df)
             for name in data.ood_sets():  # same scores -> same metrics, ours vs OpenOOD's table
                 ours = id_ood_metrics(raw["id_test"][1], raw[name][1])
                 for metric, value in ours.items():
                     assert value == pytest.approx(df.loc[name, metric], abs=1e-9)
+                    assert table.sets[name].get(metric) == pytest.approx(value, abs=1e-9)
     finally:
         unregister_benchmark("mnist5k_parity")

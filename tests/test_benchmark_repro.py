@@ -4,7 +4,7 @@ import json
 import pytest
 from openood_fixtures import need_openood
 
-from um_plugin.bench import repro
+from benchmarks import repro
 
 
 pytestmark = pytest.mark.usefixtures("bench_extras")

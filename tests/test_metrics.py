@@ -1,9 +1,9 @@
-"""um_plugin.metrics equals OpenOOD's metrics for the same scores."""
+"""benchmarks.metrics equals OpenOOD's metrics for the same scores."""
 import numpy as np
 import pytest
 from openood_fixtures import need_openood
 
-from um_plugin import metrics
+from benchmarks import metrics
 
 
 pytestmark = pytest.mark.usefixtures("sklearn_extra")

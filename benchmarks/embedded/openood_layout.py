@@ -16,7 +16,7 @@ from typing import Dict
 
 import numpy as np
 
-from .embedded import ID_NAME, NORMALIZATION, SIZE, EmbeddedData
+from .datasets import ID_NAME, NORMALIZATION, SIZE, EmbeddedData
 
 DATA_DIR = "images_classic/"
 

@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from .records import SUMMARY_ROWS, BenchResult
+
 
 def _plt():
     import matplotlib
@@ -13,23 +15,23 @@ def _plt():
     return plt
 
 
-def make_all(results, hist, out, cfg, set_split) -> list:
+def make_all(result: BenchResult, out: str, set_split) -> list:
     """Write every plot the data allows; returns the paths written."""
     paths = []
-    seeds = list(results["seeds"].values())
-    if not seeds:
+    if not result.seeds:
         return paths
     for fn in (_histograms, _finetune_loss, _stage, _xi_sweep):
         try:
-            p = fn(results, hist, out, set_split)
-        except (KeyError, ValueError, IndexError):
+            p = fn(result, out, set_split)
+        except (KeyError, ValueError, IndexError, AttributeError):
             p = None  # a plot whose inputs a partial run lacks is skipped, not fatal
         if p:
             paths.extend(p if isinstance(p, list) else [p])
     return paths
 
 
-def _histograms(results, hist, out, set_split):
+def _histograms(result, out, set_split):
+    hist = result.hist
     if not hist:
         return None
     plt = _plt()
@@ -46,7 +48,7 @@ def _histograms(results, hist, out, set_split):
                     color="k")
             for s in set_split:
                 ax.hist(by[s][1], bins=bins, histtype="step", density=True, label=s, lw=1.4)
-            ax.set_title(f"{method} ({score}), seed {list(results['seeds'])[0]}")
+            ax.set_title(f"{method} ({score}), seed {next(iter(result.seeds))}")
             ax.set_xlabel(f"{score} score (higher = more ID)")
         axes[0][0].legend(fontsize=7)
         fig.tight_layout()
@@ -57,23 +59,23 @@ def _histograms(results, hist, out, set_split):
     return paths
 
 
-def _finetune_loss(results, hist, out, set_split):
-    rec = list(results["seeds"].values())[0]
-    modes = [m for m in ("ce", "um", "umap") if m in rec["models"]]
+def _finetune_loss(result, out, set_split):
+    rec = next(iter(result.seeds.values()))
+    modes = [m for m in ("ce", "um", "umap") if m in rec.models]
     if not modes:
         return None
     plt = _plt()
     fig, ax = plt.subplots(figsize=(6, 4))
     for m in modes:
-        h = rec["models"][m]["history"]
-        line, = ax.plot(range(1, len(h["loss"]) + 1), h["loss"], marker="o", ms=3,
+        h = rec.models[m].history
+        line, = ax.plot(range(1, len(h.loss) + 1), h.loss, marker="o", ms=3,
                         label=f"{m} train loss")
         if m != "ce":
-            ax.axhline(h["xi"], ls="--", color=line.get_color(), label=f"{m} ξ = {h['xi']:.3g}")
+            ax.axhline(h.xi, ls="--", color=line.get_color(), label=f"{m} ξ = {h.xi:.3g}")
     ax.set_xlabel("fine-tuning epoch")
     ax.set_ylabel("train objective |CE − ξ| + ξ (plain CE for ce)")
     ax.set_yscale("log")
-    ax.set_title("fine-tuning loss vs the ξ line (seed %s)" % list(results["seeds"])[0])
+    ax.set_title("fine-tuning loss vs the ξ line (seed %s)" % next(iter(result.seeds)))
     ax.legend(fontsize=8)
     fig.tight_layout()
     p = os.path.join(out, "finetune_loss.png")
@@ -82,17 +84,18 @@ def _finetune_loss(results, hist, out, set_split):
     return p
 
 
-def _stage(results, hist, out, set_split):
-    seeds = [r for r in results["seeds"].values() if r.get("stage")]
+def _stage(result, out, set_split):
+    seeds = [r for r in result.seeds.values() if r.stage]
     if not seeds:
         return None
     plt = _plt()
-    score = "msp" if "msp" in seeds[0]["stage"][0] else [k for k in seeds[0]["stage"][0] if k != "epoch"][0]
-    rows = [r for r in ("nearood", "farood") if r in seeds[0]["stage"][0][score]] + list(set_split)
+    first = seeds[0].stage[0].scores
+    score = "msp" if "msp" in first else next(iter(first))
+    rows = [r for r in SUMMARY_ROWS if r in first[score].auroc] + list(set_split)
     fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-    epochs = [e["epoch"] for e in seeds[0]["stage"]]
+    epochs = [e.epoch for e in seeds[0].stage]
     for i, row in enumerate(rows):
-        curves = np.array([[e[score][row] for e in r["stage"]] for r in seeds])
+        curves = np.array([[e.scores[score].auroc[row] for e in r.stage] for r in seeds])
         mu = curves.mean(0)
         ax = axes[0] if row.endswith("ood") else axes[1]
         line, = ax.plot(epochs, mu, label=row, lw=2 if row.endswith("ood") else 1.2)
@@ -101,7 +104,7 @@ def _stage(results, hist, out, set_split):
         ax.scatter([epochs[-1]], [mu[-1]], color=line.get_color(), marker="s", s=30, zorder=3)
         ax.annotate(f"best {mu[b]:.1f} @{epochs[b]} / final {mu[-1]:.1f}", (epochs[b], mu[b]),
                     fontsize=7, xytext=(3, 4), textcoords="offset points")
-    acc = np.array([[e[score]["acc"] for e in r["stage"]] for r in seeds]).mean(0)
+    acc = np.array([[e.scores[score].acc for e in r.stage] for r in seeds]).mean(0)
     ax2 = axes[0].twinx()
     ax2.plot(epochs, acc, color="gray", ls=":", label="ID test acc")
     ax2.set_ylabel("ID test accuracy (%)", color="gray")
@@ -117,39 +120,34 @@ def _stage(results, hist, out, set_split):
     return p
 
 
-def _xi_sweep(results, hist, out, set_split):
-    seeds = list(results["seeds"].values())
-    modes = [m for m in ("um", "umap") if f"{m}_sweep" in seeds[0]]
+def _xi_sweep(result, out, set_split):
+    seeds = list(result.seeds.values())
+    modes = [m for m in ("um", "umap") if m in seeds[0].sweeps]
     if not modes:
         return None
     plt = _plt()
-    base = seeds[0]["models"]["baseline"]["metrics"]
-    scores = list(base)
-    score = "ebo" if "ebo" in scores else scores[0]
+    base = seeds[0].models["baseline"].metrics
+    score = "ebo" if "ebo" in base else next(iter(base))
+
+    def value(m, row, metric):
+        return m.acc if row == "acc" else m.sets[row].get(metric)
     fig, axes = plt.subplots(1, 3, figsize=(14, 4))
     panels = [("AUROC", "AUROC (%)"), ("FPR@95", "FPR@95 (%)"), ("ACC", "ID accuracy (%)")]
     for mode, style in zip(modes, ("-o", "--s")):
-        labels = [e["label"] for e in seeds[0][f"{mode}_sweep"]]
-        xis = np.array([[e["xi"] for e in r[f"{mode}_sweep"]] for r in seeds]).mean(0)
+        xis = np.array([[e.xi for e in r.sweeps[mode]] for r in seeds]).mean(0)
         order = np.argsort(xis)
         for ax, (metric, ylabel) in zip(axes, panels):
-            rows = ["acc"] if metric == "ACC" else [r for r in ("nearood", "farood")
-                                                     if r in base[score]["sets"]]
+            rows = ["acc"] if metric == "ACC" else [r for r in SUMMARY_ROWS if r in base[score].sets]
             for row in rows:
-                vals = np.array([[e["metrics"][score]["acc"] if row == "acc" else
-                                  e["metrics"][score]["sets"][row][metric]
-                                  for e in r[f"{mode}_sweep"]] for r in seeds]).mean(0)
+                vals = np.array([[value(e.metrics[score], row, metric) for e in r.sweeps[mode]]
+                                 for r in seeds]).mean(0)
                 ax.plot(xis[order], vals[order], style, label=f"{mode} {row}")
             ax.set_xscale("log")
             ax.set_xlabel("ξ (mean over seeds)")
             ax.set_ylabel(ylabel)
-        del labels
     for ax, (metric, _) in zip(axes, panels):
-        for row in (["acc"] if metric == "ACC" else [r for r in ("nearood", "farood")
-                                                     if r in base[score]["sets"]]):
-            v = np.mean([r["models"]["baseline"]["metrics"][score]["acc"] if row == "acc" else
-                         r["models"]["baseline"]["metrics"][score]["sets"][row][metric]
-                         for r in seeds])
+        for row in (["acc"] if metric == "ACC" else [r for r in SUMMARY_ROWS if r in base[score].sets]):
+            v = np.mean([value(r.models["baseline"].metrics[score], row, metric) for r in seeds])
             ax.axhline(v, color="gray", ls=":", lw=1)
         ax.legend(fontsize=7)
     axes[0].set_title(f"{score}: OOD AUROC vs ξ (dotted: baseline)")

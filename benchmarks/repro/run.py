@@ -22,7 +22,7 @@ from typing import List, Optional
 import numpy as np
 import torch
 
-from . import scoring
+from .. import scorers as scoring
 
 SUITES = ("cifar10", "cifar100", "imagenet")
 METHODS = ("baseline", "um", "umap")
@@ -237,8 +237,8 @@ def run(suite: str, data_root: Optional[str], checkpoint: Optional[str], methods
         import openood  # noqa: F401
     except ImportError:
         raise ReproError("the reproduction runs through OpenOOD; install it first") from None
-    from ..core.finetune import FinetuneConfig, run_um, run_umap
-    from ..core.xi import estimate_xi
+    from um_plugin.core.finetune import FinetuneConfig, run_um, run_umap
+    from um_plugin.core.xi import estimate_xi
     cfg = dict(DEFAULTS[suite])
     cfg.update({k: v for k, v in dict(epochs=epochs, lr=lr, batch=batch,
                                       keep_ratio=keep_ratio).items() if v is not None})
@@ -260,7 +260,7 @@ def run(suite: str, data_root: Optional[str], checkpoint: Optional[str], methods
     if device == "cpu":
         if not dry_run:
             print("um-repro: warning: no GPU; this will be very slow", file=sys.stderr)
-        from ..openood.cpu import enable_cpu_fallback
+        from um_plugin.openood.cpu import enable_cpu_fallback
         enable_cpu_fallback()
     net = build_net(suite, checkpoint, dry_run).to(device)
     loader = train_loader(id_name, data_root, suite, cfg["batch"], workers)
