@@ -4,6 +4,7 @@ import json
 import pytest
 from openood_fixtures import need_openood
 
+from benchmarks.repro import pipeline
 from benchmarks import repro
 
 
@@ -41,3 +42,37 @@ def test_repro_errors_are_one_line(tmp_path, capsys):
     assert repro.main(["cifar10", "--out", str(tmp_path), "--data-root", str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "missing; download" in err
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["cifar10", "--xi", "-1"], "loss constraint xi must be a finite number >= 0"),
+    (["cifar10", "--keep-ratio", "2"], "keep_ratio must be in (0, 1]"),
+    (["cifar10", "--epochs", "0"], "--epochs must be an integer >= 1, got 0"),
+    (["cifar10", "--batch", "-4"], "--batch must be an integer >= 1"),
+    (["cifar10", "--xi-draws", "0"], "--xi-draws must be an integer >= 1"),
+    (["cifar10", "--workers", "-1"], "--workers must be an integer >= 0"),
+    (["cifar10", "--lr", "nan"], "--lr must be a finite number > 0"),
+    (["cifar10", "--methods", "baseline,oe"], "unknown method(s) ['oe']; valid"),
+    (["cifar10", "--scores", "knn"], "unknown score(s) ['knn']; valid"),
+    (["cifar10", "--checkpoint", "/nonexistent.ckpt"], "checkpoint '/nonexistent.ckpt' does not exist"),
+    (["cifar10"], "--data-root is required"),
+    (["svhn"], "argument suite: invalid choice: 'svhn'"),
+    (["cifar10", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
+])
+def test_bad_arguments_get_one_line_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
+    def no_work(*a, **k):
+        raise AssertionError("work started before the arguments were validated")
+    monkeypatch.setattr(pipeline, "write_dry_run_data", no_work)
+    monkeypatch.setattr(pipeline, "register_suite", no_work)
+    data = [] if "--data-root" in argv or argv == ["cifar10"] else ["--data-root", str(tmp_path)]
+    assert repro.main(argv + data + ["--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m benchmarks.repro: error: ") \
+        and message in err, err
+
+
+def test_unwritable_output_folder_gets_one_line(tmp_path, capsys):
+    blocker = tmp_path / "file"
+    blocker.write_text("x")
+    assert repro.main(["cifar10", "--dry-run", "--out", str(blocker / "sub")]) == 2
+    assert "--out folder" in capsys.readouterr().err

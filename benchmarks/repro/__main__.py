@@ -1,0 +1,6 @@
+"""``python -m benchmarks.repro``: see ``--help``."""
+import sys
+
+from .pipeline import main
+
+sys.exit(main())
