@@ -1,21 +1,64 @@
-"""The cost benchmark runs and reports consistent figures (timings themselves are not asserted)."""
+"""The cost benchmark runs through the core engine and reports every ratio with its target
+(timings themselves are not asserted: they depend on the machine)."""
+import json
+
 import pytest
 
 from benchmarks import cost
+from benchmarks.cost import measure
 
 
-def test_cost_lenet_tiny(tmp_path):
-    r = cost.run(["lenet"], batch=8, steps=1, warmup=0, device="cpu", out=str(tmp_path),
-                 progress=False)
+def test_cost_lenet_tiny_reports_every_ratio_with_its_target(tmp_path, capsys):
+    rc = cost.main(["--models", "lenet", "--batches", "8", "--rounds", "1", "--round-steps", "1",
+                    "--warmup", "0", "--xi-images", "16", "--device", "cpu", "--out", str(tmp_path),
+                    "--no-progress"])
+    assert rc == 0
+    printed = capsys.readouterr().out
+    assert "(target <= 1.05:" in printed and "(target >= 20.00:" in printed
+    assert "(target ~ 1.00:" in printed
+    r = json.loads((tmp_path / "cost.json").read_text())
+    assert r["mask"]["mask_equal_to_sort"] is True
+    assert r["mask"]["layer_weights"] == 512 * 512 * 9 and r["mask"]["kept"] == r["mask"]["kept_expected"]
     m = r["models"][0]
-    assert m["mask_same_as_sort"] is True
-    assert m["baked_has_no_parametrizations"] is True
-    for key in ("ratio_umap_vs_plain", "ratio_um_vs_plain", "ratio_sort_vs_topk",
-                "ratio_baked_vs_base_inference", "xi_images_per_s"):
+    assert (m["model"], m["batch"]) == ("lenet", 8) and m["baked_has_no_parametrizations"] is True
+    for key in ("ratio_umap_vs_plain", "ratio_um_vs_plain", "ratio_baked_vs_base_inference",
+                "xi_images_per_s"):
         assert m[key] > 0
-    assert (tmp_path / "cost.json").is_file() and "| lenet | 8 |" in (tmp_path / "cost.md").read_text()
+    assert "| lenet | 8 |" in (tmp_path / "cost.md").read_text()
 
 
-def test_cost_rejects_unknown_model(capsys):
-    assert cost.main(["--models", "vgg", "--out", "/tmp"]) == 2
-    assert "unknown model(s) ['vgg']" in capsys.readouterr().err
+def test_plain_step_is_the_engine_at_xi_zero_and_equals_cross_entropy_sgd():
+    """The 'plain' variant the ratios divide by is plain CE training, bit for bit."""
+    import copy
+
+    import torch
+    import torch.nn.functional as F
+    torch.manual_seed(0)
+    base, _ = measure.build_model("lenet")
+    x, y = torch.randn(8, 3, 28, 28), torch.randint(0, 10, (8,))
+    a, b = copy.deepcopy(base).train(), copy.deepcopy(base).train()
+    tuner = measure.tuner_for(a, "um", 0.0, 0.8, steps=1)
+    opt = torch.optim.SGD(b.parameters(), lr=0.01, momentum=0.9, weight_decay=1e-4, nesterov=True)
+    for _ in range(3):
+        tuner.train_epoch([(x, y)])
+        opt.zero_grad()
+        F.cross_entropy(b(x), y).backward()
+        opt.step()
+    for (name, p), q in zip(a.named_parameters(), b.parameters()):
+        assert torch.equal(p, q), name
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--models", "vgg"], "unknown model(s) ['vgg']; valid"),
+    (["--batches", "64,0"], "--batches must be integers >= 1"),
+    (["--rounds", "0"], "--rounds must be >= 1"),
+    (["--threads", "-1"], "--threads must be >= 0"),
+    (["--keep-ratio", "2"], "--keep-ratio: keep_ratio must be in (0, 1]"),
+    (["--device", "tpu"], "--device must be 'auto', 'cpu' or 'cuda'"),
+    (["--batches", "x"], "argument --batches: invalid"),
+])
+def test_bad_arguments_get_one_line(argv, message, tmp_path, capsys):
+    assert cost.main(argv + ["--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and err.startswith("python -m benchmarks.cost: error: ") \
+        and message in err, err

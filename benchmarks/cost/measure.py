@@ -1,0 +1,184 @@
+"""The cost measurements, each a ratio of two timings taken in interleaved rounds.
+
+Interleaving (every variant once per round, median over rounds) lets background load hit all
+variants alike. Training steps run through the core's one engine: plain = UM at ξ 0 (CE bit
+for bit), so the ratios time exactly what users run.
+"""
+from __future__ import annotations
+
+import copy
+import statistics
+import time
+import warnings
+from typing import Callable, Dict, List
+
+import torch
+from torch import nn
+
+from um_plugin.core.finetune import FinetuneConfig, Finetuner
+from um_plugin.core.masks import attach_score_masks, iter_score_masks, num_kept
+from um_plugin.core.xi import estimate_xi
+
+from ..models import LeNet
+
+MODELS = ("lenet", "resnet18")
+XI = 0.05  # any ξ > 0 runs the UM objective; the value does not change the cost
+# ResNet-18's largest conv (512 x 512 x 3 x 3 = 2,359,296 weights): the layer the issue names
+BIG_LAYER = (512, 512, 3)
+
+
+class CostError(Exception):
+    """A bad argument, reported as one line."""
+
+
+def build_model(name: str, num_classes: int = 10):
+    """(model, input shape): the benchmarks' LeNet (28x28) or OpenOOD's ResNet18_32x32 (32x32)."""
+    if name == "lenet":
+        return LeNet(num_classes, 3), (3, 28, 28)
+    if name == "resnet18":
+        try:
+            from openood.networks import ResNet18_32x32  # optional dependency
+        except ImportError:
+            raise CostError("model 'resnet18' is OpenOOD's ResNet18_32x32; install OpenOOD "
+                            "or use --models lenet") from None
+        return ResNet18_32x32(num_classes=num_classes), (3, 32, 32)
+    raise CostError(f"unknown model {name!r}; valid: {list(MODELS)}")
+
+
+def sync(device: torch.device) -> None:
+    """Wait for queued kernels, so a timing covers the work and not just its launch."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int,
+                device: torch.device) -> Dict[str, List[float]]:
+    """Seconds per call of every function, ``rounds`` interleaved rounds after ``warmup``."""
+    times = {k: [] for k in fns}
+    for _ in range(warmup):
+        for fn in fns.values():
+            fn()
+    sync(device)
+    for _ in range(rounds):
+        for k, fn in fns.items():
+            t = time.perf_counter()
+            fn()
+            sync(device)
+            times[k].append(time.perf_counter() - t)
+    return times
+
+
+def median(times: Dict[str, List[float]]) -> Dict[str, float]:
+    return {k: statistics.median(v) for k, v in times.items()}
+
+
+def tuner_for(model: nn.Module, mode: str, xi: float, keep_ratio: float, steps: int) -> Finetuner:
+    """An engine run that never reaches the end of its cosine schedule while being timed."""
+    config = FinetuneConfig(mode=mode, epochs=10 ** 6, lr=0.01, momentum=0.9, weight_decay=1e-4,
+                            nesterov=True, keep_ratio=keep_ratio, threshold="layer",
+                            freeze_weights=True, beta=1.0, min_lr=0.0, seed=0, progress=False)
+    return Finetuner(model, xi, config, steps_per_epoch=steps)
+
+
+def training_steps(base: nn.Module, x, y, keep_ratio: float, rounds: int, warmup: int,
+                   round_steps: int, device: torch.device) -> dict:
+    """Seconds per step of plain (UM at ξ 0), UM and UMAP, each ``round_steps`` steps a round."""
+    batches = [(x, y)] * round_steps
+    tuners = {mode: tuner_for(copy.deepcopy(base).train(), engine_mode, xi, keep_ratio, round_steps)
+              for mode, engine_mode, xi in (("plain", "um", 0.0), ("um", "um", XI),
+                                            ("umap", "umap", XI))}
+    fns = {k: (lambda t=t: t.train_epoch(batches)) for k, t in tuners.items()}
+    per_round = median(interleaved(fns, rounds, warmup, device))
+    step = {k: v / round_steps for k, v in per_round.items()}
+    res = {"step_s": step, "round_steps": round_steps, "rounds": rounds,
+           "ratio_umap_vs_plain": step["umap"] / step["plain"],
+           "ratio_um_vs_plain": step["um"] / step["plain"]}
+    if device.type == "cuda":
+        res["syncs_per_step"] = {k: count_syncs(lambda t=t: t.train_epoch(batches)) / round_steps
+                                 for k, t in tuners.items()}
+    res["_tuners"] = tuners
+    return res
+
+
+def count_syncs(fn: Callable[[], None]) -> int:
+    """Host-device synchronisations ``fn`` makes, counted by CUDA's sync debug mode."""
+    previous = torch.cuda.get_sync_debug_mode()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        torch.cuda.set_sync_debug_mode("warn")
+        try:
+            fn()
+        finally:
+            torch.cuda.set_sync_debug_mode(previous)
+    return sum("synchroniz" in str(w.message) for w in caught)
+
+
+def official_sort_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+    """The official code's mask (``GetSubnet``): a full sort, the smallest ``int((1-k)n)`` dropped."""
+    flat = scores.detach().abs().flatten()
+    out = torch.empty_like(flat)
+    idx = flat.sort().indices
+    j = int((1 - keep_ratio) * flat.numel())
+    out[idx[:j]] = 0
+    out[idx[j:]] = 1
+    return out.view_as(scores)
+
+
+def mask_selection(keep_ratio: float, rounds: int, warmup: int, device: torch.device) -> dict:
+    """The core's masked weight vs the official sort on a 2.36M-weight layer, scores moving.
+
+    Each call first moves the scores a little (as an optimizer step does), so the core cannot
+    reuse a cached mask; both variants pay for that same update.
+    """
+    conv = nn.Conv2d(BIG_LAYER[0], BIG_LAYER[1], BIG_LAYER[2], bias=False).to(device)
+    attach_score_masks(conv, keep_ratio, generator=torch.Generator().manual_seed(0))
+    (_, _, sm), = list(iter_score_masks(conv))
+    weight = conv.parametrizations.weight.original
+    noise = 1e-4 * torch.randn(sm.scores.shape, generator=torch.Generator().manual_seed(1)).to(device)
+
+    @torch.no_grad()
+    def fast():
+        sm.scores.add_(noise)
+        conv.weight
+
+    @torch.no_grad()
+    def sort():
+        sm.scores.add_(noise)
+        weight * official_sort_mask(sm.scores, keep_ratio)
+
+    times = median(interleaved({"fast": fast, "sort": sort}, max(rounds, 5), warmup, device))
+    with torch.no_grad():
+        conv.weight  # refresh the core's mask for the current scores
+        same = torch.equal(sm.mask, official_sort_mask(sm.scores, keep_ratio))
+        kept = int(sm.mask.sum())
+    return {"layer_weights": sm.scores.numel(), "mask_s": times,
+            "ratio_sort_vs_fast": times["sort"] / times["fast"], "mask_equal_to_sort": same,
+            "kept": kept, "kept_expected": num_kept(sm.scores.numel(), keep_ratio)}
+
+
+def inference(base: nn.Module, baked: nn.Module, x, rounds: int, warmup: int,
+              device: torch.device) -> dict:
+    """Forward time of the baked UMAP model vs the base model (they should be equal)."""
+    ref, baked = copy.deepcopy(base).eval(), baked.eval()
+    with torch.no_grad():
+        times = median(interleaved({"base": lambda: ref(x), "baked": lambda: baked(x)},
+                                   max(4 * rounds, 20), max(warmup, 2), device))
+    return {"infer_s": times, "ratio_baked_vs_base_inference": times["baked"] / times["base"],
+            "baked_has_no_parametrizations": not any(hasattr(m, "parametrizations")
+                                                     for m in baked.modules())}
+
+
+def xi_throughput(base: nn.Module, shape, batch: int, images: int, device: torch.device) -> dict:
+    """Images per second of ξ estimation (one random mask, eval mode, no grad)."""
+    n = max(batch, images - images % batch)
+    gen = torch.Generator().manual_seed(0)
+    data = torch.utils.data.TensorDataset(torch.randn(n, *shape, generator=gen),
+                                          torch.randint(0, 10, (n,), generator=gen))
+    loader = torch.utils.data.DataLoader(data, batch_size=batch)
+    model = copy.deepcopy(base)
+    estimate_xi(model, [next(iter(loader))], progress=False)  # warm-up
+    sync(device)
+    t = time.perf_counter()
+    estimate_xi(model, loader, progress=False)
+    sync(device)
+    return {"xi_images_per_s": n / (time.perf_counter() - t)}

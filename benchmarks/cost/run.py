@@ -1,0 +1,186 @@
+"""Run every cost measurement, print each ratio next to its target, write cost.json / cost.md."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import asdict, dataclass, field
+from typing import List
+
+import torch
+
+from um_plugin.core.finetune import FinetuneConfig
+from um_plugin.core.masks import validate_keep_ratio
+
+from ..cli import OneLineParser, comma_list, fail, parse
+from .measure import (MODELS, CostError, build_model, inference, mask_selection, training_steps,
+                      xi_throughput)
+
+PROG = "python -m benchmarks.cost"
+UMAP_KEEP_RATIO = FinetuneConfig.__dataclass_fields__["keep_ratio"].default
+# ratio name -> (comparison, target), from issue 12
+TARGETS = {"ratio_umap_vs_plain": ("<=", 1.05), "ratio_sort_vs_fast": (">=", 20.0),
+           "ratio_baked_vs_base_inference": ("~", 1.00)}
+INFERENCE_TOLERANCE = 0.05  # "~ 1.00" means within 5%
+
+
+def verdict(name: str, value: float) -> str:
+    """``'1.031 (target <= 1.05: met)'``."""
+    op, target = TARGETS[name]
+    ok = {"<=": value <= target, ">=": value >= target,
+          "~": abs(value - target) <= INFERENCE_TOLERANCE}[op]
+    return f"{value:.3f} (target {op} {target:.2f}: {'met' if ok else 'MISSED'})"
+
+
+@dataclass
+class CostConfig:
+    """What one cost run measures."""
+
+    models: List[str] = field(default_factory=lambda: list(MODELS))
+    batches: List[int] = field(default_factory=lambda: [64, 256])
+    rounds: int = 10
+    round_steps: int = 2
+    warmup: int = 2
+    device: str = "auto"
+    threads: int = 0
+    keep_ratio: float = UMAP_KEEP_RATIO
+    xi_images: int = 1024
+    out: str = "cost-results"
+    progress: bool = True
+
+    def validate(self) -> "CostConfig":
+        bad = [m for m in self.models if m not in MODELS]
+        if bad or not self.models:
+            raise CostError(f"unknown model(s) {bad}; valid: {list(MODELS)}")
+        for name in ("rounds", "round_steps", "xi_images"):
+            if getattr(self, name) < 1:
+                raise CostError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if not self.batches or any(b < 1 for b in self.batches):
+            raise CostError(f"--batches must be integers >= 1, got {self.batches}")
+        if self.warmup < 0 or self.threads < 0:
+            raise CostError(f"--warmup and --threads must be >= 0, got {self.warmup}, {self.threads}")
+        try:
+            validate_keep_ratio(self.keep_ratio)
+        except ValueError as exc:
+            raise CostError(f"--keep-ratio: {exc}") from None
+        if self.device == "auto":
+            self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        if self.device not in ("cpu", "cuda") or (self.device == "cuda" and not torch.cuda.is_available()):
+            raise CostError(f"--device must be 'auto', 'cpu' or 'cuda' (with a GPU), got {self.device!r}")
+        if "resnet18" in self.models:
+            build_model("resnet18")  # a missing OpenOOD stops here, before any timing
+        try:
+            os.makedirs(self.out, exist_ok=True)
+            open(os.path.join(self.out, ".write-test"), "w").close()
+            os.remove(os.path.join(self.out, ".write-test"))
+        except OSError as exc:
+            raise CostError(f"--out folder {self.out!r} is not writable ({exc.strerror})") from None
+        return self
+
+
+def measure_model(name: str, batch: int, cfg: CostConfig, device: torch.device, say) -> dict:
+    """Training steps, inference and ξ throughput of one architecture at one batch size."""
+    torch.manual_seed(0)
+    base, shape = build_model(name)
+    base = base.to(device)
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(batch, *shape, generator=gen).to(device)
+    y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    res = {"model": name, "batch": batch, "input": list(shape),
+           "params": sum(p.numel() for p in base.parameters())}
+    say(f"{name}, batch {batch}: {cfg.rounds} interleaved rounds of {cfg.round_steps} steps")
+    steps = training_steps(base, x, y, cfg.keep_ratio, cfg.rounds, cfg.warmup, cfg.round_steps, device)
+    baked = steps.pop("_tuners")["umap"].finish()
+    res.update(steps)
+    res.update(inference(base, baked, x, cfg.rounds, cfg.warmup, device))
+    res.update(xi_throughput(base, shape, batch, cfg.xi_images, device))
+    say(f"{name}, batch {batch}: umap/plain {verdict('ratio_umap_vs_plain', res['ratio_umap_vs_plain'])}")
+    return res
+
+
+def run(cfg: CostConfig) -> dict:
+    """Measure everything ``cfg`` asks for; writes ``cost.json`` and ``cost.md`` to ``cfg.out``."""
+    cfg.validate()
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    device = torch.device(cfg.device)
+    say = (lambda s: print(f"[cost] {s}", flush=True)) if cfg.progress else (lambda s: None)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
+    results = {"config": asdict(cfg), "device_name": name, "torch": torch.__version__,
+               "threads": torch.get_num_threads(), "targets": TARGETS, "models": []}
+    say(f"mask selection on a {BIG_LAYER_TEXT} layer")
+    results["mask"] = mask_selection(cfg.keep_ratio, cfg.rounds, cfg.warmup, device)
+    for model in cfg.models:
+        for batch in cfg.batches:
+            results["models"].append(measure_model(model, batch, cfg, device, say))
+            _write(cfg.out, "cost.json", json.dumps(results, indent=1))
+    results["table"] = markdown(results)
+    _write(cfg.out, "cost.json", json.dumps(results, indent=1))
+    _write(cfg.out, "cost.md", results["table"])
+    return results
+
+
+BIG_LAYER_TEXT = "512x512x3x3 (2.36M-weight)"
+
+
+def _write(out: str, name: str, text: str) -> None:
+    with open(os.path.join(out, name), "w") as fh:
+        fh.write(text)
+
+
+def markdown(results: dict) -> str:
+    """The cost tables, every ratio next to its target."""
+    mask = results["mask"]
+    lines = [f"Cost on {results['device_name']} (torch {results['torch']}, {results['threads']} "
+             f"threads); medians over interleaved rounds.\n",
+             f"Mask selection on a {BIG_LAYER_TEXT} layer, scores moving every step: official full "
+             f"sort / core = {verdict('ratio_sort_vs_fast', mask['ratio_sort_vs_fast'])}; mask "
+             f"identical to the sort's: {mask['mask_equal_to_sort']} (kept {mask['kept']} of "
+             f"{mask['layer_weights']}, expected {mask['kept_expected']}).\n",
+             "| model | batch | UMAP/plain step | UM/plain step | baked/base inference "
+             "| ξ estimation img/s | step s (plain / UM / UMAP) | syncs per step (plain / UM / UMAP) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in results["models"]:
+        s = r["step_s"]
+        syncs = r.get("syncs_per_step")
+        lines.append(
+            f"| {r['model']} | {r['batch']} | {verdict('ratio_umap_vs_plain', r['ratio_umap_vs_plain'])} "
+            f"| {r['ratio_um_vs_plain']:.3f} | "
+            f"{verdict('ratio_baked_vs_base_inference', r['ratio_baked_vs_base_inference'])} | "
+            f"{r['xi_images_per_s']:.0f} | {s['plain']:.4f} / {s['um']:.4f} / {s['umap']:.4f} | "
+            + (" / ".join(f"{syncs[k]:g}" for k in ("plain", "um", "umap")) if syncs else "n/a (CPU)")
+            + " |")
+    return "\n".join(lines) + "\n"
+
+
+def build_parser() -> OneLineParser:
+    d = CostConfig()
+    p = OneLineParser(prog=PROG, description=__doc__.splitlines()[0])
+    p.add_argument("--models", type=comma_list, default=d.models, help=f"from {','.join(MODELS)}")
+    p.add_argument("--batches", type=lambda s: [int(v) for v in comma_list(s)], default=d.batches,
+                   help="comma list of batch sizes (default: 64,256)")
+    p.add_argument("--rounds", type=int, default=d.rounds, help="interleaved timing rounds")
+    p.add_argument("--round-steps", type=int, default=d.round_steps, help="training steps per round")
+    p.add_argument("--warmup", type=int, default=d.warmup, help="untimed rounds first")
+    p.add_argument("--device", default=d.device, help="auto, cpu or cuda")
+    p.add_argument("--threads", type=int, default=d.threads, help="torch threads (0: default)")
+    p.add_argument("--keep-ratio", type=float, default=d.keep_ratio, help="UMAP keep ratio")
+    p.add_argument("--xi-images", type=int, default=d.xi_images, help="images for ξ throughput")
+    p.add_argument("--out", default=d.out, help="folder for cost.json / cost.md")
+    p.add_argument("--no-progress", action="store_true")
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point: one line and exit code 2 for a bad argument, before any timing."""
+    a, code = parse(build_parser(), argv)
+    if a is None:
+        return code
+    cfg = CostConfig(models=a.models, batches=a.batches, rounds=a.rounds, round_steps=a.round_steps,
+                     warmup=a.warmup, device=a.device, threads=a.threads, keep_ratio=a.keep_ratio,
+                     xi_images=a.xi_images, out=a.out, progress=not a.no_progress)
+    try:
+        r = run(cfg)
+    except CostError as exc:
+        return fail(PROG, str(exc))
+    print(r["table"])
+    return 0
