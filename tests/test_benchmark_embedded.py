@@ -11,6 +11,7 @@ from benchmarks.embedded import cli, protocol, scoring
 from benchmarks.embedded import datasets as emb
 from benchmarks.embedded.config import METHODS, QUICK, BenchConfig
 from benchmarks.embedded.training import make_model
+from um_plugin.core.xi import OFFICIAL_ESTIMATE_KEEP_RATIO
 
 
 pytestmark = pytest.mark.usefixtures("bench_extras")
@@ -39,7 +40,7 @@ def test_quick_mode_writes_every_output(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     rec = res["seeds"]["0"]
     assert len(os.listdir(out / "checkpoints" / "seed0")) == QUICK["epochs"]  # one per epoch
-    assert rec["models"]["um"]["xi_label"] in ("est@0.965", "fixed 0.05")
+    assert rec["models"]["um"]["xi_label"] in (f"est@{OFFICIAL_ESTIMATE_KEEP_RATIO:g}", "fixed 0.05")
     auroc = rec["models"]["baseline"]["metrics"]["msp"]["sets"]["noise"]["auroc"]
     assert 0 <= auroc <= 100
     assert [e["epoch"] for e in rec["train_log"]] == list(range(1, QUICK["epochs"] + 1))

@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from um_plugin.core.finetune import FinetuneConfig, Finetuner
-from um_plugin.core.masks import attach_score_masks, iter_score_masks, num_kept
+from um_plugin.core.masks import attach_score_masks, num_kept, score_parameters
 from um_plugin.core.xi import estimate_xi
 
 from ..models import LeNet
@@ -128,32 +128,33 @@ def mask_selection(keep_ratio: float, rounds: int, warmup: int, device: torch.de
     """The core's masked weight vs the official sort on a 2.36M-weight layer, scores moving.
 
     Each call first moves the scores a little (as an optimizer step does), so the core cannot
-    reuse a cached mask; both variants pay for that same update.
+    reuse a cached mask; both variants pay for that same update. Only public API is used:
+    the masked weight is ``conv.weight``, the scores come from ``score_parameters``.
     """
     conv = nn.Conv2d(BIG_LAYER[0], BIG_LAYER[1], BIG_LAYER[2], bias=False).to(device)
     attach_score_masks(conv, keep_ratio, generator=torch.Generator().manual_seed(0))
-    (_, _, sm), = list(iter_score_masks(conv))
+    (scores,) = score_parameters(conv)
     weight = conv.parametrizations.weight.original
-    noise = 1e-4 * torch.randn(sm.scores.shape, generator=torch.Generator().manual_seed(1)).to(device)
+    noise = 1e-4 * torch.randn(scores.shape, generator=torch.Generator().manual_seed(1)).to(device)
 
     @torch.no_grad()
     def fast():
-        sm.scores.add_(noise)
+        scores.add_(noise)
         conv.weight
 
     @torch.no_grad()
     def sort():
-        sm.scores.add_(noise)
-        weight * official_sort_mask(sm.scores, keep_ratio)
+        scores.add_(noise)
+        weight * official_sort_mask(scores, keep_ratio)
 
     times = median(interleaved({"fast": fast, "sort": sort}, max(rounds, 5), warmup, device))
     with torch.no_grad():
-        conv.weight  # refresh the core's mask for the current scores
-        same = torch.equal(sm.mask, official_sort_mask(sm.scores, keep_ratio))
-        kept = int(sm.mask.sum())
-    return {"layer_weights": sm.scores.numel(), "mask_s": times,
+        masked = conv.weight
+        same = torch.equal(masked, weight * official_sort_mask(scores, keep_ratio))
+        kept = int(torch.count_nonzero(masked))
+    return {"layer_weights": scores.numel(), "mask_s": times,
             "ratio_sort_vs_fast": times["sort"] / times["fast"], "mask_equal_to_sort": same,
-            "kept": kept, "kept_expected": num_kept(sm.scores.numel(), keep_ratio)}
+            "kept": kept, "kept_expected": num_kept(scores.numel(), keep_ratio)}
 
 
 def inference(base: nn.Module, baked: nn.Module, x, rounds: int, warmup: int,
@@ -162,7 +163,7 @@ def inference(base: nn.Module, baked: nn.Module, x, rounds: int, warmup: int,
     ref, baked = copy.deepcopy(base).eval(), baked.eval()
     with torch.no_grad():
         times = median(interleaved({"base": lambda: ref(x), "baked": lambda: baked(x)},
-                                   max(4 * rounds, 20), max(warmup, 2), device))
+                                   4 * rounds, max(warmup, 2), device))
     return {"infer_s": times, "ratio_baked_vs_base_inference": times["baked"] / times["base"],
             "baked_has_no_parametrizations": not any(hasattr(m, "parametrizations")
                                                      for m in baked.modules())}

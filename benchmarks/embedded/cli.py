@@ -12,6 +12,7 @@ import sys
 from ..cli import OneLineParser, comma_list, fail, parse
 from .config import BACKENDS, QUICK, SWEEP, BenchConfig, BenchError, defaults
 from .datasets import MissingDataPackage
+from .protocol import run
 
 PROG = "python -m benchmarks.embedded"
 # (field, type, nargs): every BenchConfig field the command line sets directly
@@ -57,7 +58,6 @@ def config_from_args(args) -> BenchConfig:
 
 def main(argv=None) -> int:
     """Entry point: one clear line on bad input (exit 2); results kept on Ctrl-C (exit 130)."""
-    from .protocol import run
     args, code = parse(build_parser(), argv)
     if args is None:
         return code

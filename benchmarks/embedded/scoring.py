@@ -17,6 +17,7 @@ from torch import nn
 from .. import scorers
 from ..metrics import id_ood_metrics
 from .datasets import ID_NAME, EmbeddedData
+from .openood_layout import register_embedded
 from .records import SUMMARY_ROWS, Metrics, RawScores, ScoreMetrics
 from .training import make_model
 
@@ -84,7 +85,6 @@ class OpenOODScorer:
     def __init__(self, data: EmbeddedData, root: str, id_name: str = ID_NAME):
         from openood.evaluation_api import Evaluator  # optional dependency
         from um_plugin.openood.cpu import enable_cpu_fallback
-        from .openood_layout import register_embedded
         if not torch.cuda.is_available():
             enable_cpu_fallback()
         register_embedded(data, root, id_name)

@@ -23,10 +23,13 @@ from dataclasses import asdict, dataclass
 from typing import List, Optional
 
 import torch
+import torchvision
+import torchvision.transforms as T
 
 from um_plugin.core.finetune import MODES, FinetuneConfig, run_um, run_umap
 from um_plugin.core.masks import validate_keep_ratio
 from um_plugin.core.objective import validate_xi
+from um_plugin.core.xi import estimate_xi
 
 from .. import scorers as scoring
 from ..cli import OneLineParser, comma_list, fail, parse
@@ -43,7 +46,6 @@ def build_net(suite: str, checkpoint: Optional[str], dry_run: bool):
         from openood.networks import ResNet18_32x32
         net = ResNet18_32x32(num_classes=10 if suite == "cifar10" else 100)
     else:
-        import torchvision
         net = torchvision.models.resnet50()
     if checkpoint:
         if not os.path.isfile(checkpoint):
@@ -64,7 +66,6 @@ def build_net(suite: str, checkpoint: Optional[str], dry_run: bool):
 
 def train_loader(id_name: str, data_root: str, suite: str, batch: int, workers: int):
     """ID train split through OpenOOD's ImglistDataset with the usual train augmentation."""
-    import torchvision.transforms as T
     from openood.datasets.imglist_dataset import ImglistDataset
     from openood.evaluation_api.datasets import DATA_INFO
     from openood.evaluation_api.preprocessor import default_preprocessing_dict
@@ -196,7 +197,6 @@ def run(rc: ReproConfig) -> dict:
     t0 = time.time()
     xi = rc.xi
     if xi is None and set(MODES) & set(rc.methods):
-        from um_plugin.core.xi import estimate_xi
         est = estimate_xi(net, loader, draws=rc.xi_draws, progress=rc.progress)
         xi = est.xi
         results["xi_estimate"] = {"xi": est.xi, "draws": list(est.xi_draws)}
