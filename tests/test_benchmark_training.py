@@ -5,6 +5,7 @@ the plain SGD (Nesterov) + per-step cosine cross-entropy loop the benchmark had 
 same seeded shuffle order.
 """
 import math
+from dataclasses import fields
 
 import torch
 import torch.nn.functional as F
@@ -51,11 +52,20 @@ def test_base_training_on_the_engine_is_the_old_loop_bit_for_bit(tmp_path):
     assert all(torch.equal(last[k], v) for k, v in ref.state_dict().items())
 
 
-def test_finetune_configs_state_every_optimiser_field():
-    """The benchmark's numbers must not move when a core default moves (e.g. nesterov)."""
+def test_engine_configs_state_every_field(monkeypatch):
+    """The benchmark's numbers must not move when a core default moves (e.g. nesterov): every
+    FinetuneConfig field is passed explicitly (a new core field makes this test fail)."""
+    import benchmarks.embedded.training as training
+    from um_plugin.core.finetune import FinetuneConfig
+    passed = []
+    monkeypatch.setattr(training, "FinetuneConfig",
+                        lambda **kw: passed.append(set(kw)) or FinetuneConfig(**kw))
     cfg = BenchConfig()
     for mode in ("ce", "um", "umap"):
         fc = finetune_config(mode, cfg, seed=0)
         for name, value in FINETUNE_OPTIM.items():
             assert getattr(fc, name) == value, (mode, name)
+    training.base_config(cfg, seed=0)
+    every = {f.name for f in fields(FinetuneConfig)}
+    assert passed and all(kw == every for kw in passed), [every - kw for kw in passed]
     assert FINETUNE_OPTIM["nesterov"] is False and BASE_OPTIM["nesterov"] is True

@@ -76,7 +76,8 @@ def tuner_for(model: nn.Module, mode: str, xi: float, keep_ratio: float, steps: 
     """An engine run that never reaches the end of its cosine schedule while being timed."""
     config = FinetuneConfig(mode=mode, epochs=10 ** 6, lr=0.01, momentum=0.9, weight_decay=1e-4,
                             nesterov=True, keep_ratio=keep_ratio, threshold="layer",
-                            freeze_weights=True, beta=1.0, min_lr=0.0, seed=0, progress=False)
+                            freeze_weights=True, beta=1.0, min_lr=0.0, seed=0, precision="fp32",
+                            progress=False)
     return Finetuner(model, xi, config, steps_per_epoch=steps)
 
 

@@ -8,7 +8,7 @@ from typing import List
 
 import torch
 
-from um_plugin.core.finetune import FinetuneConfig
+from um_plugin.core.finetune import OFFICIAL_UMAP_KEEP_RATIO
 from um_plugin.core.masks import validate_keep_ratio
 
 from ..cli import OneLineParser, comma_list, fail, parse
@@ -16,7 +16,6 @@ from .measure import (MODELS, CostError, build_model, inference, mask_selection,
                       xi_throughput)
 
 PROG = "python -m benchmarks.cost"
-UMAP_KEEP_RATIO = FinetuneConfig.__dataclass_fields__["keep_ratio"].default
 # ratio name -> (comparison, target), from issue 12
 TARGETS = {"ratio_umap_vs_plain": ("<=", 1.05), "ratio_sort_vs_fast": (">=", 20.0),
            "ratio_baked_vs_base_inference": ("~", 1.00)}
@@ -42,7 +41,7 @@ class CostConfig:
     warmup: int = 2
     device: str = "auto"
     threads: int = 0
-    keep_ratio: float = UMAP_KEEP_RATIO
+    keep_ratio: float = OFFICIAL_UMAP_KEEP_RATIO
     xi_images: int = 1024
     out: str = "cost-results"
     progress: bool = True

@@ -9,11 +9,12 @@ import os
 
 import numpy as np
 
-from um_plugin.core.finetune import FinetuneConfig
+from um_plugin.core.finetune import OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig
 
 SUITES = ("cifar10", "cifar100", "imagenet")
 METHODS = ("baseline", "um", "umap")
-_CORE = FinetuneConfig()
+_CORE = FinetuneConfig()  # the official configs are the core's defaults
+_OFFICIAL = dict(epochs=_CORE.epochs, lr=_CORE.lr, batch=256, keep_ratio=OFFICIAL_UMAP_KEEP_RATIO)
 
 # The paper's numbers that could be read (sources: the README's Benchmarks section):
 # ImageNet-1K, ResNet-50, ODIN + UMAP (AUROC, FPR@95).
@@ -27,13 +28,12 @@ PAPER = {
 PAPER_IMAGENET_OOD = ("inaturalist", "sun", "places", "texture")
 IMAGENET_ID_NAME = "imagenet_um_paper"  # contains "imagenet": OpenOOD's loaders treat it so
 
-# official configs for CIFAR (100 epochs, lr 0.1 cosine, batch 256, UMAP keep 0.8): the core's
-# defaults, which are the official ones
+# official configs for CIFAR (100 epochs, lr 0.1 cosine, batch 256, UMAP keep 0.8)
 DEFAULTS = {
-    "cifar10": dict(epochs=_CORE.epochs, lr=_CORE.lr, batch=256, keep_ratio=_CORE.keep_ratio),
-    "cifar100": dict(epochs=_CORE.epochs, lr=_CORE.lr, batch=256, keep_ratio=_CORE.keep_ratio),
+    "cifar10": dict(_OFFICIAL),
+    "cifar100": dict(_OFFICIAL),
     # not stated in the material we could read; a short schedule that fits one GPU-day
-    "imagenet": dict(epochs=5, lr=_CORE.lr, batch=256, keep_ratio=_CORE.keep_ratio),
+    "imagenet": dict(_OFFICIAL, epochs=5),
 }
 
 
