@@ -62,3 +62,22 @@ def test_bad_arguments_get_one_line(argv, message, tmp_path, capsys):
     err = capsys.readouterr().err
     assert err.count("\n") == 1 and err.startswith("python -m benchmarks.cost: error: ") \
         and message in err, err
+
+
+def test_sync_counter_counts_cuda_sync_warnings_and_restores_the_mode(monkeypatch):
+    """The CUDA sync count (no GPU here): warnings of the sync debug mode are counted, nothing
+    else is, and the previous debug mode comes back."""
+    import warnings
+
+    import torch
+    modes = [0]
+    monkeypatch.setattr(torch.cuda, "get_sync_debug_mode", lambda: modes[-1])
+    monkeypatch.setattr(torch.cuda, "set_sync_debug_mode", lambda m: modes.append(m))
+
+    def three_syncs():
+        for _ in range(3):
+            warnings.warn("called a synchronizing CUDA operation", UserWarning)
+        warnings.warn("something else", UserWarning)
+
+    assert measure.count_syncs(three_syncs) == 3
+    assert modes == [0, "warn", 0]

@@ -25,6 +25,8 @@ MODELS = ("lenet", "resnet18")
 XI = 0.05  # any ξ > 0 runs the UM objective; the value does not change the cost
 # ResNet-18's largest conv (512 x 512 x 3 x 3 = 2,359,296 weights): the layer the issue names
 BIG_LAYER = (512, 512, 3)
+# (name, engine mode, ξ): plain training is the engine in UM mode at ξ = 0
+VARIANTS = (("plain", "um", 0.0), ("um", "um", XI), ("umap", "umap", XI))
 
 
 class CostError(Exception):
@@ -86,8 +88,7 @@ def training_steps(base: nn.Module, x, y, keep_ratio: float, rounds: int, warmup
     """Seconds per step of plain (UM at ξ 0), UM and UMAP, each ``round_steps`` steps a round."""
     batches = [(x, y)] * round_steps
     tuners = {mode: tuner_for(copy.deepcopy(base).train(), engine_mode, xi, keep_ratio, round_steps)
-              for mode, engine_mode, xi in (("plain", "um", 0.0), ("um", "um", XI),
-                                            ("umap", "umap", XI))}
+              for mode, engine_mode, xi in VARIANTS}
     fns = {k: (lambda t=t: t.train_epoch(batches)) for k, t in tuners.items()}
     per_round = median(interleaved(fns, rounds, warmup, device))
     step = {k: v / round_steps for k, v in per_round.items()}
@@ -95,10 +96,23 @@ def training_steps(base: nn.Module, x, y, keep_ratio: float, rounds: int, warmup
            "ratio_umap_vs_plain": step["umap"] / step["plain"],
            "ratio_um_vs_plain": step["um"] / step["plain"]}
     if device.type == "cuda":
-        res["syncs_per_step"] = {k: count_syncs(lambda t=t: t.train_epoch(batches)) / round_steps
-                                 for k, t in tuners.items()}
+        res["syncs"] = sync_counts(base, x, y, keep_ratio)
     res["_tuners"] = tuners
     return res
+
+
+def sync_counts(base: nn.Module, x, y, keep_ratio: float, long: int = 11) -> dict:
+    """Host-device syncs per step and per epoch end, from epochs of 1 and ``long`` steps."""
+    out = {}
+    for mode, engine_mode, xi in VARIANTS:
+        counts = {}
+        for n in (1, long):
+            tuner = tuner_for(copy.deepcopy(base).train(), engine_mode, xi, keep_ratio, n)
+            tuner.train_epoch([(x, y)] * n)  # warm-up: the first epoch may check more
+            counts[n] = count_syncs(lambda: tuner.train_epoch([(x, y)] * n))
+        per_step = (counts[long] - counts[1]) / (long - 1)
+        out[mode] = {"per_step": per_step, "per_epoch_end": counts[1] - per_step}
+    return out
 
 
 def count_syncs(fn: Callable[[], None]) -> int:

@@ -136,17 +136,19 @@ def markdown(results: dict) -> str:
              f"identical to the sort's: {mask['mask_equal_to_sort']} (kept {mask['kept']} of "
              f"{mask['layer_weights']}, expected {mask['kept_expected']}).\n",
              "| model | batch | UMAP/plain step | UM/plain step | baked/base inference "
-             "| ξ estimation img/s | step s (plain / UM / UMAP) | syncs per step (plain / UM / UMAP) |",
+             "| ξ estimation img/s | step s (plain / UM / UMAP) | host syncs per step (+ per epoch) "
+             "plain / UM / UMAP |",
              "|---|---|---|---|---|---|---|---|"]
     for r in results["models"]:
         s = r["step_s"]
-        syncs = r.get("syncs_per_step")
+        syncs = r.get("syncs")
         lines.append(
             f"| {r['model']} | {r['batch']} | {verdict('ratio_umap_vs_plain', r['ratio_umap_vs_plain'])} "
             f"| {r['ratio_um_vs_plain']:.3f} | "
             f"{verdict('ratio_baked_vs_base_inference', r['ratio_baked_vs_base_inference'])} | "
             f"{r['xi_images_per_s']:.0f} | {s['plain']:.4f} / {s['um']:.4f} / {s['umap']:.4f} | "
-            + (" / ".join(f"{syncs[k]:g}" for k in ("plain", "um", "umap")) if syncs else "n/a (CPU)")
+            + (" / ".join(f"{syncs[k]['per_step']:g} (+{syncs[k]['per_epoch_end']:g})"
+                          for k in ("plain", "um", "umap")) if syncs else "n/a (CPU)")
             + " |")
     return "\n".join(lines) + "\n"
 
