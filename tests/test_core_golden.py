@@ -26,6 +26,7 @@ def test_same_weights_and_losses_as_before(runs, case):
     state = runs[case]["state"]
     assert set(state) == set(golden["state"])  # (the order of baked keys was fixed since)
     for key, value in golden["state"].items():
-        # bit-identical on the machine that wrote the file; 1e-6 allows another CPU's kernels
-        torch.testing.assert_close(state[key], value, rtol=0, atol=1e-6, msg=key)
-    assert runs[case]["loss"] == pytest.approx(golden["loss"], abs=1e-6)
+        # bit-identical on the machine that wrote the file; 1e-4 allows another CPU's kernels
+        # (a changed mask, schedule or objective moves weights by 1e-2 or more)
+        torch.testing.assert_close(state[key], value, rtol=0, atol=1e-4, msg=key)
+    assert runs[case]["loss"] == pytest.approx(golden["loss"], abs=1e-4)
