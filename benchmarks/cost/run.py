@@ -130,7 +130,7 @@ def markdown(results: dict) -> str:
     """The cost tables, every ratio next to its target."""
     mask = results["mask"]
     lines = [f"Cost on {results['device_name']} (torch {results['torch']}, {results['threads']} "
-             f"threads); medians over interleaved rounds.\n",
+             f"thread(s)); medians over interleaved rounds.\n",
              f"Mask selection on a {BIG_LAYER_TEXT} layer, scores moving every step: official full "
              f"sort / core = {verdict('ratio_sort_vs_fast', mask['ratio_sort_vs_fast'])}; mask "
              f"identical to the sort's: {mask['mask_equal_to_sort']} (kept {mask['kept']} of "
