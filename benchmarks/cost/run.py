@@ -43,7 +43,7 @@ class CostConfig:
     threads: int = 0
     keep_ratio: float = OFFICIAL_UMAP_KEEP_RATIO
     xi_images: int = 1024
-    out: str = "cost-results"
+    out: str = "results/cost"
     progress: bool = True
 
     def validate(self) -> "CostConfig":

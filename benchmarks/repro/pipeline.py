@@ -92,7 +92,7 @@ class ReproConfig:
     """One reproduction run; ``None`` means the suite's default (see ``DEFAULTS``)."""
 
     suite: str
-    out: str = "repro-results"
+    out: str = "results/repro"
     data_root: Optional[str] = None
     checkpoint: Optional[str] = None
     methods: Optional[List[str]] = None
