@@ -299,6 +299,10 @@ class _MaskGroup:
                                       num_kept(total, self.keep_ratio))
         self._seen = self._state()
 
+    def mark_fresh(self) -> None:
+        """Declare the masks right for the scores as they are (after restoring both together)."""
+        self._seen = self._state()
+
 
 class ScoreMask(nn.Module):
     """Parametrization ``weight -> weight * topk(|scores|)`` with learnable popup scores."""
