@@ -81,15 +81,21 @@ def test_scores_edited_through_data_refresh_the_mask(edit):
     assert torch.equal(m.mask, sorted_reference_mask(m.scores, 0.6))
 
 
-def test_unchanged_scores_reuse_the_cached_mask():
+@pytest.mark.parametrize("threshold", ["layer", "global"])
+def test_unchanged_scores_reuse_the_cached_mask(threshold, monkeypatch):
     model = TinyCNN()
-    attach_score_masks(model, 0.6)
+    attach_score_masks(model, 0.6, threshold=threshold)
     x = torch.randn(2, 1, 8, 8)
     model(x)
-    group = next(iter_score_masks(model))[2].group
-    seen = group._seen
+    selector = next(iter_score_masks(model))[2].group.selector
+    calls = []
+    monkeypatch.setattr(selector, "select_", lambda *a, **k: calls.append(a))
     model(x)
-    assert group._seen is seen  # no recomputation when nothing changed
+    assert calls == []  # nothing changed: no recomputation
+    with torch.no_grad():
+        score_parameters(model)[1].mul_(2)
+    model(x)
+    assert len(calls) == 1  # one selection: the changed layer's, or the one global one
 
 
 def test_mask_settings():

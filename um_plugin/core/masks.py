@@ -266,9 +266,11 @@ class ScoreParameter(nn.Parameter):
 
 
 class _MaskGroup:
-    """The masks of one model; recomputes every stale mask in one pass per score update.
+    """The masks of one model; recomputes a mask only when its scores changed.
 
     ``keep_ratio`` and ``threshold`` are public: callers compare them with their own config.
+    Under per-layer thresholds a layer's forward checks and refreshes its own mask alone
+    (constant Python work per layer); a global threshold refreshes all masks together.
     """
 
     def __init__(self, keep_ratio: float, threshold: str):
@@ -278,30 +280,36 @@ class _MaskGroup:
         self.selector = TopKSelector()
         self._seen: tuple | None = None
 
-    def _state(self) -> tuple:
-        return tuple((m.scores.data_ptr(), m.scores._version, getattr(m.scores, "_um_edits", 0),
-                      m.mask.data_ptr()) for m in self.members)
+    @staticmethod
+    def _state_of(m: "ScoreMask") -> tuple:
+        s = m.scores
+        return s.data_ptr(), s._version, getattr(s, "_um_edits", 0), m.mask.data_ptr()
 
-    def refresh(self) -> None:
-        """Recompute the masks if any score changed since the last call."""
-        state = self._state()
-        if state == self._seen:
-            return
+    def refresh(self, member: "ScoreMask | None" = None) -> None:
+        """Recompute stale masks: only ``member``'s when thresholds are per layer, else all."""
         with torch.no_grad():
             if self.threshold == "layer":
-                for i, m in enumerate(self.members):
-                    self.selector.select_([m.mask], [m.scores],
-                                          num_kept(m.scores.numel(), self.keep_ratio), key=i)
-            else:
-                total = sum(m.scores.numel() for m in self.members)
-                self.selector.select_([m.mask for m in self.members],
-                                      [m.scores for m in self.members],
-                                      num_kept(total, self.keep_ratio))
-        self._seen = self._state()
+                for m in (self.members if member is None else (member,)):
+                    if self._state_of(m) != m.seen:
+                        self.selector.select_([m.mask], [m.scores],
+                                              num_kept(m.scores.numel(), self.keep_ratio),
+                                              key=m.index)
+                        m.seen = self._state_of(m)
+                return
+            state = tuple(self._state_of(m) for m in self.members)
+            if state == self._seen:
+                return
+            total = sum(m.scores.numel() for m in self.members)
+            self.selector.select_([m.mask for m in self.members],
+                                  [m.scores for m in self.members],
+                                  num_kept(total, self.keep_ratio))
+            self._seen = tuple(self._state_of(m) for m in self.members)
 
     def mark_fresh(self) -> None:
         """Declare the masks right for the scores as they are (after restoring both together)."""
-        self._seen = self._state()
+        for m in self.members:
+            m.seen = self._state_of(m)
+        self._seen = tuple(m.seen for m in self.members)
 
 
 class ScoreMask(nn.Module):
@@ -315,12 +323,14 @@ class ScoreMask(nn.Module):
         self.scores = ScoreParameter(scores.to(weight.device))
         self.register_buffer("mask", torch.ones_like(weight), persistent=False)
         self.group = group
+        self.index = len(group.members)  # names this layer's threshold in the selector
+        self.seen: tuple | None = None  # score state the mask was computed from
         self.enabled = True
 
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if not self.enabled:
             return weight
-        self.group.refresh()
+        self.group.refresh(self)
         return _MaskedWeight.apply(weight, self.scores, self.mask)
 
     def extra_repr(self) -> str:
@@ -518,10 +528,15 @@ def random_score_mask(model: nn.Module, keep_ratio: float, *, include=None,
         remove_score_masks(model)
 
 
+def refresh_masks(model: nn.Module) -> None:
+    """Bring every mask of ``model`` up to date with its scores now (forward does it lazily)."""
+    groups = {id(m.group): m.group for _, _, m in iter_score_masks(model)}
+    for group in groups.values():
+        group.refresh()
+
+
 def mask_density(model: nn.Module) -> dict[str, float]:
     """Fraction of weights each mask keeps, by module name (for reports and tests)."""
-    out = {}
-    for name, module, m in iter_score_masks(model):
-        m.group.refresh()
-        out[name] = float(m.mask.sum() / m.mask.numel())
-    return out
+    refresh_masks(model)
+    return {name: float(m.mask.float().sum() / m.mask.numel())
+            for name, _, m in iter_score_masks(model)}
