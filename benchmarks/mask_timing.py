@@ -1,13 +1,16 @@
 """Time the mask selection against the official full sort on one large layer (not a test).
 
     PYTHONPATH=. python benchmarks/mask_timing.py --threads 1 --steps 30
+    PYTHONPATH=. python benchmarks/mask_timing.py --model resnet18   # every layer, per step
 
 The layer is ResNet-18's largest conv (512x512x3x3, 2.36M weights). Each step moves every
 score a little, as an optimizer step does (``--move`` is the step size relative to the score
 scale), then times one selection: ``TopKSelector`` reusing its last threshold (the path a
 UMAP run takes on the CPU), the same selector without a hint (first step, or
 ``topk_mask_`` called afresh), the sync-free path (what CUDA runs, forced here on the CPU)
-and ``sorted_reference_mask``. Every mask is checked equal to the sort's.
+and ``sorted_reference_mask``. Every mask is checked equal to the sort's. With ``--model``
+(torchvision), one step is ``refresh_masks`` over all masked layers after every score moved,
+against the sort of every layer.
 """
 from __future__ import annotations
 
@@ -18,7 +21,36 @@ import time
 
 import torch
 
-from um_plugin.core.masks import TopKSelector, num_kept, sorted_reference_mask
+from um_plugin.core.masks import (TopKSelector, attach_score_masks, iter_score_masks, num_kept,
+                                  refresh_masks, sorted_reference_mask)
+
+
+def whole_model(args):
+    """Per-step selection over every layer of a torchvision model, against the full sort."""
+    import torchvision
+    model = getattr(torchvision.models, args.model)(num_classes=10)
+    attach_score_masks(model, args.keep, generator=torch.Generator().manual_seed(0))
+    masks = [m for _, _, m in iter_score_masks(model)]
+    refresh_masks(model)
+    g = torch.Generator().manual_seed(1)
+    times = {"refresh": [], "sort": []}
+    with torch.no_grad():
+        for _ in range(args.steps):
+            for m in masks:
+                m.scores.add_(args.move * m.scores.abs().max() * torch.randn(m.scores.shape, generator=g))
+            t = time.perf_counter()
+            refresh_masks(model)
+            times["refresh"].append(time.perf_counter() - t)
+            t = time.perf_counter()
+            refs = [sorted_reference_mask(m.scores, args.keep) for m in masks]
+            times["sort"].append(time.perf_counter() - t)
+            if not all(torch.equal(m.mask, r) for m, r in zip(masks, refs)):
+                raise SystemExit("refresh: a mask differs from the full sort's")
+    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
+    print(f"{args.model}: {len(masks)} layers, {sum(m.mask.numel() for m in masks)} weights, "
+          f"keep {args.keep}, {args.threads} thread(s), {args.steps} steps, move {args.move:g}: "
+          f"median ms refresh {med['refresh']:.2f}, sort {med['sort']:.2f}, "
+          f"sort / refresh {med['sort'] / med['refresh']:.1f}x")
 
 
 def main(argv=None):
@@ -29,8 +61,11 @@ def main(argv=None):
     ap.add_argument("--move", type=float, default=1e-3)
     ap.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     ap.add_argument("--shape", default="512,512,3,3")
+    ap.add_argument("--model", default=None, help="a torchvision model name, e.g. resnet18")
     args = ap.parse_args(argv)
     torch.set_num_threads(args.threads)
+    if args.model:
+        return whole_model(args)
     dtype = getattr(torch, args.dtype)
     shape = tuple(int(v) for v in args.shape.split(","))
     g = torch.Generator().manual_seed(0)

@@ -110,3 +110,14 @@ def test_bad_keep_is_refused():
         topk_mask_(torch.empty(4), torch.ones(4), 5)
     with pytest.raises(ValueError, match="sync_free"):
         TopKSelector(sync_free="yes")
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("n", [240, 70_001])
+def test_nan_scores_rank_last_as_in_the_sort(path, n):
+    scores = scores_of("random", n, torch.float32)
+    scores[::7] = float("nan")
+    for keep_ratio in (0.8, 0.5):
+        mask = torch.empty(n)
+        topk_mask_(mask, scores, num_kept(n, keep_ratio), TopKSelector(PATHS[path]))
+        assert torch.equal(mask, sorted_reference_mask(scores, keep_ratio))

@@ -103,6 +103,8 @@ class TopKSelector:
             for s, size in zip(scores, sizes):
                 torch.abs(s.detach().reshape(-1), out=mag[offset:offset + size])
                 offset += size
+            # a NaN score ranks with the largest, as in the sort (and the count stays exact)
+            torch.nan_to_num_(mag[:n], nan=math.inf, posinf=math.inf)
             mag[n:padded].fill_(math.inf)  # padding is never below a finite threshold
             drop = n - keep
             if sync_free:
