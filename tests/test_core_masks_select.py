@@ -105,9 +105,11 @@ def test_model_masks_match_sort_with_ties_on_both_paths(path, threshold, dtype):
                     else sum(num_kept(m.mask.numel(), 0.7) for m in masks))
 
 
-def test_bad_keep_is_refused():
+def test_bad_keep_or_mask_is_refused():
     with pytest.raises(ValueError, match="keep must be in"):
         topk_mask_(torch.empty(4), torch.ones(4), 5)
+    with pytest.raises(ValueError, match="shaped like its scores"):
+        topk_mask_(torch.empty(3), torch.ones(4), 2)
     with pytest.raises(ValueError, match="sync_free"):
         TopKSelector(sync_free="yes")
 

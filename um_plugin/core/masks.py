@@ -68,10 +68,13 @@ class TopKSelector:
         self._ind: torch.Tensor | None = None
         self._hints: dict = {}
 
-    def _buffers(self, padded: int, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def _buffers(self, padded: int, like: torch.Tensor, counts: bool):
+        """Magnitudes (``like``'s dtype) and, for the CPU path, float32 indicators to count."""
         mag, ind = self._mag, self._ind
         if mag is None or mag.numel() < padded or mag.device != like.device or mag.dtype != like.dtype:
             self._mag = mag = torch.empty(padded, device=like.device, dtype=like.dtype)
+            self._ind = ind = None
+        if counts and (ind is None or ind.numel() < padded):
             self._ind = ind = torch.empty(padded, device=like.device, dtype=torch.float32)
         return mag, ind
 
@@ -83,6 +86,11 @@ class TopKSelector:
         names the threshold whose previous value the CPU path may reuse.
         """
         sizes = [s.numel() for s in scores]
+        if len(masks) != len(scores) or any(
+                m.numel() != size or not m.is_contiguous() for m, size in zip(masks, sizes)):
+            raise ValueError("each mask must be a contiguous tensor shaped like its scores, got "
+                             f"masks {[tuple(m.shape) for m in masks]} for scores "
+                             f"{[tuple(s.shape) for s in scores]}")
         n = sum(sizes)
         if not 0 <= keep <= n:
             raise ValueError(f"keep must be in [0, {n}], got {keep!r}")
@@ -97,7 +105,7 @@ class TopKSelector:
         first = scores[0]
         sync_free = self.sync_free if self.sync_free is not None else first.device.type != "cpu"
         padded = -(-n // _ROW) * _ROW
-        mag, ind = self._buffers(padded, first)
+        mag, ind = self._buffers(padded, first, counts=not sync_free)
         offset = 0
         with torch.no_grad():
             for s, size in zip(scores, sizes):
