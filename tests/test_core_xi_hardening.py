@@ -33,7 +33,8 @@ def test_report_false_runs_one_forward_per_batch_and_same_xi(model):
     assert quick.xi == full.xi and quick.xi_draws == full.xi_draws
     assert quick.masked_accuracy == full.masked_accuracy
     assert quick.base_loss is None and quick.base_accuracy is None
-    assert quick.sample_index is None and quick.per_sample_increase is None and quick.atypical is None
+    assert quick.sample_index is None and quick.per_sample_increase is None
+    assert quick.atypical is None
     assert full.base_loss is not None and full.atypical.numel() == 10
     assert "unmasked" not in quick.summary() and "unmasked train loss" in full.summary()
     assert "masked train accuracy" in quick.summary()
@@ -72,11 +73,13 @@ def test_model_without_parameters():
         estimate_xi(nn.Flatten(), loader(), progress=False)
 
 
-def test_non_finite_loss_names_the_batch(model):
-    batches = [(x.clone(), y) for x, y in loader(batch_size=32)]
-    batches[1][0][0, 0, 0, 0] = float("nan")
-    with pytest.raises(ValueError, match="not finite in batch 1"):
-        estimate_xi(model, batches, progress=False)
+@pytest.mark.parametrize("report", [False, True])
+def test_non_finite_loss_names_the_batch(model, report):
+    empty = (torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
+    batches = [empty] + [(x.clone(), y) for x, y in loader(batch_size=32)]  # batch 0 is empty
+    batches[2][0][0, 0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="not finite in batch 2"):
+        estimate_xi(model, batches, progress=False, report=report)
     assert not has_score_masks(model)
 
 
@@ -96,10 +99,11 @@ def test_deferred_label_check(model, monkeypatch, patch):
     monkeypatch.setattr(xi_module, patch, lambda *a: patch == "is_distributed")
     calls = []
     hook = model.register_forward_hook(lambda *a: calls.append(1))
-    batches = [(x, y.clone()) for x, y in loader(batch_size=32)]
-    batches[1][1][:2] = -100
+    empty = (torch.zeros(0, 1, 8, 8), torch.zeros(0, dtype=torch.long))
+    batches = [empty] + [(x, y.clone()) for x, y in loader(batch_size=32)]
+    batches[2][1][:2] = -100
     try:
-        with pytest.raises(ValueError, match=r"batch 1.*\[0, 2\].*-100"):
+        with pytest.raises(ValueError, match=r"batch 2.*\[0, 2\].*-100"):
             estimate_xi(model, batches, progress=False)
     finally:
         hook.remove()

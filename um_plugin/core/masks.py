@@ -71,7 +71,8 @@ class TopKSelector:
     def _buffers(self, padded: int, like: torch.Tensor, counts: bool):
         """Magnitudes (``like``'s dtype) and, for the CPU path, float32 indicators to count."""
         mag, ind = self._mag, self._ind
-        if mag is None or mag.numel() < padded or mag.device != like.device or mag.dtype != like.dtype:
+        if (mag is None or mag.numel() < padded or mag.device != like.device
+                or mag.dtype != like.dtype):
             self._mag = mag = torch.empty(padded, device=like.device, dtype=like.dtype)
             self._ind = ind = None
         if counts and (ind is None or ind.numel() < padded):
@@ -148,7 +149,8 @@ def _threshold_host(mag2d: torch.Tensor, ind2d: torch.Tensor, n: int, drop: int,
     """Threshold, kept tied positions and the next hint, using host counts (CPU)."""
     flat = mag2d.view(-1)[:n]
     if n >= _HINT_MIN:
-        brackets = [] if hint is None else [(hint[0], hint[1] * 16 ** i) for i in range(_HINT_TRIES)]
+        brackets = ([] if hint is None
+                    else [(hint[0], hint[1] * 16 ** i) for i in range(_HINT_TRIES)])
         if not brackets:  # no last threshold: bracket the quantile from a strided sample
             sample = flat[::max(1, n // _SAMPLE)]
             m, q = sample.numel(), drop / n

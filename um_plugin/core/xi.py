@@ -47,7 +47,8 @@ class XiEstimate:
 
     def summary(self) -> str:
         """One line for logs: ξ, its spread over draws, accuracies and the unmasked loss."""
-        spread = f" ± {self.xi_std:.4g} over {len(self.xi_draws)} draws" if len(self.xi_draws) > 1 else ""
+        spread = (f" ± {self.xi_std:.4g} over {len(self.xi_draws)} draws"
+                  if len(self.xi_draws) > 1 else "")
         parts = [f"random mask keeping {self.keep_ratio:.1%}",
                  f"masked train accuracy {self.masked_accuracy:.2%}"]
         if self.base_loss is not None:
@@ -163,7 +164,8 @@ def _run(model, loader, masks, draw_states, device, report, progress):
     draws = max(1, len(draw_states))
     group = masks[0].group
     strict = not is_distributed()  # alone, a bad CPU label can stop the pass at once
-    rows, counts, indices, increases = [], [], [], []
+    acc = torch.float32 if device.type == "mps" else torch.float64  # MPS has no float64
+    rows, batch_ids, indices, increases = [], [], [], []
     host_bad = None  # (batch, low, high, classes) of the first bad CPU labels
     position, running = 0, 0.0
     show_xi = progress and device.type == "cpu"  # a live value would sync other devices
@@ -198,26 +200,27 @@ def _run(model, loader, masks, draw_states, device, report, progress):
                 valid = (y_dev >= 0) & (y_dev < classes)
                 y_safe = torch.where(valid, y_dev, torch.zeros_like(y_dev))
             masked = F.cross_entropy(logits, y_safe, reduction="none")
-            loss_sums.append(masked.double().sum())
-            correct.append((logits.argmax(1) == y_safe).sum().double())
+            loss_sums.append(masked.to(acc).sum())
+            correct.append((logits.argmax(1) == y_safe).sum().to(acc))
             total = masked if total is None else total + masked
-        row = loss_sums + correct + [(~valid).sum().double()]
+        row = loss_sums + correct + [(~valid).sum().to(acc)]
         if report:
             base = F.cross_entropy(base_logits, y_safe, reduction="none")
-            row += [base.double().sum(), (base_logits.argmax(1) == y_safe).sum().double()]
+            row += [base.to(acc).sum(), (base_logits.argmax(1) == y_safe).sum().to(acc)]
             indices.append(batch_indices(batch, position, size))
             increases.append(total / draws - base)
         rows.append(torch.stack(row))
-        counts.append(size)
+        batch_ids.append(i)
         position += size
         if show_xi:
             running += float(rows[-1][:draws].sum())
             bar.set_postfix(xi=f"{running / (draws * position):.4g}")
 
     width = 2 * draws + 1 + (2 if report else 0)
-    table = torch.stack(rows).cpu() if rows else torch.zeros(0, width, dtype=torch.float64)
-    finite = torch.isfinite(table).all(1)
-    first_bad = int((~finite).nonzero()[0]) if not bool(finite.all()) else None
+    table = (torch.stack(rows).cpu().double() if rows
+             else torch.zeros(0, width, dtype=torch.float64))
+    not_finite = (~torch.isfinite(table).all(1)).nonzero().view(-1)
+    first_bad = int(not_finite[0]) if not_finite.numel() else None  # a row of table
     local = torch.cat([table.sum(0), torch.tensor([float(position), float(first_bad is not None)],
                                                   dtype=torch.float64)])
     summed = all_reduce_sum(local.to(device)).cpu()
@@ -227,14 +230,15 @@ def _run(model, loader, masks, draw_states, device, report, progress):
         totals["base_loss"], totals["base_correct"] = summed[2 * draws + 1:2 * draws + 3].tolist()
     problem = None
     if summed[-2] == 0:
-        problem = ValueError(f"the loader ({type(loader).__name__}) yielded no samples (no batches, "
-                             "or only empty ones); xi needs the ID training data")
+        problem = ValueError(f"the loader ({type(loader).__name__}) yielded no samples (no "
+                             "batches, or only empty ones); xi needs the ID training data")
     elif summed[2 * draws] > 0:
         if host_bad is not None:
             problem = _label_error(*host_bad)
         else:
-            bad_batch = int((table[:, 2 * draws] > 0).nonzero()[0]) if table.numel() else None
-            where = f"batch {bad_batch}" if bad_batch is not None else "another rank's data"
+            bad_rows = (table[:, 2 * draws] > 0).nonzero().view(-1)
+            where = (f"batch {batch_ids[int(bad_rows[0])]}" if bad_rows.numel()
+                     else "another rank's data")
             span = f"[0, {classes - 1}]" if position else "the model's classes"
             problem = ValueError(
                 f"{int(summed[2 * draws])} labels (first in {where}) are outside {span}, the "
@@ -244,7 +248,8 @@ def _run(model, loader, masks, draw_states, device, report, progress):
         if first_bad is not None:
             row = table[first_bad]
             which = "unmasked" if bool(torch.isfinite(row[:draws]).all()) else "masked"
-            problem = ValueError(f"the {which} model's loss is not finite in batch {first_bad} "
+            problem = ValueError(f"the {which} model's loss is not finite in batch "
+                                 f"{batch_ids[first_bad]} "
                                  f"(masked loss sums {row[:draws].tolist()}); xi would be NaN: "
                                  "check the model's weights and the inputs")
         else:
