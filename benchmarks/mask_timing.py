@@ -7,7 +7,8 @@ The layer is ResNet-18's largest conv (512x512x3x3, 2.36M weights). Each step mo
 score a little, as an optimizer step does (``--move`` is the step size relative to the score
 scale), then times one selection: ``TopKSelector`` reusing its last threshold (the path a
 UMAP run takes on the CPU), the same selector without a hint (first step, or
-``topk_mask_`` called afresh), the sync-free path (what CUDA runs, forced here on the CPU)
+``topk_mask_`` called afresh), the sync-free path (what CUDA runs, forced here on the CPU:
+its CPU time means little, a large layer takes one sort there, which is fast on a GPU)
 and ``sorted_reference_mask``. Every mask is checked equal to the sort's. With ``--model``
 (torchvision), one step is ``refresh_masks`` over all masked layers after every score moved,
 against the sort of every layer.

@@ -32,6 +32,7 @@ _ROW = 128  # magnitudes per row when the CPU path looks for the threshold's nei
 _HINT_TRIES = 3  # band widenings around the last threshold before an exact kthvalue
 _HINT_MIN = 1 << 16  # smaller selections go straight to kthvalue: fewer ops, less overhead
 _SAMPLE = 1 << 14  # strided sample that brackets the threshold when there is no last one
+_SORT_MIN = 100_000  # off the CPU, from this size on one sort beats kthvalue's single block
 
 
 def validate_keep_ratio(keep_ratio) -> float:
@@ -53,8 +54,10 @@ class TopKSelector:
     """Exact top-k ``|score|`` masks with reused buffers; see the module docstring for ties.
 
     Two paths give the same mask. On a CUDA/other device (or with ``sync_free=True``) the
-    mask is built from tensor ops only (``kthvalue``, one ``cumsum`` for ties): no host-device
-    synchronisation. On the CPU, where reading a count costs nothing, the last threshold of
+    mask is built from tensor ops only: no host-device synchronisation. Large selections
+    take one stable radix sort (torch's own ``topk`` prefers a sort for one slice this
+    large: ``kthvalue`` runs one thread block per slice), smaller ones ``kthvalue`` and one
+    ``cumsum`` for the ties. On the CPU, where reading a count costs nothing, the last threshold of
     the same ``key`` is reused: scores move little per step, so the new threshold is found by
     counting around the old one and selecting among its few neighbours, falling back to an
     exact ``kthvalue`` when the neighbourhood misses. ``sync_free=False`` forces that path.
@@ -116,6 +119,13 @@ class TopKSelector:
             torch.nan_to_num_(mag[:n], nan=math.inf, posinf=math.inf)
             mag[n:padded].fill_(math.inf)  # padding is never below a finite threshold
             drop = n - keep
+            if sync_free and n >= _SORT_MIN:
+                kept = torch.sort(mag[:n], stable=True).indices[drop:]
+                flat = masks[0].view(-1) if len(masks) == 1 else _flat_like(n, masks[0])
+                flat.zero_().index_fill_(0, kept, 1)
+                if len(masks) > 1:
+                    _split_into(flat, masks)
+                return
             if sync_free:
                 t, extra = _threshold_sync_free(mag[:n], drop)
             else:
@@ -134,6 +144,18 @@ class TopKSelector:
                     if local.numel():
                         out.index_fill_(0, local, 1)
                 offset += size
+
+
+def _flat_like(n: int, mask: torch.Tensor) -> torch.Tensor:
+    """A flat temporary mask for several tensors at once."""
+    return torch.empty(n, dtype=mask.dtype, device=mask.device)
+
+
+def _split_into(flat: torch.Tensor, masks: Sequence[torch.Tensor]) -> None:
+    offset = 0
+    for m in masks:
+        m.view(-1).copy_(flat[offset:offset + m.numel()])
+        offset += m.numel()
 
 
 def _threshold_sync_free(mag: torch.Tensor, drop: int) -> tuple[torch.Tensor, torch.Tensor]:
