@@ -32,6 +32,7 @@ _ROW = 128  # magnitudes per row when the CPU path looks for the threshold's nei
 _HINT_TRIES = 3  # band widenings around the last threshold before an exact kthvalue
 _HINT_MIN = 1 << 16  # smaller selections go straight to kthvalue: fewer ops, less overhead
 _SAMPLE = 1 << 14  # strided sample that brackets the threshold when there is no last one
+_NARROW = 1 << 13  # a bracket holding more entries is narrowed before they are extracted
 _SORT_MIN = 100_000  # off the CPU, from this size on one sort beats kthvalue's single block
 
 
@@ -171,29 +172,55 @@ def _threshold_host(mag2d: torch.Tensor, ind2d: torch.Tensor, n: int, drop: int,
     """Threshold, kept tied positions and the next hint, using host counts (CPU)."""
     flat = mag2d.view(-1)[:n]
     if n >= _HINT_MIN:
-        brackets = ([] if hint is None
-                    else [(hint[0], hint[1] * 16 ** i) for i in range(_HINT_TRIES)])
-        if not brackets:  # no last threshold: bracket the quantile from a strided sample
-            sample = flat[::max(1, n // _SAMPLE)]
-            m, q = sample.numel(), drop / n
-            spread = 6 * math.sqrt(m * q * (1 - q)) + 2
-            lo = torch.kthvalue(sample, max(1, math.floor(q * m - spread))).values.item()
-            hi = torch.kthvalue(sample, min(m, math.ceil(q * m + spread))).values.item()
-            brackets.append(((lo + hi) / 2, (hi - lo) / 2))
-        for centre, width in brackets:
-            found = _threshold_near(mag2d, ind2d, drop, centre, width)
+        if hint is not None:
+            for i in range(_HINT_TRIES):
+                found = _threshold_near(mag2d, ind2d, drop, hint[0], hint[1] * 16 ** i)
+                if found is not None:
+                    return _with_hint(*found, moved=abs(float(found[0]) - hint[0]))
+        else:
+            found = _threshold_sampled(mag2d, ind2d, n, drop)
             if found is not None:
-                t, extra = found
-                value = float(t)
-                moved = abs(value - hint[0]) if hint is not None else width
-                return t, extra, (value, max(2 * moved, abs(value) * 2 ** -12, 1e-30))
+                return _with_hint(*found, moved=0.0)
     t = torch.kthvalue(flat, drop).values
     value = float(t)
     return t, _kept_ties(flat, t, drop), (value, max(abs(value) * 2 ** -10, 1e-30))
 
 
-def _threshold_near(mag2d, ind2d, drop, centre, width):
-    """The exact threshold if it lies within ``centre ± width``, else None."""
+def _with_hint(t, extra, moved):
+    value = float(t)
+    return t, extra, (value, max(2 * moved, abs(value) * 2 ** -12, 1e-30))
+
+
+def _threshold_sampled(mag2d, ind2d, n, drop):
+    """No last threshold: bracket it from a strided sample, then narrow by interpolation."""
+    flat = mag2d.view(-1)[:n]
+    sample = flat[::max(1, n // _SAMPLE)]
+    m, q = sample.numel(), drop / n
+    spread = 6 * math.sqrt(m * q * (1 - q)) + 2
+    lo = float(torch.kthvalue(sample, max(1, math.floor(q * m - spread))).values)
+    hi = float(torch.kthvalue(sample, min(m, math.ceil(q * m + spread))).values)
+    centre, width = (lo + hi) / 2, (hi - lo) / 2
+    found = _threshold_near(mag2d, ind2d, drop, centre, width, max_band=_NARROW)
+    if isinstance(found, _Counts):  # right bracket, too many entries in it to extract cheaply:
+        below, upto = found  # place the threshold by its rank, as if spread evenly inside
+        inside, rank = upto - below, drop - below
+        frac = rank / inside
+        margin = (6 * math.sqrt(inside * frac * (1 - frac)) + 16) / inside
+        narrow = _threshold_near(mag2d, ind2d, drop, centre - width + 2 * width * frac,
+                                 2 * width * margin)
+        found = narrow or _threshold_near(mag2d, ind2d, drop, centre, width)
+    return found
+
+
+class _Counts(tuple):
+    """(entries below the bracket, entries up to its top) when the bracket was too wide."""
+
+
+def _threshold_near(mag2d, ind2d, drop, centre, width, max_band=None):
+    """The exact threshold if it lies within ``centre ± width``, else None.
+
+    With ``max_band``, a bracket holding more entries returns its :class:`_Counts` instead.
+    """
     lo, hi = centre - width, centre + width
     if not (math.isfinite(lo) and math.isfinite(hi)) or abs(hi) >= torch.finfo(mag2d.dtype).max:
         return None
@@ -206,8 +233,11 @@ def _threshold_near(mag2d, ind2d, drop, centre, width):
         return None
     torch.le(mag2d, hi, out=ind2d)
     rows_hi = ind2d.sum(1)
-    if int(rows_hi.sum(dtype=torch.float64)) < drop:
+    upto_hi = int(rows_hi.sum(dtype=torch.float64))
+    if upto_hi < drop:
         return None
+    if max_band is not None and upto_hi - below_lo > max_band:
+        return _Counts((below_lo, upto_hi))
     rows = torch.nonzero(rows_hi != rows_lo).view(-1)
     near = mag2d.index_select(0, rows)  # every entry within [lo, hi], with row neighbours
     band = near[(near >= lo) & (near <= hi)]
@@ -216,8 +246,8 @@ def _threshold_near(mag2d, ind2d, drop, centre, width):
     if kept_ties == 0:
         return t, None
     tied = torch.nonzero(near.view(-1) == t).view(-1)
-    width_ = mag2d.shape[1]
-    tied = rows[tied // width_] * width_ + tied % width_
+    row = mag2d.shape[1]
+    tied = rows[tied // row] * row + tied % row
     return t, tied[tied.numel() - kept_ties:]
 
 
