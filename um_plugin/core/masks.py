@@ -206,8 +206,9 @@ def _threshold_sampled(mag2d, ind2d, n, drop):
         inside, rank = upto - below, drop - below
         frac = rank / inside
         margin = (6 * math.sqrt(inside * frac * (1 - frac)) + 16) / inside
-        narrow = _threshold_near(mag2d, ind2d, drop, centre - width + 2 * width * frac,
-                                 2 * width * margin)
+        guess = centre - width + 2 * width * frac
+        ulp = abs(guess) * torch.finfo(mag2d.dtype).eps  # coarse dtypes: ties fill whole ulps
+        narrow = _threshold_near(mag2d, ind2d, drop, guess, max(2 * width * margin, 2 * ulp))
         found = narrow or _threshold_near(mag2d, ind2d, drop, centre, width)
     return found
 
