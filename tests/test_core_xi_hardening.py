@@ -148,3 +148,15 @@ def test_xi_is_the_mean_masked_loss_with_report_off(model):
     x, y = loader(batch_size=96).dataset.tensors
     with torch.no_grad():
         assert est.xi == pytest.approx(F.cross_entropy(copy(x), y).item(), rel=1e-6)
+
+
+@pytest.mark.parametrize("threshold", ["layer", "global"])
+def test_draws_reuse_their_precomputed_masks(model, threshold):
+    one = estimate_xi(model, loader(), keep_ratio=0.8, seed=4, threshold=threshold,
+                      progress=False)
+    three = estimate_xi(model, loader(), keep_ratio=0.8, seed=4, draws=3, threshold=threshold,
+                        progress=False, report=True)
+    assert three.xi_draws[0] == pytest.approx(one.xi, rel=1e-12)
+    assert len(set(three.xi_draws)) == 3
+    increase = three.per_sample_increase.mean().item()
+    assert increase == pytest.approx(three.xi - three.base_loss, rel=1e-4)
