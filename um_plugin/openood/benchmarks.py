@@ -154,12 +154,22 @@ def normalization_type(normalization) -> Optional[str]:
     def same(a, b):
         return all(math.isclose(x, y, rel_tol=0, abs_tol=1e-9) for x, y in zip(a, b))
 
+    if same(mean, (0.5,) * 3) and same(std, (0.5,) * 3):
+        return _DEFAULT_NORMALIZATION_TYPE  # not 'aircraft' etc., which also hold 0.5
     for key, (m, s) in normalization_dict.items():
         if same(mean, m) and same(std, s):
             return key
-    if same(mean, (0.5,) * 3) and same(std, (0.5,) * 3):
-        return _DEFAULT_NORMALIZATION_TYPE
     return None
+
+
+def normalization_by_name(name: str):
+    """``((mean), (std))`` of OpenOOD's ``normalization_dict[name]``, or a ValueError naming the
+    valid names."""
+    if name not in normalization_dict:
+        raise ValueError(f"normalization {name!r} is not in OpenOOD's normalization_dict; use "
+                         f"'default' (mean = std = 0.5) or one of {sorted(normalization_dict)}")
+    mean, std = normalization_dict[name]
+    return tuple(mean), tuple(std)
 
 
 def dataset_config(name: str, data_root: str, *, num_classes: int, id_train: str, id_val: str,
