@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import types
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
 
 from um_plugin.core.finetune import MODES
 
@@ -57,9 +59,8 @@ def openood_where() -> str:
     version = getattr(openood, "__version__", None)
     if version is None:
         try:
-            from importlib.metadata import version as dist_version
             version = dist_version("openood")
-        except Exception:
+        except PackageNotFoundError:
             version = "unknown version"
     return f"OpenOOD {version} at {getattr(openood, '__file__', '?')}"
 
