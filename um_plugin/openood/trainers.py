@@ -91,7 +91,7 @@ class UMAPTrainer(UnleashingTrainer):
     mode = "umap"
 
 
-TRAINERS = {"um": UMTrainer, "umap": UMAPTrainer}
+TRAINERS = {cls.mode: cls for cls in (UMTrainer, UMAPTrainer)}
 
 
 def make_get_trainer(openood_get_trainer):
