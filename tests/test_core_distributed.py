@@ -43,3 +43,46 @@ def test_xi_is_all_reduced_and_masks_agree_across_ranks():
     assert xi0 == xi1
     assert abs(xi0 - single.xi) < 1e-6
     assert s0 == s1
+
+
+def _nan_worker(rank, world, port, state, out):
+    """Rank 1 alone sees a NaN batch at step 1; both ranks must stop there, unchanged."""
+    import math
+
+    from core_helpers import TinyCNN
+    from um_plugin.core import FinetuneConfig, Finetuner, NonFiniteLossError
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        model = TinyCNN()
+        model.load_state_dict(state)
+        batches = [b for i, b in enumerate(loader(batch_size=16)) if i % world == rank]
+        if rank == 1:
+            x, y = batches[1]
+            batches[1] = (torch.full_like(x, math.nan), y)
+        tuner = Finetuner(model, 0.1, FinetuneConfig(epochs=1, progress=False), len(batches) - 1)
+        tuner.step(*batches[0])
+        after_first = {k: v.clone() for k, v in model.state_dict().items()}
+        try:
+            tuner.train_epoch(batches[1:], epoch=0)
+            out[rank] = ("no error",)
+        except NonFiniteLossError as err:
+            same = all(torch.equal(after_first[k], v) for k, v in model.state_dict().items())
+            out[rank] = ("stopped", err.step, same)
+    finally:
+        dist.destroy_process_group()
+
+
+def test_nan_on_one_rank_stops_every_rank_without_hanging():
+    model = trained_model(epochs=5)
+    out = mp.Manager().dict()
+    ctx = mp.start_processes(_nan_worker, args=(2, _free_port(), model.state_dict(), out),
+                             nprocs=2, join=False, start_method="spawn")
+    for p in ctx.processes:
+        p.join(timeout=120)
+    alive = [p.pid for p in ctx.processes if p.is_alive()]
+    for p in ctx.processes:
+        if p.is_alive():
+            p.kill()
+    assert not alive, "a rank hung in a collective after another rank saw a NaN"
+    assert out[0] == out[1] == ("stopped", 0, True)

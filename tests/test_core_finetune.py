@@ -6,7 +6,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from core_helpers import TinyCNN, loader, state_equal, trained_model
-from um_plugin.core.checkpoint import load_checkpoint, save_checkpoint
+from um_plugin.core import load_checkpoint, save_checkpoint
 from um_plugin.core.finetune import (FinetuneConfig, Finetuner, NonFiniteLossError, run_um,
                                      run_umap)
 from um_plugin.core.masks import has_score_masks, iter_score_masks, num_kept
@@ -112,9 +112,9 @@ def test_nan_loss_stops_naming_epoch_step_and_keeps_last_good_model(base):
 
 def test_bad_labels_and_loaders(base):
     tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=1, progress=False), 1)
-    with pytest.raises(ValueError, match=r"labels must lie in \[0, 2\]"):
+    with pytest.raises(ValueError, match=r"labels must be class indices in \[0, 2\]"):
         tuner.train_epoch([(torch.zeros(2, 1, 8, 8), torch.tensor([0, 7]))])
-    with pytest.raises(ValueError, match="no batches"):
+    with pytest.raises(ValueError, match="loader is empty"):
         tuner.train_epoch([])
     with pytest.raises(ValueError, match="labels of shape"):
         tuner.train_epoch([(torch.zeros(2, 1, 8, 8), torch.tensor([0]))])

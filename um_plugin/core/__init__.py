@@ -1,7 +1,9 @@
 """The method itself in plain PyTorch: loss constraint, score masks, ξ, fine-tune loops."""
 from .batches import unpack_batch
-from .checkpoint import load_checkpoint, save_checkpoint
-from .finetune import FinetuneConfig, Finetuner, History, NonFiniteLossError, run_um, run_umap
+from .checkpoint import save_checkpoint
+from .config import MODES, OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig
+from .finetune import (Finetuner, History, NonFiniteLossError, load_checkpoint, mask_settings,
+                       run_um, run_umap)
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
                     remove_score_masks, score_parameters)
 from .objective import LossConstraint
@@ -10,7 +12,8 @@ from .xi import OFFICIAL_ESTIMATE_KEEP_RATIO, XiEstimate, estimate_xi
 __all__ = [
     "LossConstraint", "attach_score_masks", "bake_masks", "freeze_weights", "has_score_masks",
     "remove_score_masks", "score_parameters", "estimate_xi", "XiEstimate",
-    "OFFICIAL_ESTIMATE_KEEP_RATIO", "FinetuneConfig", "Finetuner", "History",
+    "OFFICIAL_ESTIMATE_KEEP_RATIO", "OFFICIAL_UMAP_KEEP_RATIO", "MODES", "mask_settings",
+    "FinetuneConfig", "Finetuner", "History",
     "NonFiniteLossError", "run_um", "run_umap", "save_checkpoint", "load_checkpoint",
     "unpack_batch",
 ]

@@ -1,73 +1,48 @@
-"""UM and UMAP fine-tuning loops over any classifier and any ``(x, y)`` / OpenOOD loader.
+"""The one UM / UMAP fine-tuning engine; every caller (OpenOOD trainers and postprocessors,
+benchmarks, users) drives it instead of writing a loop of its own.
 
-UM trains the weights under the loss constraint; UMAP freezes them, learns a top-k popup
-mask under the same constraint and bakes it in at the end. Defaults follow the official
-configs (SGD, momentum 0.9, weight decay 1e-4, cosine schedule, lr 0.1, 100 epochs, UMAP keep
-ratio 0.8); every value is overridable.
+UM trains the weights under the loss constraint; UMAP freezes them, learns a top-k popup mask
+under the same constraint and bakes it in at the end. What differs between callers is passed
+in: the loader, ``grad_hook`` (e.g. a gradient all-reduce), the progress description.
+
+Per step the engine makes one host-device synchronisation, the one NaN safety needs (the loss
+value and, under torch.distributed, a collective finiteness flag), so that a non-finite loss
+stops every rank before any update of that step.
 """
 from __future__ import annotations
 
+import contextlib
 import math
-from dataclasses import asdict, dataclass, field
-from numbers import Real
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+from typing import Callable, Optional
 
 import torch
+import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import unpack_batch
-from .distributed import is_main_process
-from .masks import (THRESHOLDS, attach_score_masks, bake_masks, freeze_weights,
-                    has_score_masks, restore_requires_grad, validate_keep_ratio)
+from .checkpoint import check_writable, loader_generators, read_state, save_checkpoint
+from .config import MODES, OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig  # noqa: F401  (re-exported)
+from .distributed import is_distributed, is_main_process
+from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
+                    iter_score_masks, remove_score_masks, restore_requires_grad)
 from .objective import LossConstraint, validate_xi
 
-MODES = ("um", "umap")
+GradHook = Callable[[list], None]
 
 
 class NonFiniteLossError(FloatingPointError):
-    """Fine-tuning met a NaN/inf loss; the model is left as after the last good step."""
+    """Fine-tuning met a NaN/inf loss; that step was not applied on any rank."""
 
-    def __init__(self, epoch: int, step: int, value: float):
-        super().__init__(f"loss became {value} at epoch {epoch}, step {step}; the model was "
-                         "left as after the last finite step (lower lr or check the data)")
+    def __init__(self, epoch: int, step: int, value: float, ranks: int = 1):
+        where = f" on {ranks} rank(s)" if is_distributed() else ""
+        super().__init__(
+            f"loss became non-finite{where} at epoch {epoch}, step {step} (this rank's loss: "
+            f"{value}); that step was not applied and BatchNorm statistics were rolled back "
+            "(lower the lr, use precision='fp32', or check the data)")
         self.epoch, self.step, self.value = epoch, step, value
-
-
-@dataclass
-class FinetuneConfig:
-    """Everything a UM/UMAP run needs to know; plain data, validated on creation."""
-
-    mode: str = "um"
-    epochs: int = 100
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = False
-    keep_ratio: float = 0.8
-    threshold: str = "layer"
-    freeze_weights: bool = True  # UMAP: learn the mask only (official CIFAR-10); False trains both
-    beta: float = 1.0
-    min_lr: float = 0.0
-    seed: int = 0
-    progress: bool = True
-
-    def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        if isinstance(self.epochs, bool) or not isinstance(self.epochs, int) or self.epochs < 1:
-            raise ValueError(f"epochs must be a positive integer, got {self.epochs!r}")
-        for name in ("lr", "momentum", "weight_decay", "min_lr"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) or value < 0:
-                raise ValueError(f"{name} must be a finite number >= 0, got {value!r}")
-        if self.lr == 0:
-            raise ValueError("lr must be > 0, got 0")
-        if self.threshold not in THRESHOLDS:
-            raise ValueError(f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
-        self.keep_ratio = validate_keep_ratio(self.keep_ratio)
-        if not isinstance(self.freeze_weights, bool):
-            raise ValueError(f"freeze_weights must be True or False, got {self.freeze_weights!r}")
-        LossConstraint(0.0, self.beta)  # validates beta
 
 
 @dataclass
@@ -90,41 +65,73 @@ def cosine_factor(step: int, total: int, floor: float) -> float:
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
-class Finetuner:
-    """One UM or UMAP run: model, optimizer, schedule and history, resumable at epoch ends."""
+def mask_settings(model: nn.Module) -> Optional[tuple[float, str]]:
+    """``(keep_ratio, threshold)`` of the score masks on ``model``, or None if unmasked."""
+    first = next(iter_score_masks(model), None)
+    return None if first is None else (first[2].group.keep_ratio, first[2].group.threshold)
 
-    def __init__(self, model: nn.Module, xi: float, config: FinetuneConfig | None = None,
-                 steps_per_epoch: int = 1):
-        self.config = config = config or FinetuneConfig()
-        if isinstance(steps_per_epoch, bool) or not isinstance(steps_per_epoch, int) or steps_per_epoch < 1:
-            raise ValueError(f"steps_per_epoch must be a positive integer, got {steps_per_epoch!r}")
-        self.model = model
-        self.criterion = LossConstraint(validate_xi(xi), config.beta)
-        self.steps_per_epoch = steps_per_epoch
+
+class Finetuner:
+    """One UM or UMAP run: model, optimizer, schedule and history, resumable at epoch ends.
+
+    ``steps_per_epoch`` defaults to ``len()`` of the first loader trained on; every later
+    loader must have as many batches (the cosine schedule was built for that length).
+    """
+
+    def __init__(self, model: nn.Module, xi: float, config: Optional[FinetuneConfig] = None,
+                 steps_per_epoch: Optional[int] = None, *, grad_hook: Optional[GradHook] = None):
+        config = FinetuneConfig() if config is None else config
+        if not isinstance(config, FinetuneConfig):
+            raise TypeError(f"config must be a FinetuneConfig, got {type(config).__name__}")
+        if steps_per_epoch is not None and (isinstance(steps_per_epoch, bool) or not isinstance(
+                steps_per_epoch, int) or steps_per_epoch < 1):
+            raise ValueError(f"steps_per_epoch must be a positive integer or None, got "
+                             f"{steps_per_epoch!r}")
+        if grad_hook is not None and not callable(grad_hook):
+            raise TypeError(f"grad_hook must be callable(params) or None, got {grad_hook!r}")
+        if next(model.parameters(), None) is None:
+            raise ValueError(f"{type(model).__name__} has no parameters to fine-tune")
+        xi = validate_xi(xi)
+        settings = mask_settings(model)
+        if config.mode == "um" and settings is not None:
+            raise RuntimeError("UM trains weights of an unmasked model; this model has score "
+                               "masks (bake_masks() it first, or use mode='umap')")
+        if config.mode == "umap" and settings not in (None, (config.keep_ratio, config.threshold)):
+            raise ValueError(
+                f"the model already carries score masks with keep_ratio={settings[0]}, "
+                f"threshold={settings[1]!r}, but this run asks for keep_ratio="
+                f"{config.keep_ratio}, threshold={config.threshold!r}; remove_score_masks(model) "
+                "first, or run with the model's settings")
+        if config.mode == "um" and not any(p.requires_grad for p in model.parameters()):
+            raise ValueError(f"{type(model).__name__} has no trainable parameters for um")
+
+        self.config, self.model, self.grad_hook = config, model, grad_hook
+        self.criterion = LossConstraint(xi, config.beta)
         self._frozen = []
         if config.mode == "umap":
-            if not has_score_masks(model):
+            if settings is None:
                 attach_score_masks(model, config.keep_ratio, threshold=config.threshold,
                                    generator=torch.Generator().manual_seed(config.seed))
             if config.freeze_weights:
                 self._frozen = freeze_weights(model)
-        elif has_score_masks(model):
-            raise RuntimeError("UM trains weights of an unmasked model; this model has score "
-                               "masks (bake_masks() it first, or use mode='umap')")
-        params = [p for p in model.parameters() if p.requires_grad]
-        if not params:
-            raise ValueError(f"{type(model).__name__} has no trainable parameters for {config.mode}")
-        self.optimizer = torch.optim.SGD(params, lr=config.lr, momentum=config.momentum,
+        self._params = [p for p in model.parameters() if p.requires_grad]
+        self.optimizer = torch.optim.SGD(self._params, lr=config.lr, momentum=config.momentum,
                                          weight_decay=config.weight_decay,
                                          nesterov=config.nesterov)
-        total = config.epochs * steps_per_epoch
+        self.steps_per_epoch = None
+        self._total = None
         floor = config.min_lr / config.lr
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: cosine_factor(step, total, floor))
+            self.optimizer, lambda step: cosine_factor(step, self._total, floor) if self._total else 1.0)
+        if steps_per_epoch is not None:
+            self._set_steps(steps_per_epoch)
+        self._scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
         self.epoch = 0
         self.history = History()
-        self._buffers = [b for b in model.buffers()]
+        self._buffers = list(model.buffers())
         self._backup = [b.detach().clone() for b in self._buffers]
+        self._loader_rng: list = []
+        self._pending_loader_rng: Optional[list] = None
 
     @property
     def xi(self) -> float:
@@ -134,56 +141,152 @@ class Finetuner:
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
 
+    def _set_steps(self, steps: int) -> None:
+        self.steps_per_epoch = steps
+        self._total = self.config.epochs * steps
+
+    def _bind(self, loader) -> Optional[int]:
+        """Check ``loader``'s length against the schedule (fixing it on first use)."""
+        try:
+            n = len(loader)
+        except TypeError:
+            n = None
+        if n == 0:
+            raise ValueError("the loader is empty (0 batches); fine-tuning needs ID training data")
+        if self.steps_per_epoch is None:
+            if n is None:
+                raise ValueError(f"{type(loader).__name__} has no len(); pass steps_per_epoch="
+                                 "<batches per epoch> to Finetuner so the schedule knows its length")
+            self._set_steps(n)
+        elif n is not None and n != self.steps_per_epoch:
+            raise ValueError(
+                f"the loader has {n} batches per epoch, but this run's lr schedule was built for "
+                f"steps_per_epoch={self.steps_per_epoch} (another batch size or dataset?); "
+                "use the same loader settings, or start a new run")
+        return n
+
+    def _autocast(self):
+        if self.config.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if self.config.precision == "bf16" else torch.float16
+        return torch.autocast(device_type=self.device.type, dtype=dtype)
+
+    def _check_labels(self, y: torch.Tensor, num_classes: int, first: bool) -> None:
+        """Refuse labels outside ``[0, C)``; -100 (``ignore_index``) would be skipped silently."""
+        if y.numel() == 0:
+            raise ValueError("a batch has no samples; drop empty batches from the loader")
+        rule = (f"labels must be class indices in [0, {num_classes - 1}] for a model with "
+                f"{num_classes} outputs")
+        if y.device.type == "cpu" or first:  # CPU labels cost no device sync
+            lo, hi = int(y.min()), int(y.max())
+            if lo < 0 or hi >= num_classes:
+                raise ValueError(f"{rule}, got labels in [{lo}, {hi}] (-100, PyTorch's "
+                                 "ignore_index, is refused too: it would be skipped silently)")
+        else:
+            torch._assert_async(((y >= 0) & (y < num_classes)).all(), rule)
+
+    def _finite_value(self, loss: torch.Tensor, epoch: int, index: int) -> float:
+        """The loss as a float, or stop every rank (buffers rolled back) if any is non-finite."""
+        value = loss.detach().float()
+        bad_ranks = 0
+        if is_distributed():
+            bad = (~torch.isfinite(value)).float().reshape(1)
+            dist.all_reduce(bad, op=dist.ReduceOp.SUM)
+            value, bad_ranks = torch.cat([value.reshape(1), bad]).tolist()
+        else:
+            value = value.item()
+        if bad_ranks or not math.isfinite(value):
+            if self._backup:
+                torch._foreach_copy_(self._buffers, self._backup)  # undo BN stat updates
+            raise NonFiniteLossError(epoch, index, value, int(bad_ranks) or 1)
+        return value
+
     def step(self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0, index: int = 0):
-        """One optimisation step; returns ``(loss, correct)`` as Python numbers."""
+        """One optimisation step; returns ``(loss as float, number correct as a device tensor)``."""
         device = self.device
+        labels = y
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
         if self._backup:
             torch._foreach_copy_(self._backup, self._buffers)
-        logits = self.model(x)
-        if index == 0 and (y.min() < 0 or y.max() >= logits.shape[1]):
-            raise ValueError(f"labels must lie in [0, {logits.shape[1] - 1}] for a model with "
-                             f"{logits.shape[1]} outputs, got range [{int(y.min())}, {int(y.max())}]")
-        loss = self.criterion(logits, y)
-        value = loss.item()
-        if not math.isfinite(value):
-            if self._backup:
-                torch._foreach_copy_(self._buffers, self._backup)  # undo BN stat updates
-            raise NonFiniteLossError(epoch, index, value)
+        with self._autocast():
+            logits = self.model(x)
+            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
+                raise TypeError(f"{type(self.model).__name__} must return logits of shape "
+                                f"(batch, classes), got {type(logits).__name__}"
+                                f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}")
+            self._check_labels(labels, logits.shape[1], first=index == 0)
+            loss = self.criterion(logits, y)
+        value = self._finite_value(loss, epoch, index)
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        self.optimizer.step()
+        if self._scaler is not None:
+            self._scaler.scale(loss).backward()
+            if self.grad_hook is not None:
+                self.grad_hook(self._params)
+            self._scaler.step(self.optimizer)
+            self._scaler.update()
+        else:
+            loss.backward()
+            if self.grad_hook is not None:
+                self.grad_hook(self._params)
+            self.optimizer.step()
         self.scheduler.step()
-        correct = (logits.detach().argmax(1) == y).sum().item()
-        return value, correct
+        return value, (logits.detach().argmax(1) == y).sum()
 
-    def train_epoch(self, loader, epoch: int | None = None) -> dict:
-        """Train one epoch; returns the sample-weighted mean loss and accuracy."""
+    def train_epoch(self, loader, epoch: Optional[int] = None, *, desc: Optional[str] = None) -> dict:
+        """Train one epoch; returns the sample-weighted mean loss and accuracy.
+
+        The loader is iterated exactly as ``for batch in loader`` would (the progress bar never
+        wraps it), so its shuffle draws from the same RNG state as any plain loop.
+        """
         epoch = self.epoch if epoch is None else epoch
+        n = self._bind(loader)
+        self._apply_pending_loader_rng(loader)
         self.model.train()
-        total_loss, total_correct, count = 0.0, 0, 0
-        bar = tqdm(loader, desc=f"{self.config.mode} epoch {epoch + 1}/{self.config.epochs}",
-                   disable=not (self.config.progress and is_main_process()), leave=False)
-        for index, batch in enumerate(bar):
-            x, y = unpack_batch(batch)
-            loss, correct = self.step(x, y, epoch=epoch, index=index)
-            n = y.shape[0]
-            total_loss += loss * n
-            total_correct += correct
-            count += n
-            bar.set_postfix(loss=f"{total_loss / count:.4f}", acc=f"{total_correct / count:.3f}",
-                            xi=f"{self.xi:.4f}")
+        show = self.config.progress and is_main_process()
+        bar = tqdm(total=n, disable=not show, leave=False,
+                   desc=desc or f"{self.config.mode} epoch {epoch + 1}/{self.config.epochs}")
+        total_loss, count = 0.0, 0
+        correct = torch.zeros((), dtype=torch.int64, device=self.device)
+        try:
+            for index, batch in enumerate(loader):
+                x, y = unpack_batch(batch)
+                value, batch_correct = self.step(x, y, epoch=epoch, index=index)
+                total_loss += value * y.shape[0]
+                correct += batch_correct
+                count += y.shape[0]
+                bar.update(1)
+                if show:
+                    bar.set_postfix(loss=f"{total_loss / count:.4f}", xi=f"{self.xi:.4g}",
+                                    refresh=False)
+        finally:
+            bar.close()
         if count == 0:
             raise ValueError("the loader yielded no batches; fine-tuning needs ID training data")
-        stats = {"loss": total_loss / count, "acc": total_correct / count}
+        stats = {"loss": total_loss / count, "acc": correct.item() / count}
         self.history.append(epoch, stats["loss"], stats["acc"], self.xi,
                             self.optimizer.param_groups[0]["lr"])
         self.epoch = epoch + 1
+        self._loader_rng = [g.get_state() for g in loader_generators(loader)]
         return stats
+
+    def _apply_pending_loader_rng(self, loader) -> None:
+        if self._pending_loader_rng is None:
+            return
+        generators = loader_generators(loader)
+        if len(generators) != len(self._pending_loader_rng):
+            raise ValueError(
+                f"the checkpoint recorded {len(self._pending_loader_rng)} data-order generator(s) "
+                f"but this loader has {len(generators)}; resume with a loader built the same way "
+                "(e.g. DataLoader(..., shuffle=True, generator=torch.Generator().manual_seed(s)))")
+        for g, state in zip(generators, self._pending_loader_rng):
+            g.set_state(state)
+        self._pending_loader_rng = None
 
     def fit(self, loader, checkpoint_path=None) -> History:
         """Train from the current epoch to ``config.epochs``, checkpointing each epoch."""
-        from .checkpoint import save_checkpoint
+        if checkpoint_path is not None:
+            check_writable(checkpoint_path)
+        self._bind(loader)
         while self.epoch < self.config.epochs:
             self.train_epoch(loader)
             if checkpoint_path is not None:
@@ -203,46 +306,121 @@ class Finetuner:
             "model": self.model.state_dict(),
             "optimizer": self.optimizer.state_dict(),
             "scheduler": self.scheduler.state_dict(),
+            "scaler": self._scaler.state_dict() if self._scaler is not None else None,
             "epoch": self.epoch,
             "xi": self.xi,
             "config": asdict(self.config),
             "steps_per_epoch": self.steps_per_epoch,
             "history": asdict(self.history),
             "rng_cpu": torch.get_rng_state(),
+            "loader_rng": list(self._loader_rng),
         }
         if torch.cuda.is_available() and torch.cuda.is_initialized():
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
 
     def load_state_dict(self, state: dict) -> None:
+        """Resume from :meth:`state_dict`; refuses a checkpoint of a differently set-up run."""
+        theirs = FinetuneConfig(**state["config"])
+        diffs = self.config.differences(theirs)
+        if state["xi"] != self.xi:
+            diffs.append(f"xi: {self.xi!r} vs {state['xi']!r}")
+        steps = state.get("steps_per_epoch")
+        if None not in (steps, self.steps_per_epoch) and steps != self.steps_per_epoch:
+            diffs.append(f"steps_per_epoch: {self.steps_per_epoch} vs {steps}")
+        if diffs:
+            raise ValueError(f"the checkpoint belongs to another run ({'; '.join(diffs)}: this run "
+                             "vs checkpoint); resume with the checkpoint's settings "
+                             "(load_checkpoint does) or use another checkpoint path")
         self.model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
+        if steps is not None:
+            self._set_steps(steps)
         self.scheduler.load_state_dict(state["scheduler"])
+        if self._scaler is not None and state.get("scaler") is not None:
+            self._scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
-        self.criterion.xi = state["xi"]
         self.history = History(**state["history"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
+        self._loader_rng = list(state.get("loader_rng", []))
+        # checkpoints written before loader states were recorded resume without that check
+        self._pending_loader_rng = (list(self._loader_rng) if self.epoch > 0 and "loader_rng" in state
+                                    else None)
 
 
-def _run(mode: str, model: nn.Module, loader, xi: float, config: FinetuneConfig | None,
-         checkpoint_path=None) -> History:
-    from dataclasses import replace
-    config = replace(config or FinetuneConfig(), mode=mode)
-    tuner = Finetuner(model, xi, config, steps_per_epoch=len(loader))
-    history = tuner.fit(loader, checkpoint_path=checkpoint_path)
-    tuner.finish()
+def load_checkpoint(model: nn.Module, path, *, grad_hook: Optional[GradHook] = None) -> Finetuner:
+    """Rebuild the run saved at ``path`` around a fresh ``model`` of the same architecture."""
+    state = read_state(path, map_location=next(model.parameters()).device)
+    tuner = Finetuner(model, state["xi"], FinetuneConfig(**state["config"]),
+                      steps_per_epoch=state["steps_per_epoch"], grad_hook=grad_hook)
+    try:
+        tuner.load_state_dict(state)
+    except RuntimeError as err:
+        raise ValueError(f"checkpoint {str(path)!r} does not fit {type(model).__name__}: "
+                         f"{err}") from None
+    return tuner
+
+
+class _Snapshot:
+    """The model as it came into ``run_um``/``run_umap``, to give it back on any failure."""
+
+    def __init__(self, model: nn.Module):
+        self.masked = has_score_masks(model)
+        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        self.flags = [(p, p.requires_grad) for p in model.parameters()]
+        self.modes = [(m, m.training) for m in model.modules()]
+
+    def restore(self, model: nn.Module) -> None:
+        if has_score_masks(model) and not self.masked:
+            remove_score_masks(model)
+        with torch.no_grad():
+            model.load_state_dict(self.state)
+        for p, flag in self.flags:
+            p.requires_grad_(flag)
+        for m, training in self.modes:
+            m.training = training
+
+
+def _run(mode: str, model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig],
+         checkpoint_path, grad_hook: Optional[GradHook]) -> History:
+    config = replace(FinetuneConfig() if config is None else config, mode=mode)
+    xi = validate_xi(xi)
+    resume = None
+    if checkpoint_path is not None:
+        check_writable(checkpoint_path)
+        if Path(checkpoint_path).exists():
+            resume = read_state(checkpoint_path, map_location=next(model.parameters()).device)
+    snapshot = _Snapshot(model)
+    try:
+        tuner = Finetuner(model, xi, config, grad_hook=grad_hook)
+        if resume is not None:
+            tuner.load_state_dict(resume)
+        history = tuner.fit(loader, checkpoint_path=checkpoint_path)
+        tuner.finish()
+    except BaseException:
+        snapshot.restore(model)
+        raise
     return history
 
 
-def run_um(model: nn.Module, loader, xi: float, config: FinetuneConfig | None = None,
-           checkpoint_path=None) -> History:
-    """Fine-tune the weights of ``model`` in place under the loss constraint ``xi``."""
-    return _run("um", model, loader, xi, config, checkpoint_path)
+def run_um(model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig] = None,
+           checkpoint_path=None, *, grad_hook: Optional[GradHook] = None) -> History:
+    """Fine-tune the weights of ``model`` in place under the loss constraint ``xi``.
+
+    With ``checkpoint_path``, each epoch is saved there and an existing checkpoint of the same
+    run is resumed (one of another run is refused). On any error or Ctrl-C the model is given
+    back exactly as it came in.
+    """
+    return _run("um", model, loader, xi, config, checkpoint_path, grad_hook)
 
 
-def run_umap(model: nn.Module, loader, xi: float, config: FinetuneConfig | None = None,
-             checkpoint_path=None) -> History:
-    """Learn a top-k mask over the frozen weights of ``model`` under ``xi``, then bake it."""
-    return _run("umap", model, loader, xi, config, checkpoint_path)
+def run_umap(model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig] = None,
+             checkpoint_path=None, *, grad_hook: Optional[GradHook] = None) -> History:
+    """Learn a top-k mask over the frozen weights of ``model`` under ``xi``, then bake it.
+
+    Checkpoints and failures behave as in :func:`run_um`: on any error or Ctrl-C the model
+    comes back unmasked, with its weights, buffers and ``requires_grad`` flags as before.
+    """
+    return _run("umap", model, loader, xi, config, checkpoint_path, grad_hook)
