@@ -24,7 +24,7 @@ DEFAULT_XI_ACCURACY_MARGIN = 0.10     # warn when xi-loader accuracy < ID val ac
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # trainer_args / postprocessor_args keys that are FinetuneConfig fields of the same name
-_SHARED_FINETUNE_KEYS = ("keep_ratio", "threshold", "freeze_weights", "beta", "seed")
+_SHARED_FINETUNE_KEYS = ("keep_ratio", "threshold", "freeze_weights", "beta", "seed", "precision")
 # postprocessor_args keys for the optimisation (the trainers read OpenOOD's optimizer: section)
 _POSTPROCESSOR_FINETUNE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "nesterov", "min_lr")
 # optimizer: section key -> FinetuneConfig field
