@@ -1,6 +1,4 @@
 """The um / umap trainers on OpenOOD's trainer contract, single process and 2-rank gloo DDP."""
-import os
-
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset

@@ -39,9 +39,9 @@ POSTPROCESSOR_KEYS = _XI_KEYS + _SHARED_FINETUNE_KEYS + _POSTPROCESSOR_FINETUNE_
 class XiOptions:
     """How a route gets ξ: a fixed value, or ``estimate_xi`` with the keyword arguments given."""
 
-    value: Optional[float] = None                               # None: estimate it
-    estimate_kwargs: Mapping = field(default_factory=dict)      # keep_ratio / seed / draws, as given
-    preprocessing: str = "train"                                # trainer: 'test' re-reads the images
+    value: Optional[float] = None                           # None: estimate it
+    estimate_kwargs: Mapping = field(default_factory=dict)  # keep_ratio / seed / draws, as given
+    preprocessing: str = "train"                            # trainer: 'test' re-reads the images
     accuracy_margin: float = DEFAULT_XI_ACCURACY_MARGIN
 
 

@@ -65,11 +65,13 @@ def config_roots(config_root=None) -> list:
     ``config_root`` (the Evaluator's argument, or the pipeline config's), ``$OPENOOD_CONFIG_ROOT``,
     ``$UM_PLUGIN_OPENOOD_ROOT/configs`` (an OpenOOD checkout), ``./configs`` (main.py runs from
     the checkout), and the ``configs/`` beside an editable OpenOOD install."""
+    checkout = os.environ.get(CHECKOUT_ENV)
+    installed = os.path.dirname(os.path.dirname(os.path.abspath(openood.__file__)))
     roots = [os.fspath(config_root) if config_root else None,
              os.environ.get(CONFIG_ROOT_ENV) or None,
-             os.path.join(os.environ[CHECKOUT_ENV], "configs") if os.environ.get(CHECKOUT_ENV) else None,
+             os.path.join(checkout, "configs") if checkout else None,
              os.path.join(os.getcwd(), "configs"),
-             os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(openood.__file__))), "configs")]
+             os.path.join(installed, "configs")]
     out = []
     for root in roots:
         if root and os.path.abspath(root) not in out:
@@ -170,8 +172,9 @@ class UnleashingPostprocessor(BasePostprocessor):
         train = id_loader_dict["train"]
         finetune = self.options.finetune
         loader = shuffled_loader(train, finetune.seed, "postprocessor: id_loader_dict['train']")
-        self.xi = resolve_xi(model, train, self.options.xi, where="postprocessor.postprocessor_args",
-                             fix=_XI_FIX, reference=id_loader_dict.get("val"))
+        self.xi = resolve_xi(model, train, self.options.xi, fix=_XI_FIX,
+                             where="postprocessor.postprocessor_args",
+                             reference=id_loader_dict.get("val"))
         (run_umap if self.mode == "umap" else run_um)(model, loader, self.xi, finetune)
         net.eval()
         claim(model, Mark(self.mode, f"postprocessor {self.name!r}", self.token))
