@@ -36,6 +36,12 @@ def test_configs_listing_and_install(oo, tmp_path):
     assert main(["install-configs", str(tmp_path), "--force"]) == 0
     with pytest.raises(FileNotFoundError, match="not a folder"):
         install_configs(str(tmp_path / "nope"))
+    fresh = tmp_path / "fresh"
+    (fresh / "pipelines" / "train").mkdir(parents=True)
+    (fresh / "pipelines" / "train" / "train_umap.yml").write_text("mine")
+    with pytest.raises(FileExistsError, match="train_umap.yml"):
+        install_configs(str(fresh))
+    assert not (fresh / "postprocessors").exists()  # checked before anything was written
 
 
 @pytest.mark.parametrize("trainer", ["um"])  # umap: see the end-to-end test below
