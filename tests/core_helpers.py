@@ -61,3 +61,16 @@ def trained_model(epochs=60, seed=0):
 def state_equal(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+class TiedMLP(nn.Module):
+    """Two Linear layers sharing one weight Parameter (as tied embeddings/heads do)."""
+
+    def __init__(self, width=6):
+        super().__init__()
+        self.a = nn.Linear(width, width)
+        self.b = nn.Linear(width, width)
+        self.b.weight = self.a.weight
+
+    def forward(self, x):
+        return self.b(torch.relu(self.a(x)))

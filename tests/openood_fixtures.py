@@ -74,11 +74,17 @@ def write_list(data_root, rel_path, lines):
 
 
 def make_tiny_benchmark(data_root, name="tinybench", num_classes=3, size=28, per_split=24,
-                        data_dir="images_classic/", seed=0) -> dict:
-    """Write an ID set (train/val/test) and OOD sets; return ``register_benchmark`` kwargs."""
+                        data_dir="images_classic/", seed=0, sort_train=False) -> dict:
+    """Write an ID set (train/val/test) and OOD sets; return ``register_benchmark`` kwargs.
+
+    Class ``k``'s images are bright in channel ``k % 3`` (:func:`colour_classes` reads it back).
+    ``sort_train``: the train list sorted by class, as the project's own benchmark writes it.
+    """
     lists = {}
     for k, split in enumerate(("train", "val", "test")):
         lines = write_images(data_root, data_dir, f"{name}/{split}", per_split, size, num_classes, seed + k)
+        if sort_train and split == "train":
+            lines.sort(key=lambda line: int(line.rsplit(" ", 1)[1]))
         lists[split] = write_list(data_root, f"benchmark_imglist/{name}/{split}_{name}.txt", lines)
     ood = {}
     for k, ood_name in enumerate(("noise_val", "noise_near", "noise_far")):
@@ -89,6 +95,39 @@ def make_tiny_benchmark(data_root, name="tinybench", num_classes=3, size=28, per
                 id_val=lists["val"], id_test=lists["test"], ood_val=ood["noise_val"],
                 near_ood={"noise_near": ood["noise_near"]}, far_ood={"noise_far": ood["noise_far"]},
                 data_dir=data_dir, image_size=size)
+
+
+def colour_classes(images) -> list:
+    """The class of each tiny-benchmark image (3 classes): its brightest channel."""
+    return images.mean((2, 3)).argmax(1).tolist()
+
+
+def make_halves_benchmark(data_root, name="halves", size=28, per_split=24,
+                          data_dir="images_classic/", seed=0) -> dict:
+    """Two classes told apart by which half of the image is bright (0: left, 1: right), so a
+    horizontal flip (OpenOOD's train preprocessor) turns one class into the other. Returns
+    ``dataset_config`` kwargs for the ID splits."""
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    lists = {}
+    for split in ("train", "val", "test"):
+        folder = os.path.join(data_root, data_dir, name, split)
+        os.makedirs(folder, exist_ok=True)
+        lines = []
+        for i in range(per_split):
+            label = i % 2
+            pixels = np.full((size, size), 30.0)
+            half = slice(0, size // 2) if label == 0 else slice(size // 2, size)
+            pixels[:, half] = 200.0
+            pixels = np.repeat(pixels[..., None], 3, axis=2) + rng.normal(0, 10, (size, size, 3))
+            rel = f"{name}/{split}/{i:03d}.png"
+            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(
+                os.path.join(data_root, data_dir, rel))
+            lines.append(f"{rel} {label}")
+        lists[split] = write_list(data_root, f"benchmark_imglist/{name}/{split}_{name}.txt", lines)
+    return dict(name=name, data_root=str(data_root), num_classes=2, id_train=lists["train"],
+                id_val=lists["val"], id_test=lists["test"], data_dir=data_dir, image_size=size)
 
 
 def make_openood_layout(data_root, id_name="cifar10", size=32, per_list=12, seed=0) -> None:
@@ -162,4 +201,55 @@ def ddp_worker(rank, world_size, init_file, out_dir, configs, dataset_tensors):
                         "shard": list(iter(sampler))},
                        os.path.join(out_dir, f"{name}_rank{rank}.pt"))
     finally:
+        dist.destroy_process_group()
+
+
+def bn_net():
+    """A small conv net with BatchNorm (its running statistics are what a NaN step corrupts)."""
+    import torch
+    from torch import nn
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                         nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3)).to(torch.float32)
+
+
+def ddp_nan_worker(rank, world_size, init_file, out_dir, config_dict, nan_rank):
+    """One rank of the NaN test: only ``nan_rank``'s second batch holds a NaN. Saves what this
+    rank raised and its BatchNorm buffers next to those after the last finite step."""
+    import copy
+    import datetime
+
+    import torch
+    import torch.distributed as dist
+    from torch.utils.data import DataLoader
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
+                            world_size=world_size, timeout=datetime.timedelta(seconds=20))
+    result = {"rank": rank}
+    try:
+        import um_plugin.openood  # noqa: F401  registers
+        from openood.trainers import get_trainer
+        from openood.utils import Config
+
+        torch.manual_seed(0)
+        net = bn_net()
+        g = torch.Generator().manual_seed(rank)
+        x, y = torch.randn(16, 3, 8, 8, generator=g), torch.arange(16) % 3
+        if rank == nan_rank:
+            x[9] = float("nan")  # second batch of 8
+        loader = DataLoader([{"data": a, "label": b} for a, b in zip(x, y)], batch_size=8)
+        reference = copy.deepcopy(net).train()
+        with torch.no_grad():
+            reference(x[:8])  # BatchNorm statistics after the one finite step
+        trainer = get_trainer(torch.nn.parallel.DistributedDataParallel(net), loader, None,
+                              Config(config_dict))
+        try:
+            trainer.train_epoch(1)
+            result["error"] = None
+        except Exception as exc:  # what each rank raised is the result
+            result.update(error=type(exc).__name__, message=str(exc),
+                          step=getattr(exc, "step", None))
+        result["buffers"] = [b.detach().clone() for b in trainer.model.buffers()]
+        result["expected"] = [b.detach().clone() for b in reference.buffers()]
+    finally:
+        torch.save(result, os.path.join(out_dir, f"nan_rank{rank}.pt"))
         dist.destroy_process_group()

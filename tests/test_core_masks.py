@@ -181,9 +181,11 @@ def test_scratch_buffer_is_reused_across_steps():
     x = torch.randn(2, 1, 8, 8)
     model(x)
     group = next(iter_score_masks(model))[2].group
-    scratch = group._scratch
+    buffers = group.selector._mag, group.selector._ind
     with torch.no_grad():
         for p in score_parameters(model):
             p.mul_(-1.5)
     model(x)
-    assert group._scratch is scratch
+    assert group.selector._mag is buffers[0] and group.selector._ind is buffers[1]
+    assert all(torch.equal(m.mask, sorted_reference_mask(m.scores, 0.8))
+               for _, _, m in iter_score_masks(model))

@@ -31,7 +31,7 @@ def test_estimate_leaves_model_bit_identical(model, mode):
 
 
 def test_xi_is_masked_train_loss_above_unmasked(model):
-    est = estimate_xi(model, loader(), keep_ratio=0.5, progress=False)
+    est = estimate_xi(model, loader(), keep_ratio=0.5, progress=False, report=True)
     model.eval()
     x, y = loader(batch_size=96).dataset.tensors
     with torch.no_grad():
@@ -68,7 +68,7 @@ def test_draws_average_and_report_spread(model):
 
 
 def test_atypical_indices_are_top_loss_increases(model):
-    est = estimate_xi(model, loader(), keep_ratio=0.7, top_n=5, progress=False)
+    est = estimate_xi(model, loader(), keep_ratio=0.7, top_n=5, progress=False, report=True)
     order = torch.argsort(est.per_sample_increase, descending=True)[:5]
     assert torch.equal(est.atypical, est.sample_index[order])
     assert torch.equal(est.sample_index, torch.arange(96))
@@ -78,12 +78,12 @@ def test_dict_batches_with_index_key(model):
     batches = loader(dict_batches=True)
     for i, b in enumerate(batches):
         b["index"] = torch.arange(len(b["label"])) + 1000 + 32 * i
-    est = estimate_xi(model, batches, progress=False)
+    est = estimate_xi(model, batches, progress=False, report=True)
     assert est.sample_index.min() == 1000 and est.num_samples == 96
 
 
 def test_empty_loader(model):
-    with pytest.raises(ValueError, match="no batches"):
+    with pytest.raises(ValueError, match="no samples"):
         estimate_xi(model, [], progress=False)
     assert not has_score_masks(model)
 

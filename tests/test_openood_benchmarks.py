@@ -34,3 +34,18 @@ def test_refuses_missing_files_and_openood_names(oo, tmp_path):
         oo.register_benchmark(**dict(kwargs, data_root=str(tmp_path / "empty")))
     with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
         oo.register_benchmark(**dict(kwargs, num_classes=0))
+
+
+def test_dataset_config_names_the_normalization_main_py_knows(oo, tmp_path):
+    from um_plugin.openood.benchmarks import dataset_config, normalization_by_name
+    kwargs = make_tiny_benchmark(str(tmp_path), name="normbench")
+    ids = {k: kwargs[k] for k in ("num_classes", "id_train", "id_val", "id_test", "data_dir")}
+    cifar = normalization_by_name("cifar10")
+    section = dataset_config("normbench", kwargs["data_root"], normalization=cifar, **ids)["dataset"]
+    assert section["normalization_type"] == "cifar10" and section["image_size"] == 32
+    with pytest.raises(ValueError, match=r"normalization .* cannot be written into a dataset YAML"):
+        dataset_config("normbench", kwargs["data_root"], normalization=((0.1,) * 3, (0.2,) * 3), **ids)
+    with pytest.raises(ValueError, match=r"'nope' is not in OpenOOD's normalization_dict"):
+        normalization_by_name("nope")
+    with pytest.raises(FileNotFoundError, match=r"id_val: image list .*nope.txt"):
+        dataset_config("normbench", kwargs["data_root"], **dict(ids, id_val="nope.txt"))

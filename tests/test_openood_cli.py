@@ -13,12 +13,12 @@ from openood_fixtures import make_openood_layout, make_tiny_benchmark
 MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
-def _cli(*args, cwd, timeout=420):
+def _cli(*args, cwd, timeout=420, expect=0):
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
     proc = subprocess.run([sys.executable, "-m", "um_plugin.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)
-    assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
-    return proc.stdout
+    assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc.stdout if expect == 0 else proc.stderr
 
 
 def test_configs_listing_and_install(oo, tmp_path):
@@ -36,38 +36,74 @@ def test_configs_listing_and_install(oo, tmp_path):
     assert main(["install-configs", str(tmp_path), "--force"]) == 0
     with pytest.raises(FileNotFoundError, match="not a folder"):
         install_configs(str(tmp_path / "nope"))
+    fresh = tmp_path / "fresh"
+    (fresh / "pipelines" / "train").mkdir(parents=True)
+    (fresh / "pipelines" / "train" / "train_umap.yml").write_text("mine")
+    with pytest.raises(FileExistsError, match="train_umap.yml"):
+        install_configs(str(fresh))
+    assert not (fresh / "postprocessors").exists()  # checked before anything was written
 
 
 @pytest.mark.parametrize("trainer", ["um"])  # umap: see the end-to-end test below
-def test_main_py_train_pipeline(oo, checkout, tmp_path, trainer):
+def test_main_py_on_a_registered_offline_benchmark_with_the_written_dataset_yaml(
+        oo, checkout, tmp_path, trainer):
+    """Issue 9.5: Route 1 on an offline benchmark needed a dataset YAML rebuilt by hand from
+    per-split overrides; `um-openood dataset-config` writes it, and main.py runs on it."""
     from openood.networks.lenet import LeNet
     from um_plugin.cli import configs_root
 
     data = tmp_path / "data"
-    bench = make_tiny_benchmark(str(data), name="tinymnist", num_classes=10, size=28, per_split=20)
+    make_tiny_benchmark(str(data), name="tinymnist", num_classes=10, size=28, per_split=20)
+    yml = tmp_path / "tinymnist.yml"
+    printed = _cli("dataset-config", "tinymnist", "--data-root", str(data), "--num-classes", "10",
+                   "--image-size", "28", "--batch-size", "8", "--out", str(yml), cwd=tmp_path)
+    assert printed.strip() == str(yml)
     torch.manual_seed(0)
     ckpt = tmp_path / "pretrained.ckpt"
     torch.save(LeNet(num_classes=10, num_channel=3).state_dict(), ckpt)
-    overrides = []
-    for split, key in (("train", "id_train"), ("val", "id_val"), ("test", "id_test")):
-        overrides += [f"--dataset.{split}.data_dir", str(data / bench["data_dir"]),
-                      f"--dataset.{split}.imglist_pth", str(data / bench[key]),
-                      f"--dataset.{split}.batch_size", "8"]
-    out = _cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config",
-               os.path.join(checkout, "configs/datasets/mnist/mnist.yml"),
+    out = _cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config", str(yml),
                os.path.join(checkout, "configs/networks/lenet.yml"),
                os.path.join(configs_root(), f"train_{trainer}.yml"),
                os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
                "--network.checkpoint", str(ckpt), "--num_workers", "0",
                "--optimizer.num_epochs", "2", "--output_dir", str(tmp_path / "results"),
-               *overrides, cwd=tmp_path)
+               cwd=tmp_path)
     assert "loss constraint estimated" in out and "Completed!" in out
-    run_dirs = glob.glob(str(tmp_path / "results" / f"mnist_lenet_{trainer}_xiauto*" / "s0"))
+    run_dirs = glob.glob(str(tmp_path / "results" / f"tinymnist_lenet_{trainer}_xiauto*" / "s0"))
     assert len(run_dirs) == 1, os.listdir(tmp_path / "results")
     for pattern in ("best.ckpt", "last_epoch2_acc*.ckpt"):
         [path] = glob.glob(os.path.join(run_dirs[0], pattern))
         fresh = LeNet(num_classes=10, num_channel=3)
         fresh.load_state_dict(torch.load(path, map_location="cpu"), strict=True)
+
+
+def test_register_benchmark_writes_the_same_dataset_yaml(oo, tmp_path):
+    import yaml
+    kwargs = make_tiny_benchmark(str(tmp_path / "data"), name="yamlbench")
+    registered = tmp_path / "registered.yml"
+    oo.register_benchmark(**kwargs, dataset_yaml=str(registered))
+    try:
+        _cli("dataset-config", "yamlbench", "--data-root", kwargs["data_root"], "--num-classes", "3",
+             "--image-size", "28", "--out", str(tmp_path / "cli.yml"), cwd=tmp_path)
+        section = yaml.safe_load(registered.read_text())["dataset"]
+        assert section == yaml.safe_load((tmp_path / "cli.yml").read_text())["dataset"]
+        assert section["train"]["imglist_pth"] == os.path.join(kwargs["data_root"], kwargs["id_train"])
+        assert section["train"]["shuffle"] is True and section["num_classes"] == 3
+        assert section["normalization_type"] == "default"  # not in OpenOOD's dict: mean = std = 0.5
+    finally:
+        oo.unregister_benchmark("yamlbench")
+
+
+@pytest.mark.parametrize("args, says", [
+    (["run", "nosuch.py"], "script 'nosuch.py' not found"),
+    (["install-configs", "no/such/folder"], "'no/such/folder' is not a folder"),
+    (["dataset-config", "x", "--data-root", "nowhere", "--num-classes", "3", "--image-size", "8",
+      "--out", "x.yml"], "--data-root 'nowhere' has no benchmark_imglist/"),
+])
+def test_bad_arguments_end_in_one_line_and_exit_2(tmp_path, args, says):
+    err = _cli(*args, cwd=tmp_path, timeout=120, expect=2)
+    assert err.strip().splitlines() == [err.strip()] and err.startswith("um-openood: error: ")
+    assert says in err and "Traceback" not in err
 
 
 def test_umap_train_then_stock_eval_ood_script(oo, checkout, tmp_path):
@@ -128,5 +164,4 @@ def test_run_registers_and_cpu_only_on_request(oo, tmp_path):
         assert cpu_fallback_enabled()
     finally:
         disable_cpu_fallback()
-    with pytest.raises(FileNotFoundError, match="script 'nope.py' not found"):
-        main(["run", "nope.py"])
+    assert main(["run", "nope.py"]) == 2

@@ -17,7 +17,8 @@ def _no_download(*args, **kwargs):
 
 
 @pytest.mark.parametrize("name", ["umap_ebo", "um"])
-def test_evaluator_runs_method_and_returns_metrics(oo, tiny_bench, checkout, monkeypatch, name):
+def test_evaluator_runs_method_and_returns_metrics(oo, tiny_bench, checkout, monkeypatch, capsys,
+                                                   name):
     from openood.evaluation_api import Evaluator
     monkeypatch.setattr(urllib.request, "urlretrieve", _no_download)
     import gdown
@@ -32,6 +33,8 @@ def test_evaluator_runs_method_and_returns_metrics(oo, tiny_bench, checkout, mon
                               config_root=config_root, postprocessor_name=name,
                               batch_size=8, num_workers=0)
         metrics = evaluator.eval_ood(progress=False)
+    out = capsys.readouterr().out
+    assert "loss constraint estimated" in out and "on ID validation data" in out  # xi sanity
 
     assert list(metrics.columns) == ["FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC"]
     assert list(metrics.index) == ["noise_near", "nearood", "noise_far", "farood"]
@@ -79,4 +82,35 @@ def test_config_root_copy_overrides_packaged_yaml(oo, tiny_bench, checkout, tmp_
     text = (root / "postprocessors" / "um.yml").read_text().replace("epochs: 10", "epochs: 3")
     (root / "postprocessors" / "um.yml").write_text(text.replace("base: ebo", "base: msp"))
     pp = get_postprocessor(str(root), "um", tiny_bench["name"])
-    assert pp.options.epochs == 3 and pp.base_name == "msp" and pp.APS_mode is False
+    assert pp.options.finetune.epochs == 3 and pp.base_name == "msp" and pp.APS_mode is False
+
+
+def test_second_method_on_the_same_network_is_refused(oo, tiny_bench, checkout):
+    """Issue 9.3: um_msp then umap_msp on one network printed UM's table under UMAP's name."""
+    import copy
+
+    from openood.evaluation_api import Evaluator
+    net = _lenet()
+    pristine = copy.deepcopy(net)
+    kwargs = dict(id_name=tiny_bench["name"], data_root=tiny_bench["data_root"],
+                  config_root=os.path.join(checkout, "configs"), batch_size=8, num_workers=0)
+    with oo.enable_cpu_fallback():
+        first = Evaluator(net, postprocessor_name="um_msp", **kwargs)
+        first.eval_ood(progress=False)
+        with pytest.raises(RuntimeError) as caught:  # main skipped the run without a word
+            Evaluator(net, postprocessor_name="umap_msp", **kwargs)
+        assert isinstance(caught.value, oo.NetworkReuseError)
+        message = str(caught.value)
+        assert "\n" not in message
+        assert message.startswith("postprocessor 'umap_msp': this network was already fine-tuned "
+                                  "by postprocessor 'um_msp'") and "copy.deepcopy(net)" in message
+
+        # the same postprocessor set up again (APS, re-runs) leaves the network alone
+        tuned = {k: v.clone() for k, v in net.state_dict().items()}
+        first.postprocessor.setup(net, first.dataloader_dict["id"], first.dataloader_dict["ood"])
+        assert all(torch.equal(tuned[k], v) for k, v in net.state_dict().items())
+
+        second = Evaluator(copy.deepcopy(pristine), postprocessor_name="umap_msp", **kwargs)
+    assert second.postprocessor.xi is not None and second.postprocessor.mode == "umap"
+    zeros = (second.net.state_dict()["fc.weight"] == 0).float().mean().item()
+    assert 0.15 < zeros < 0.25  # UMAP really ran on the copy

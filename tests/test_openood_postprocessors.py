@@ -1,4 +1,5 @@
 """The postprocessors through OpenOOD's pipeline registry, their options, and pickling."""
+import os
 import pickle
 
 import pytest
@@ -18,34 +19,60 @@ def test_pipeline_registry_builds_ours_with_base(oo, checkout, monkeypatch):
     assert type(pp).__name__ == "UMAPPostprocessor" and pp.base_name == "msp"
     assert type(pp.base).__name__ == "BasePostprocessor" and pp.APS_mode is False
     pp = get_postprocessor(_pipeline_config("um", loss_constraint=0.2))
-    assert pp.base_name == "ebo" and pp.options.xi == 0.2
+    assert pp.base_name == "ebo" and pp.options.xi.value == 0.2
 
 
 def test_bad_postprocessor_args(oo, checkout, monkeypatch):
     from openood.postprocessors import get_postprocessor
     monkeypatch.chdir(checkout)
-    with pytest.raises(ValueError, match=r"postprocessor_args.lr must be a finite number > 0, got -1"):
+    with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.lr: lr .*-1"):
         get_postprocessor(_pipeline_config("um", lr=-1))
-    with pytest.raises(ValueError, match=r"freeze_weights"):
+    with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.freeze_weights: "):
         get_postprocessor(_pipeline_config("umap", freeze_weights="maybe"))
-    assert get_postprocessor(_pipeline_config("umap", freeze_weights=False)).options.freeze_weights is False
+    with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.xi_keep_ratio: .*1.5"):
+        get_postprocessor(_pipeline_config("umap", xi_keep_ratio=1.5))
+    with pytest.raises(ValueError, match=r"unknown keys \['xi_preprocessing'\]"):  # trainers only
+        get_postprocessor(_pipeline_config("umap", xi_preprocessing="test"))
+    options = get_postprocessor(_pipeline_config("umap", freeze_weights="false", lr="0.5")).options
+    assert options.finetune.freeze_weights is False and options.finetune.lr == 0.5
 
 
-def test_missing_base_yaml_is_not_downloaded(oo, tmp_path, monkeypatch):
-    from openood.postprocessors import get_postprocessor
-    monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("OPENOOD_CONFIG_ROOT", str(tmp_path))
+def test_base_yaml_found_from_each_documented_place(oo, checkout, tmp_path, monkeypatch):
+    """Issue 9.5: with a config_root holding only um.yml, msp.yml came from nowhere. The base's
+    YAML is looked up in config_root, $OPENOOD_CONFIG_ROOT, $UM_PLUGIN_OPENOOD_ROOT/configs."""
+    from openood.evaluation_api.postprocessor import get_postprocessor
+    from um_plugin.cli import install_configs
+    only_ours = tmp_path / "ours"
+    only_ours.mkdir()
+    install_configs(str(only_ours))  # um.yml / umap.yml, no OpenOOD YAMLs
+    monkeypatch.chdir(tmp_path)  # no ./configs
+    monkeypatch.delenv("OPENOOD_CONFIG_ROOT", raising=False)
+    monkeypatch.setenv("UM_PLUGIN_OPENOOD_ROOT", checkout)
+    assert get_postprocessor(str(only_ours), "um_msp", "tinybench").base_name == "msp"
+    monkeypatch.delenv("UM_PLUGIN_OPENOOD_ROOT")
+    monkeypatch.setenv("OPENOOD_CONFIG_ROOT", os.path.join(checkout, "configs"))
+    assert get_postprocessor(str(only_ours), "um_msp", "tinybench").base_name == "msp"
+
+
+def test_missing_base_yaml_names_where_it_looked_and_the_three_ways(oo, tmp_path, monkeypatch):
+    from openood.evaluation_api.postprocessor import get_postprocessor
     import um_plugin.openood.postprocessors as ours
-    monkeypatch.setattr(ours, "base_config_candidates",
-                        lambda base, root=None: [str(tmp_path / "postprocessors" / f"{base}.yml")])
-    with pytest.raises(FileNotFoundError, match=r"no config for base postprocessor 'ebo'; looked in"):
-        get_postprocessor(_pipeline_config("um"))
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("OPENOOD_CONFIG_ROOT", raising=False)
+    monkeypatch.delenv("UM_PLUGIN_OPENOOD_ROOT", raising=False)
+    monkeypatch.setattr(ours.openood, "__file__", str(tmp_path / "site" / "openood" / "__init__.py"))
+    with pytest.raises(FileNotFoundError) as caught:
+        get_postprocessor(str(tmp_path / "mine"), "um_msp", "tinybench")
+    message = str(caught.value)
+    assert "\n" not in message and "no config for base postprocessor 'msp'" in message
+    assert str(tmp_path / "mine" / "postprocessors" / "msp.yml") in message
+    for way in ("config_root", "$OPENOOD_CONFIG_ROOT", "$UM_PLUGIN_OPENOOD_ROOT"):
+        assert way in message
 
 
 def test_setup_once_per_net_and_pickles_without_net(oo, tiny_bench, checkout):
     from openood.evaluation_api.postprocessor import get_postprocessor
     import dataclasses
-    import os
 
     from openood.networks.lenet import LeNet
     from torch.utils.data import DataLoader
@@ -55,7 +82,8 @@ def test_setup_once_per_net_and_pickles_without_net(oo, tiny_bench, checkout):
             return self.fc
 
     pp = get_postprocessor(os.path.join(checkout, "configs"), "umap_react", tiny_bench["name"])
-    pp.options = dataclasses.replace(pp.options, epochs=1)
+    pp.options = dataclasses.replace(
+        pp.options, finetune=dataclasses.replace(pp.options.finetune, epochs=1))
     x = torch.randn(6, 3, 28, 28)
     y = torch.arange(6) % 3
     loader = DataLoader([{"data": a, "label": b} for a, b in zip(x, y)], batch_size=6)

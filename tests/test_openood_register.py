@@ -101,3 +101,50 @@ def test_spawned_gpu_workers_register_first(oo):
     assert launch._distributed_worker is registered_worker
     assert pickle.loads(pickle.dumps(launch._distributed_worker)) is registered_worker  # by reference
     assert original(registered_worker).__module__ == "openood.utils.launch"
+
+
+def _adapter_imports():
+    """{module: (internal modules imported at the top, every import made inside a function)}."""
+    import ast
+    import pathlib
+    out = {}
+    for path in sorted((pathlib.Path(MAIN) / "um_plugin" / "openood").glob("*.py")):
+        tree = ast.parse(path.read_text())
+        top, inner = set(), []
+        for node in tree.body:
+            if isinstance(node, ast.ImportFrom) and node.level == 1:
+                top.update([node.module] if node.module else [a.name for a in node.names])
+            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("um_plugin.openood."):
+                top.add(node.module.split(".")[2])
+        for func in ast.walk(tree):
+            if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                for node in ast.walk(func):
+                    if isinstance(node, ast.Import):
+                        inner += [a.name for a in node.names]
+                    elif isinstance(node, ast.ImportFrom):
+                        inner.append("." * node.level + (node.module or ""))
+        out[path.stem] = (top, inner)
+    return out
+
+
+def test_adapter_has_no_import_circle_and_imports_at_the_top():
+    """Issue 11: register <-> postprocessors <-> spawn were circles hidden in function-level
+    imports. Now only the optional dependency (OpenOOD) is imported inside functions."""
+    imports = _adapter_imports()
+    assert {"register", "postprocessors", "trainers", "spawn"} <= set(imports)
+    for module, (_, inner) in imports.items():
+        assert all(name.startswith("openood") for name in inner), (module, inner)
+    done, active = set(), []
+
+    def visit(module):
+        assert module not in active, f"import circle: {' -> '.join(active + [module])}"
+        if module in done or module not in imports:
+            return
+        active.append(module)
+        for target in imports[module][0]:
+            visit(target)
+        active.pop()
+        done.add(module)
+
+    for module in imports:
+        visit(module)

@@ -1,6 +1,4 @@
 """The um / umap trainers on OpenOOD's trainer contract, single process and 2-rank gloo DDP."""
-import os
-
 import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
@@ -68,14 +66,21 @@ def test_fixed_xi_and_bad_args(oo):
     loader = DataLoader(_Dicts(8), batch_size=4)
     trainer = get_trainer(_lenet(), loader, None, _config("um", loss_constraint="0.25"))
     assert trainer.xi == 0.25
-    with pytest.raises(ValueError, match=r"loss_constraint must be 'auto' or a number.*'lots'"):
+    with pytest.raises(ValueError, match=r"^trainer.trainer_args.loss_constraint: .*'lots'"):
         get_trainer(_lenet(), loader, None, _config("um", loss_constraint="lots"))
-    with pytest.raises(ValueError, match=r"keep_ratio must be a number in \(0, 1\], got 1.5"):
+    with pytest.raises(ValueError, match=r"^trainer.trainer_args.keep_ratio: keep_ratio .*1.5"):
         get_trainer(_lenet(), loader, None, _config("umap", keep_ratio=1.5))
     with pytest.raises(ValueError, match=r"unknown keys \['keep_rato'\]; valid keys are"):
         get_trainer(_lenet(), loader, None, _config("umap", keep_rato=0.5))
-    with pytest.raises(ValueError, match=r"threshold must be one of \('layer', 'global'\)"):
+    with pytest.raises(ValueError, match=r"^trainer.trainer_args.threshold: .*\('layer', 'global'\)"):
         get_trainer(_lenet(), loader, None, _config("umap", threshold="model"))
+    bad_optimizer = _config("um", loss_constraint=0.1)
+    bad_optimizer.optimizer.num_epochs = 0
+    with pytest.raises(ValueError, match=r"^optimizer.num_epochs: epochs .*0"):
+        get_trainer(_lenet(), loader, None, bad_optimizer)
+    bad_optimizer.optimizer.update(num_epochs=1, name="adam")
+    with pytest.raises(ValueError, match=r"^optimizer.name: .*SGD.*'adam'"):
+        get_trainer(_lenet(), loader, None, bad_optimizer)
 
 
 def test_other_trainers_still_reach_openood(oo):
@@ -94,14 +99,15 @@ def test_two_rank_gloo_same_xi_and_masks(oo, tmp_path):
     from openood_fixtures import ddp_worker
 
     data = _Dicts(32)
-    configs = {name: dict(_config(name, epochs=1)) for name in ("umap", "um")}
+    # two epochs configured, one run: UMAP's masks are still attached to compare
+    configs = {name: dict(_config(name, epochs=2)) for name in ("umap", "um")}
     mp.spawn(ddp_worker, nprocs=2, join=True,
              args=(2, str(tmp_path / "init"), str(tmp_path), configs, (data.x, data.y)))
     for name in configs:
         r0, r1 = (torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=False) for r in (0, 1))
         assert set(r0["shard"]).isdisjoint(r1["shard"])  # each rank saw its own half
         assert r0["xi"] == r1["xi"]
-        single = get_trainer(_lenet(), DataLoader(data, batch_size=4), None, _config(name, epochs=1))
+        single = get_trainer(_lenet(), DataLoader(data, batch_size=4), None, _config(name, epochs=2))
         assert r0["xi"] == pytest.approx(single.xi, rel=1e-5), name
         assert r0["masks"].keys() == r1["masks"].keys()
         assert bool(r0["masks"]) == (name == "umap")
@@ -123,19 +129,79 @@ def test_umap_trainer_can_train_weights_too(oo):
     trainer = get_trainer(net, DataLoader(_Dicts(16), batch_size=8), None,
                           _config("umap", epochs=1, freeze_weights=False, loss_constraint=0.01))
     weight = trainer.model.fc.parametrizations.weight.original
-    assert any(p is weight for p in trainer.params) and weight.requires_grad
+    assert any(p is weight for p in trainer.optimizer.param_groups[0]["params"])
+    assert weight.requires_grad
     out, _ = trainer.train_epoch(1)
     kept = out.fc.weight != 0
     assert not torch.equal(out.fc.weight[kept], before[kept])  # surviving weights moved
 
 
-def test_trainer_stops_on_nan_loss_naming_epoch_and_step(oo):
+def test_nan_loss_stops_with_batchnorm_statistics_rolled_back(oo):
+    """Issue 9.1: the old trainer's own loop left BatchNorm's running_mean NaN while its error
+    promised the model was as after the last finite step; the core engine rolls it back."""
+    import copy
+
     from openood.trainers import get_trainer
+    from openood_fixtures import bn_net
 
     from um_plugin.core.finetune import NonFiniteLossError
-    data = _Dicts(n=16)
-    data.x[9] = float("nan")  # second batch of 8
-    trainer = get_trainer(_lenet(), DataLoader(data, batch_size=8), None,
-                          _config("um", loss_constraint=0.1))
-    with pytest.raises(NonFiniteLossError, match="epoch 3, step 1"):
+    torch.manual_seed(0)
+    net = bn_net()
+    x, y = torch.randn(16, 3, 8, 8), torch.arange(16) % 3
+    x[9] = float("nan")  # second batch of 8
+    reference = copy.deepcopy(net).train()
+    with torch.no_grad():
+        reference(x[:8])  # statistics after the one finite step
+    loader = DataLoader([{"data": a, "label": b} for a, b in zip(x, y)], batch_size=8)
+    trainer = get_trainer(net, loader, None, _config("um", loss_constraint=0.1))
+    with pytest.raises(NonFiniteLossError, match="step 1") as caught:
         trainer.train_epoch(3)
+    assert caught.value.step == 1
+    for name, buf in net.named_buffers():
+        assert torch.equal(buf, dict(reference.named_buffers())[name]), name
+
+
+def test_nan_on_one_rank_stops_every_rank(oo, tmp_path):
+    """Issue 9.6: only rank 1 meets a NaN batch. Both ranks must raise the same
+    NonFiniteLossError with BatchNorm statistics rolled back; none may hang in an all-reduce."""
+    import time
+
+    import torch.multiprocessing as mp
+
+    from openood_fixtures import ddp_nan_worker
+
+    config = dict(_config("um", epochs=1, loss_constraint=0.1))
+    context = mp.spawn(ddp_nan_worker, nprocs=2, join=False,
+                       args=(2, str(tmp_path / "init"), str(tmp_path), config, 1))
+    deadline = time.monotonic() + 120
+    while not context.join(timeout=1):
+        if time.monotonic() > deadline:
+            for process in context.processes:
+                process.kill()
+            pytest.fail("a rank hung after the NaN on rank 1")
+    results = [torch.load(tmp_path / f"nan_rank{r}.pt", weights_only=False) for r in (0, 1)]
+    for r in results:
+        assert r["error"] == "NonFiniteLossError", (r["rank"], r.get("message"))
+        assert r["step"] == 1
+        for got, want in zip(r["buffers"], r["expected"]):
+            assert torch.equal(got, want), r["rank"]
+
+
+def test_trainer_refuses_a_network_already_fine_tuned(oo):
+    """Issue 9.3, trainer side: a network carrying a UM/UMAP mark or score masks is refused."""
+    from openood.trainers import get_trainer
+
+    from um_plugin.core.masks import attach_score_masks
+    loader = DataLoader(_Dicts(8), batch_size=4)
+    net = _lenet()
+    trainer = get_trainer(net, loader, None, _config("um", epochs=1, loss_constraint=0.1))
+    out, _ = trainer.train_epoch(1)
+    with pytest.raises(RuntimeError, match=r"already fine-tuned by trainer 'um'.*deepcopy") as caught:
+        get_trainer(out, loader, None, _config("umap", loss_constraint=0.1))
+    assert isinstance(caught.value, oo.NetworkReuseError)
+    masked = _lenet()
+    attach_score_masks(masked, 0.5)
+    with pytest.raises(RuntimeError, match=r"carries score masks"):
+        get_trainer(masked, loader, None, _config("umap", loss_constraint=0.1))
+    with pytest.raises(RuntimeError, match=r"has run all 1 epochs"):
+        trainer.train_epoch(2)

@@ -4,6 +4,10 @@
     um-openood run [--cpu] scripts/eval_ood.py --root results/... --postprocessor umap_ebo
     um-openood install-configs <OpenOOD>/configs      # copy our YAMLs into OpenOOD's tree
     um-openood configs                                # print where the shipped YAMLs are
+    um-openood dataset-config NAME --data-root DIR --num-classes N --image-size S --out FILE
+
+Every argument is checked before any work; a bad one ends the command with one line
+``um-openood: error: ...`` and exit code 2.
 """
 from __future__ import annotations
 
@@ -13,6 +17,8 @@ import runpy
 import shutil
 import sys
 from importlib import resources
+
+PROG = "um-openood"
 
 
 def configs_root() -> str:
@@ -43,11 +49,12 @@ def install_configs(dest: str, force: bool = False) -> list:
 
     ``train_um[ap].yml`` land in ``pipelines/train/``, ``um[ap].yml`` in ``postprocessors/``.
 
-    Refuses to overwrite a different existing file unless ``force``.
+    Refuses to overwrite a different existing file unless ``force`` (checked for every file
+    before any is written).
     """
     if not os.path.isdir(dest):
         raise FileNotFoundError(f"{dest!r} is not a folder; pass OpenOOD's configs/ directory")
-    written = []
+    plan = []
     for rel in shipped_configs():
         src, target = os.path.join(configs_root(), rel), os.path.join(dest, openood_destination(rel))
         if os.path.exists(target) and not force:
@@ -56,10 +63,19 @@ def install_configs(dest: str, force: bool = False) -> list:
                     continue
             raise FileExistsError(f"{target!r} exists and differs from the shipped {rel}; "
                                   "pass --force to overwrite it")
+        plan.append((src, target))
+    for src, target in plan:
         os.makedirs(os.path.dirname(target), exist_ok=True)
         shutil.copyfile(src, target)
-        written.append(target)
-    return written
+    return [target for _, target in plan]
+
+
+def prepare_run(cpu: bool = False) -> None:
+    """Register um/umap with OpenOOD and, with ``cpu``, make its ``.cuda()`` calls no-ops."""
+    import um_plugin.openood  # noqa: F401  registers on import (OpenOOD is optional)
+    if cpu:
+        from um_plugin.openood.cpu import enable_cpu_fallback
+        enable_cpu_fallback()
 
 
 def run_script(script: str, args: list, cpu: bool = False) -> None:
@@ -67,10 +83,7 @@ def run_script(script: str, args: list, cpu: bool = False) -> None:
     if not os.path.isfile(script):
         raise FileNotFoundError(f"script {script!r} not found (cwd {os.getcwd()!r}); run from "
                                 "your OpenOOD checkout or pass the script's path")
-    import um_plugin.openood  # noqa: F401  registers on import
-    if cpu:
-        from um_plugin.openood.cpu import enable_cpu_fallback
-        enable_cpu_fallback()
+    prepare_run(cpu)
     saved_argv, saved_path = sys.argv, list(sys.path)
     sys.argv = [script, *args]
     sys.path.insert(0, os.path.dirname(os.path.abspath(script)))  # as `python script` does
@@ -80,8 +93,18 @@ def run_script(script: str, args: list, cpu: bool = False) -> None:
         sys.argv, sys.path[:] = saved_argv, saved_path
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="um-openood", description=__doc__.split("\n\n")[0])
+    parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an OpenOOD script with um/umap registered")
     run.add_argument("--cpu", action="store_true",
@@ -92,21 +115,87 @@ def build_parser() -> argparse.ArgumentParser:
     inst.add_argument("dest", help="OpenOOD's configs/ folder")
     inst.add_argument("--force", action="store_true", help="overwrite differing files")
     sub.add_parser("configs", help="print the folder of the shipped YAMLs and their names")
+    ds = sub.add_parser(
+        "dataset-config", help="write the dataset YAML main.py needs for an offline benchmark",
+        description="Write the dataset: YAML OpenOOD's main.py reads, for a benchmark in "
+                    "OpenOOD's on-disk layout (the one register_benchmark takes): image lists "
+                    "<data-root>/benchmark_imglist/NAME/{train,val,test}_NAME.txt unless given, "
+                    "images under <data-root>/<data-dir>.")
+    ds.add_argument("name", help="the benchmark's name (dataset.name)")
+    ds.add_argument("--data-root", required=True, help="folder holding benchmark_imglist/")
+    ds.add_argument("--out", required=True, help="YAML file to write")
+    ds.add_argument("--num-classes", type=_positive_int, required=True)
+    ds.add_argument("--image-size", type=_positive_int, required=True,
+                    help="centre crop size (register_benchmark's image_size)")
+    ds.add_argument("--pre-size", type=_positive_int, default=None,
+                    help="resize before the crop (default: image size)")
+    ds.add_argument("--data-dir", default="images_classic/",
+                    help="image folder relative to the data root (default: images_classic/)")
+    for split in ("train", "val", "test"):
+        ds.add_argument(f"--{split}", default=None, metavar="IMGLIST",
+                        help=f"{split} image list relative to the data root "
+                             f"(default: benchmark_imglist/NAME/{split}_NAME.txt)")
+    ds.add_argument("--normalization", default="default", metavar="TYPE",
+                    help="'default' (mean = std = 0.5) or a name in OpenOOD's normalization_dict")
+    ds.add_argument("--batch-size", type=_positive_int, default=128, help="training batch size")
     return parser
+
+
+def _check(args) -> None:
+    """Raise ValueError (one line) for an argument that cannot work, before any work."""
+    if args.command == "run" and not os.path.isfile(args.script):
+        raise ValueError(f"script {args.script!r} not found (cwd {os.getcwd()!r}); run from your "
+                         "OpenOOD checkout or pass the script's path")
+    if args.command == "install-configs" and not os.path.isdir(args.dest):
+        raise ValueError(f"{args.dest!r} is not a folder; pass OpenOOD's configs/ directory")
+    if args.command == "dataset-config":
+        if not os.path.isdir(os.path.join(args.data_root, "benchmark_imglist")):
+            raise ValueError(f"--data-root {args.data_root!r} has no benchmark_imglist/ folder")
+        if os.path.isdir(args.out):
+            raise ValueError(f"--out {args.out!r} is a folder; pass the YAML file to write")
+
+
+def _dataset_config(args) -> str:
+    from um_plugin.openood.benchmarks import (DEFAULT_NORMALIZATION, dataset_config,
+                                              normalization_by_name, save_yaml)
+    lists = {split: getattr(args, split) or f"benchmark_imglist/{args.name}/{split}_{args.name}.txt"
+             for split in ("train", "val", "test")}
+    normalization = (DEFAULT_NORMALIZATION if args.normalization == "default"
+                     else normalization_by_name(args.normalization))
+    config = dataset_config(args.name, args.data_root, num_classes=args.num_classes,
+                            id_train=lists["train"], id_val=lists["val"], id_test=lists["test"],
+                            data_dir=args.data_dir, image_size=args.image_size,
+                            pre_size=args.pre_size, normalization=normalization,
+                            batch_size=args.batch_size)
+    return save_yaml(config, args.out, f"benchmark {args.name!r} under "
+                                       f"{os.path.abspath(args.data_root)}")
+
+
+def _error(message: str) -> int:
+    print(f"{PROG}: error: {message}", file=sys.stderr)
+    return 2
 
 
 def main(argv=None) -> int:
     """Console-script entry point."""
     args = build_parser().parse_args(argv)
-    if args.command == "run":
+    try:
+        _check(args)
+        if args.command == "run":
+            prepare_run(args.cpu)
+        elif args.command == "install-configs":
+            for path in install_configs(args.dest, force=args.force):
+                print(path)
+        elif args.command == "dataset-config":
+            print(_dataset_config(args))
+        else:
+            print(configs_root())
+            for rel in shipped_configs():
+                print("  " + rel)
+    except (ValueError, OSError, RuntimeError, ImportError) as exc:
+        return _error(str(exc))
+    if args.command == "run":  # the script's own errors are its own: not caught above
         run_script(args.script, args.args, cpu=args.cpu)
-    elif args.command == "install-configs":
-        for path in install_configs(args.dest, force=args.force):
-            print(path)
-    else:
-        print(configs_root())
-        for rel in shipped_configs():
-            print("  " + rel)
     return 0
 
 

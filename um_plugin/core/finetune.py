@@ -27,7 +27,7 @@ from .checkpoint import check_writable, loader_generators, read_state, save_chec
 from .config import MODES, OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig  # noqa: F401  (re-exported)
 from .distributed import is_distributed, is_main_process
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
-                    iter_score_masks, remove_score_masks, restore_requires_grad)
+                    mask_settings, remove_score_masks, restore_requires_grad)
 from .objective import LossConstraint, validate_xi
 
 GradHook = Callable[[list], None]
@@ -63,12 +63,6 @@ class History:
 def cosine_factor(step: int, total: int, floor: float) -> float:
     """Cosine decay from 1 to ``floor`` over ``total`` steps (OpenOOD's schedule shape)."""
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
-
-
-def mask_settings(model: nn.Module) -> Optional[tuple[float, str]]:
-    """``(keep_ratio, threshold)`` of the score masks on ``model``, or None if unmasked."""
-    first = next(iter_score_masks(model), None)
-    return None if first is None else (first[2].group.keep_ratio, first[2].group.threshold)
 
 
 class Finetuner:

@@ -4,19 +4,24 @@ Importing this package registers them with OpenOOD (see :func:`register`), so Op
 YAML configs, ``main.py`` pipelines, ``Evaluator`` and ``scripts/eval_ood.py`` select them by
 name. ``import um_plugin`` alone never imports OpenOOD; this package needs it installed.
 """
-from .register import (OpenOODLayoutError, OpenOODNotInstalledError, RegistrationError,
-                       is_registered, register)
+from .layout import OpenOODLayoutError, OpenOODNotInstalledError, require_openood
+
+require_openood()  # one clear line when OpenOOD is missing, before any module imports it
+
+from .benchmarks import (register_benchmark, unregister_benchmark,  # noqa: E402
+                         write_dataset_config)
+from .cpu import disable_cpu_fallback, enable_cpu_fallback  # noqa: E402
+from .postprocessors import UMAPPostprocessor, UMPostprocessor  # noqa: E402
+from .register import RegistrationError, is_registered, register  # noqa: E402
+from .reuse import NetworkReuseError  # noqa: E402
+from .trainers import UMAPTrainer, UMTrainer  # noqa: E402
+from .xi_sanity import XiSanityWarning  # noqa: E402
 
 register()
 
-from .benchmarks import register_benchmark, unregister_benchmark  # noqa: E402
-from .cpu import disable_cpu_fallback, enable_cpu_fallback  # noqa: E402
-from .postprocessors import UMAPPostprocessor, UMPostprocessor  # noqa: E402
-from .trainers import UMAPTrainer, UMTrainer  # noqa: E402
-
 __all__ = [
     "register", "is_registered", "register_benchmark", "unregister_benchmark",
-    "enable_cpu_fallback", "disable_cpu_fallback", "UMTrainer", "UMAPTrainer",
-    "UMPostprocessor", "UMAPPostprocessor", "OpenOODNotInstalledError", "OpenOODLayoutError",
-    "RegistrationError",
+    "write_dataset_config", "enable_cpu_fallback", "disable_cpu_fallback", "UMTrainer",
+    "UMAPTrainer", "UMPostprocessor", "UMAPPostprocessor", "OpenOODNotInstalledError",
+    "OpenOODLayoutError", "RegistrationError", "NetworkReuseError", "XiSanityWarning",
 ]

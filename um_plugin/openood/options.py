@@ -1,118 +1,184 @@
-"""Read and validate ``trainer_args`` / ``postprocessor_args`` once, with errors naming the key.
+"""OpenOOD's loose config values -> the core's types, with errors naming the config key.
 
 OpenOOD hands configs over as loose dicts whose values may arrive as strings from the command
-line (``--trainer.trainer_args.loss_constraint 0.3`` keeps the type of the YAML default,
-``auto``). Everything downstream gets a typed, checked :class:`MethodOptions` instead.
+line (``--trainer.trainer_args.loss_constraint 0.3`` keeps the YAML default's type, ``auto``).
+This module only converts types: every default and every rule is the core's
+(``FinetuneConfig``, ``validate_keep_ratio``, ``validate_xi``, ``estimate_xi``); a core
+``ValueError`` comes back prefixed with the key that held the value, e.g.
+``trainer.trainer_args.keep_ratio: keep_ratio must be in (0, 1] ...``. The two ξ-sanity
+knobs are the adapter's own (they concern OpenOOD's loaders), so their rules live here.
 """
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
-from typing import Mapping, Optional, Union
+import re
+import typing
+from dataclasses import dataclass, field
+from typing import Mapping, Optional
 
-THRESHOLDS = ("layer", "global")
-MODES = ("um", "umap")
+from um_plugin.core.finetune import MODES, FinetuneConfig
+from um_plugin.core.masks import validate_keep_ratio
+from um_plugin.core.objective import validate_xi
+
+XI_PREPROCESSING = ("train", "test")  # trainer: images xi is estimated on
+DEFAULT_XI_ACCURACY_MARGIN = 0.10     # warn when xi-loader accuracy < ID val accuracy - this
+
+_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+# trainer_args / postprocessor_args keys that are FinetuneConfig fields of the same name
+_SHARED_FINETUNE_KEYS = ("keep_ratio", "threshold", "freeze_weights", "beta", "seed", "precision")
+# postprocessor_args keys for the optimisation (the trainers read OpenOOD's optimizer: section)
+_POSTPROCESSOR_FINETUNE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "nesterov", "min_lr")
+# optimizer: section key -> FinetuneConfig field
+OPTIMIZER_KEYS = {"num_epochs": "epochs", "lr": "lr", "momentum": "momentum",
+                  "weight_decay": "weight_decay", "nesterov": "nesterov", "min_lr": "min_lr"}
+_XI_KEYS = ("loss_constraint", "xi_keep_ratio", "xi_seed", "xi_draws", "xi_accuracy_margin")
+TRAINER_KEYS = _XI_KEYS + ("xi_preprocessing",) + _SHARED_FINETUNE_KEYS
+POSTPROCESSOR_KEYS = _XI_KEYS + _SHARED_FINETUNE_KEYS + _POSTPROCESSOR_FINETUNE_KEYS
+
+
+@dataclass(frozen=True)
+class XiOptions:
+    """How a route gets ξ: a fixed value, or ``estimate_xi`` with the keyword arguments given."""
+
+    value: Optional[float] = None                           # None: estimate it
+    estimate_kwargs: Mapping = field(default_factory=dict)  # keep_ratio / seed / draws, as given
+    preprocessing: str = "train"                            # trainer: 'test' re-reads the images
+    accuracy_margin: float = DEFAULT_XI_ACCURACY_MARGIN
 
 
 @dataclass(frozen=True)
 class MethodOptions:
-    """The knobs of UM / UMAP shared by the trainers and the postprocessors."""
+    """A route's UM/UMAP settings: the core's FinetuneConfig and how to get ξ."""
 
-    mode: str
-    loss_constraint: Union[str, float] = "auto"  # 'auto' (estimate xi) or xi itself
-    xi_keep_ratio: float = 0.965                 # weights kept by the random mask estimating xi
-    xi_seed: int = 0
-    xi_draws: int = 1
-    keep_ratio: float = 0.8                      # UMAP: weights kept by the learned mask
-    threshold: str = "layer"                     # UMAP: top-k per 'layer' or 'global'
-    freeze_weights: bool = True                  # UMAP: learn the mask only
-    beta: float = 1.0
-    seed: int = 0                                # UMAP: mask-score initialisation
-    # postprocessor only (trainers take these from OpenOOD's optimizer: section)
-    epochs: int = 10
-    lr: float = 0.1
-    momentum: float = 0.9
-    weight_decay: float = 1e-4
-    nesterov: bool = True
+    finetune: FinetuneConfig
+    xi: XiOptions
 
     @property
-    def xi(self) -> Optional[float]:
-        """The fixed ξ, or None when it is to be estimated."""
-        return None if self.loss_constraint == "auto" else float(self.loss_constraint)
+    def mode(self) -> str:
+        return self.finetune.mode
 
 
-_NUMBER_RULES = {
-    "xi_keep_ratio": (float, lambda v: 0 < v < 1, "a number in (0, 1)"),
-    "keep_ratio": (float, lambda v: 0 < v <= 1, "a number in (0, 1]"),
-    "beta": (float, lambda v: v > 0 and math.isfinite(v), "a finite number > 0"),
-    "lr": (float, lambda v: v > 0 and math.isfinite(v), "a finite number > 0"),
-    "momentum": (float, lambda v: 0 <= v < 1, "a number in [0, 1)"),
-    "weight_decay": (float, lambda v: v >= 0 and math.isfinite(v), "a finite number >= 0"),
-    "xi_seed": (int, lambda v: True, "an integer"),
-    "seed": (int, lambda v: True, "an integer"),
-    "xi_draws": (int, lambda v: v >= 1, "an integer >= 1"),
-    "epochs": (int, lambda v: v >= 1, "an integer >= 1"),
-}
-_BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
+def _field_types() -> dict:
+    return {name: hint.__name__ if isinstance(hint, type) else str(hint)
+            for name, hint in typing.get_type_hints(FinetuneConfig).items()}
 
 
-def _number(key, value, kind, ok, rule, where):
+def convert(value, kind: str):
+    """``value`` as ``kind`` ('int', 'float', 'bool') when it is a readable spelling of one;
+    otherwise unchanged, so the core's validator names it."""
+    if isinstance(value, bool) or value is None:
+        return value
+    if kind == "bool":
+        if isinstance(value, str) and value.strip().lower() in _BOOLS:
+            return _BOOLS[value.strip().lower()]
+        return value
+    if kind in ("int", "float") and isinstance(value, str):
+        try:
+            value = float(value.strip())
+        except ValueError:
+            return value
+    if kind == "int" and isinstance(value, float) and value.is_integer():
+        return int(value)
+    if kind == "float" and isinstance(value, int):
+        return float(value)
+    return value
+
+
+def _prefixed(exc: ValueError, where: str) -> ValueError:
+    return ValueError(f"{where}: {exc}")
+
+
+def finetune_config(values: Mapping, sources: Mapping, **fixed) -> FinetuneConfig:
+    """``FinetuneConfig(**fixed, **values)``; a core error is prefixed with the key (from
+    ``sources``: field -> config key) that the message names first."""
+    types = _field_types()
+    kwargs = {name: convert(value, types.get(name, "")) for name, value in values.items()}
     try:
-        if isinstance(value, bool):
-            raise ValueError
-        number = kind(value)
-        if kind is int and float(value) != number:
-            raise ValueError
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}.{key} must be {rule}, got {value!r}") from None
-    if not ok(number):
-        raise ValueError(f"{where}.{key} must be {rule}, got {value!r}")
-    return number
+        return FinetuneConfig(**fixed, **kwargs)
+    except ValueError as exc:
+        message = str(exc)
+        named = [(m.start(), name) for name in sources
+                 for m in [re.search(rf"\b{re.escape(name)}\b", message)] if m]
+        where = sources[min(named)[1]] if named else ", ".join(sources.values()) or "config"
+        raise _prefixed(exc, where) from None
 
 
-def _loss_constraint(value, where):
-    if isinstance(value, str) and value.strip().lower() == "auto":
-        return "auto"
-    try:
-        if isinstance(value, bool):
-            raise ValueError
-        xi = float(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"{where}.loss_constraint must be 'auto' or a number >= 0 (the loss "
-                         f"constraint xi), got {value!r}") from None
-    if not math.isfinite(xi) or xi < 0:
-        raise ValueError(f"{where}.loss_constraint must be 'auto' or a finite number >= 0, got {value!r}")
-    return xi
+def _xi_options(section: dict, where: str) -> XiOptions:
+    out = {}
+    value = section.get("loss_constraint")
+    if value is not None and not (isinstance(value, str) and value.strip().lower() == "auto"):
+        try:
+            out["value"] = validate_xi(convert(value, "float"))
+        except ValueError as exc:
+            raise ValueError(f"{where}.loss_constraint: {exc} (or 'auto' to estimate it)") from None
+    kwargs = {}
+    if section.get("xi_keep_ratio") is not None:
+        try:
+            kwargs["keep_ratio"] = validate_keep_ratio(convert(section["xi_keep_ratio"], "float"))
+        except ValueError as exc:
+            raise _prefixed(exc, f"{where}.xi_keep_ratio") from None
+    for key, name in (("xi_seed", "seed"), ("xi_draws", "draws")):
+        if section.get(key) is not None:
+            number = convert(section[key], "int")
+            if isinstance(number, bool) or not isinstance(number, int):
+                raise ValueError(f"{where}.{key} must be an integer, got {section[key]!r}")
+            kwargs[name] = number
+    out["estimate_kwargs"] = kwargs
+    if section.get("xi_preprocessing") is not None:
+        if section["xi_preprocessing"] not in XI_PREPROCESSING:
+            raise ValueError(f"{where}.xi_preprocessing must be one of {XI_PREPROCESSING}, "
+                             f"got {section['xi_preprocessing']!r}")
+        out["preprocessing"] = section["xi_preprocessing"]
+    if section.get("xi_accuracy_margin") is not None:
+        margin = convert(section["xi_accuracy_margin"], "float")
+        if isinstance(margin, bool) or not isinstance(margin, float) or not 0 <= margin <= 1:
+            raise ValueError(f"{where}.xi_accuracy_margin must be a number in [0, 1] (a fraction "
+                             f"of accuracy; 1 switches the check off), got "
+                             f"{section['xi_accuracy_margin']!r}")
+        out["accuracy_margin"] = margin
+    return XiOptions(**out)
 
 
-def parse_options(section: Optional[Mapping], mode: str, where: str) -> MethodOptions:
-    """Typed options from a config section; ``where`` names it in errors (e.g. ``trainer.trainer_args``)."""
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-    section = dict(section or {})
-    valid = [f.name for f in fields(MethodOptions) if f.name != "mode"]
+def _section(section: Optional[Mapping], valid: tuple, where: str) -> dict:
+    section = {k: v for k, v in dict(section or {}).items() if v is not None}
     unknown = sorted(set(section) - set(valid))
     if unknown:
-        raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {valid}")
-    out = {"mode": mode}
-    for key, value in section.items():
-        if value is None:
-            continue
-        if key == "loss_constraint":
-            out[key] = _loss_constraint(value, where)
-        elif key == "threshold":
-            if value not in THRESHOLDS:
-                raise ValueError(f"{where}.threshold must be one of {THRESHOLDS}, got {value!r}")
-            out[key] = value
-        elif key in ("freeze_weights", "nesterov"):
-            if isinstance(value, str) and value.lower() in _BOOLS:
-                value = _BOOLS[value.lower()]
-            if not isinstance(value, bool):
-                raise ValueError(f"{where}.{key} must be true or false, got {value!r}")
-            out[key] = value
-        else:
-            out[key] = _number(key, value, *_NUMBER_RULES[key], where)
-    options = MethodOptions(**out)
-    if options.nesterov and options.momentum == 0:
-        raise ValueError(f"{where}.nesterov: true needs momentum > 0; set nesterov: false or a momentum")
-    return options
+        raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {list(valid)}")
+    return section
+
+
+def _check_mode(mode) -> None:
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+
+
+def postprocessor_options(section: Optional[Mapping], mode: str,
+                          where: str = "postprocessor.postprocessor_args") -> MethodOptions:
+    """Typed options of the ``um`` / ``umap`` postprocessors (all in ``postprocessor_args``)."""
+    _check_mode(mode)
+    section = _section(section, POSTPROCESSOR_KEYS, where)
+    xi = _xi_options(section, where)
+    names = _SHARED_FINETUNE_KEYS + _POSTPROCESSOR_FINETUNE_KEYS
+    values = {k: section[k] for k in names if k in section}
+    config = finetune_config(values, {k: f"{where}.{k}" for k in names}, mode=mode)
+    return MethodOptions(config, xi)
+
+
+def trainer_options(config, mode: str) -> MethodOptions:
+    """Typed options of the ``um`` / ``umap`` trainers: ``trainer.trainer_args`` plus
+    OpenOOD's ``optimizer:`` section (num_epochs, lr, momentum, weight_decay, nesterov, min_lr)."""
+    _check_mode(mode)
+    where = "trainer.trainer_args"
+    section = _section(config.trainer.get("trainer_args"), TRAINER_KEYS, where)
+    xi = _xi_options(section, where)
+    optimizer = dict(config.get("optimizer") or {})
+    name = optimizer.pop("name", "sgd")
+    if str(name).lower() != "sgd":
+        raise ValueError(f"optimizer.name: the {mode} trainer optimises with SGD (the paper's "
+                         f"setting), got {name!r}; set optimizer.name: sgd")
+    values = {k: section[k] for k in _SHARED_FINETUNE_KEYS if k in section}
+    sources = {k: f"{where}.{k}" for k in _SHARED_FINETUNE_KEYS}
+    for key, name in OPTIMIZER_KEYS.items():
+        if optimizer.get(key) is not None:
+            values[name] = optimizer[key]
+        sources[name] = f"optimizer.{key}"
+    return MethodOptions(finetune_config(values, sources, mode=mode), xi)

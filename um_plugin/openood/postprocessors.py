@@ -1,23 +1,36 @@
 """OpenOOD postprocessors ``um`` / ``umap`` (and ``um_<base>`` / ``umap_<base>``).
 
-``setup`` estimates ξ on ``id_loader_dict['train']``, runs UM or UMAP on the network *in
-place* (the Evaluator keeps its own reference to it), then hands setup, scoring and the APS
-hyper-parameter search to a base postprocessor (``base: ebo`` by default). Configs come from
-``<config_root>/postprocessors/<name>.yml`` when present, else from this package, so the
-Evaluator never downloads them; the base's YAML is read from OpenOOD's configs.
+``setup`` estimates ξ on ``id_loader_dict['train']``, runs the core's UM or UMAP on the network
+*in place* (the Evaluator keeps its own reference to it) over a seeded, shuffled loader of the
+ID training set (OpenOOD builds that loader unshuffled), then hands setup, scoring and the APS
+hyper-parameter search to a base postprocessor (``base: ebo`` by default). A network another
+method already fine-tuned is refused (see ``reuse.py``). Our YAMLs come from
+``<config_root>/postprocessors/<name>.yml`` when present, else from this package; the base's
+YAML is looked up in the places :func:`base_config_candidates` lists, never downloaded.
 """
 from __future__ import annotations
 
+import importlib
 import os
 from importlib import resources
 
+import openood
+from openood.evaluation_api import postprocessor as eval_pp
+from openood.postprocessors import utils as pp_utils
 from openood.postprocessors.base_postprocessor import BasePostprocessor
 from openood.utils.config import Config, merge_configs
 
-from .options import parse_options
-from .register import is_method_name, known_postprocessor_names
+from um_plugin.core.finetune import MODES, run_um, run_umap
 
-APPLIED = "_um_plugin_applied"  # attribute set on a network once UM/UMAP has run on it
+from .layout import is_method_name, known_postprocessor_names, original
+from .loaders import shuffled_loader
+from .options import postprocessor_options
+from .reuse import Mark, claim, mark_of, new_token, refuse_reuse
+from .sync import unwrap
+from .xi_sanity import resolve_xi
+
+CONFIG_ROOT_ENV = "OPENOOD_CONFIG_ROOT"
+CHECKOUT_ENV = "UM_PLUGIN_OPENOOD_ROOT"
 # Evaluator wraps the net for these names only when they are the postprocessor_name itself.
 _NET_WRAPPERS = {
     "react": ("openood.networks.react_net", "ReactNet"),
@@ -26,17 +39,20 @@ _NET_WRAPPERS = {
     "adascale_a": ("openood.networks.adascale_net", "AdaScaleANet"),
     "adascale_l": ("openood.networks.adascale_net", "AdaScaleLNet"),
 }
+_XI_FIX = ("estimate xi on images preprocessed as at test time (the Evaluator's default "
+           "preprocessor does that; check a preprocessor you passed) and with the right labels, "
+           "or give postprocessor.postprocessor_args.loss_constraint a number")
 
 
 def split_name(name: str):
     """``'umap_odin'`` -> ``('umap', 'odin')``; ``'um'`` -> ``('um', None)``."""
-    if name in ("um", "umap"):
+    if name in MODES:
         return name, None
-    for mode in ("umap", "um"):
+    for mode in sorted(MODES, key=len, reverse=True):  # 'umap_' before 'um_'
         if name.startswith(mode + "_") and len(name) > len(mode) + 1:
             return mode, name[len(mode) + 1:]
-    raise ValueError(f"{name!r} is not a UM postprocessor name; use 'um', 'umap', "
-                     "'um_<base>' or 'umap_<base>'")
+    raise ValueError(f"{name!r} is not a UM postprocessor name; use one of {MODES} or "
+                     f"'<mode>_<base>' (e.g. 'umap_ebo')")
 
 
 def packaged_config(name: str) -> str:
@@ -44,27 +60,31 @@ def packaged_config(name: str) -> str:
     return str(resources.files("um_plugin.openood").joinpath("configs", *name.split("/")))
 
 
-def base_config_candidates(base: str, config_root=None) -> list:
-    """Where the base postprocessor's YAML is looked for, in order (never downloaded)."""
-    roots = []
-    if config_root:
-        roots.append(os.fspath(config_root))
-    if os.environ.get("OPENOOD_CONFIG_ROOT"):
-        roots.append(os.environ["OPENOOD_CONFIG_ROOT"])
-    roots.append(os.path.join(os.getcwd(), "configs"))
-    import openood
-    roots.append(os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(openood.__file__))), "configs"))
-    seen, out = set(), []
+def config_roots(config_root=None) -> list:
+    """The ``configs/`` folders searched for a base postprocessor's YAML, in this order:
+    ``config_root`` (the Evaluator's argument, or the pipeline config's), ``$OPENOOD_CONFIG_ROOT``,
+    ``$UM_PLUGIN_OPENOOD_ROOT/configs`` (an OpenOOD checkout), ``./configs`` (main.py runs from
+    the checkout), and the ``configs/`` beside an editable OpenOOD install."""
+    checkout = os.environ.get(CHECKOUT_ENV)
+    installed = os.path.dirname(os.path.dirname(os.path.abspath(openood.__file__)))
+    roots = [os.fspath(config_root) if config_root else None,
+             os.environ.get(CONFIG_ROOT_ENV) or None,
+             os.path.join(checkout, "configs") if checkout else None,
+             os.path.join(os.getcwd(), "configs"),
+             os.path.join(installed, "configs")]
+    out = []
     for root in roots:
-        path = os.path.abspath(os.path.join(root, "postprocessors", f"{base}.yml"))
-        if path not in seen:
-            seen.add(path)
-            out.append(path)
+        if root and os.path.abspath(root) not in out:
+            out.append(os.path.abspath(root))
     return out
 
 
+def base_config_candidates(base: str, config_root=None) -> list:
+    """Where the base postprocessor's YAML is looked for, in order (never downloaded)."""
+    return [os.path.join(root, "postprocessors", f"{base}.yml") for root in config_roots(config_root)]
+
+
 def _base_class(base: str):
-    from openood.evaluation_api import postprocessor as eval_pp
     cls = eval_pp.postprocessors.get(base)
     if cls is not None and not is_method_name(base):
         return cls
@@ -83,8 +103,9 @@ def build_base(base: str, config: Config, config_root=None):
     path = next((p for p in candidates if os.path.isfile(p)), None)
     if path is None:
         raise FileNotFoundError(
-            f"no config for base postprocessor {base!r}; looked in {candidates}. Point "
-            "config_root (or OPENOOD_CONFIG_ROOT) at OpenOOD's configs/ folder.")
+            f"no config for base postprocessor {base!r} (postprocessors/{base}.yml); looked in "
+            f"{candidates}. Point one of these at OpenOOD's configs/ folder: the Evaluator's "
+            f"config_root, ${CONFIG_ROOT_ENV}, or ${CHECKOUT_ENV} (an OpenOOD checkout)")
     base_config = Config(config)
     if "postprocessor" in base_config:
         del base_config["postprocessor"]
@@ -93,8 +114,6 @@ def build_base(base: str, config: Config, config_root=None):
     if cls is not None:
         instance = cls(base_config)
     else:  # only in openood.postprocessors.utils' registry
-        from openood.postprocessors import utils as pp_utils
-        from .register import original
         instance = original(pp_utils.get_postprocessor)(base_config)
     instance.APS_mode = bool(base_config.postprocessor.APS_mode)
     instance.hyperparam_search_done = False
@@ -118,14 +137,18 @@ class UnleashingPostprocessor(BasePostprocessor):
         else:
             base = None
         self.base_name = base or section.get("base") or "ebo"
-        self.options = parse_options(section.postprocessor_args, self.mode,
-                                     "postprocessor.postprocessor_args")
+        self.options = postprocessor_options(section.postprocessor_args, self.mode)
         self.base = build_base(self.base_name, config, section.get("config_root"))
         aps = section.get("APS_mode")
         self.APS_mode = self.base.APS_mode if aps is None else bool(aps)
         self.hyperparam_search_done = False
         self.xi = None
+        self.token = new_token()
         self._wrapped = {}
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}_{self.base_name}"
 
     # --- the network -----------------------------------------------------------------------
     def _base_net(self, net):
@@ -135,37 +158,33 @@ class UnleashingPostprocessor(BasePostprocessor):
             return net
         key = id(net)
         if key not in self._wrapped or self._wrapped[key].backbone is not net:
-            import importlib
             self._wrapped[key] = getattr(importlib.import_module(spec[0]), spec[1])(net)
         return self._wrapped[key]
 
-    def unleash(self, net, train_loader) -> None:
-        """Estimate ξ and run UM / UMAP on ``net`` in place (once per network)."""
-        from um_plugin.core.finetune import FinetuneConfig, run_um, run_umap
-
-        from openood.utils.comm import is_main_process
-
-        from .trainers import resolve_xi
-
-        if getattr(net, APPLIED, None) is not None:
+    def unleash(self, net, id_loader_dict) -> None:
+        """Estimate ξ and run UM / UMAP on ``net`` in place, once per network: a network this
+        instance already fine-tuned is left alone, one fine-tuned by anything else refused."""
+        model = unwrap(net)
+        mark = mark_of(model)
+        if mark is not None and mark.token == self.token:
             return
-        o = self.options
-        self.xi = resolve_xi(net, train_loader, o, progress=is_main_process())
-        config = FinetuneConfig(mode=self.mode, epochs=o.epochs, lr=o.lr, momentum=o.momentum,
-                                weight_decay=o.weight_decay, nesterov=o.nesterov,
-                                keep_ratio=o.keep_ratio, threshold=o.threshold,
-                                freeze_weights=o.freeze_weights, beta=o.beta,
-                                seed=o.seed, progress=is_main_process())
-        (run_umap if self.mode == "umap" else run_um)(net, train_loader, self.xi, config)
+        refuse_reuse(model, f"postprocessor {self.name!r}")
+        train = id_loader_dict["train"]
+        finetune = self.options.finetune
+        loader = shuffled_loader(train, finetune.seed, "postprocessor: id_loader_dict['train']")
+        self.xi = resolve_xi(model, train, self.options.xi, fix=_XI_FIX,
+                             where="postprocessor.postprocessor_args",
+                             reference=id_loader_dict.get("val"))
+        (run_umap if self.mode == "umap" else run_um)(model, loader, self.xi, finetune)
         net.eval()
-        setattr(net, APPLIED, self.mode)
+        claim(model, Mark(self.mode, f"postprocessor {self.name!r}", self.token))
 
     # --- OpenOOD's postprocessor contract --------------------------------------------------
     def setup(self, net, id_loader_dict, ood_loader_dict):
         if "train" not in id_loader_dict:
             raise KeyError(f"{self.mode} needs id_loader_dict['train'] (ID training data) to "
                            f"estimate xi and fine-tune; got splits {sorted(id_loader_dict)}")
-        self.unleash(net, id_loader_dict["train"])
+        self.unleash(net, id_loader_dict)
         self.base.setup(self._base_net(net), id_loader_dict, ood_loader_dict)
 
     def postprocess(self, net, data):
@@ -204,7 +223,7 @@ class UMAPPostprocessor(UnleashingPostprocessor):
     mode = "umap"
 
 
-POSTPROCESSORS = {"um": UMPostprocessor, "umap": UMAPPostprocessor}
+POSTPROCESSORS = {cls.mode: cls for cls in (UMPostprocessor, UMAPPostprocessor)}
 
 
 def load_method_config(name: str, config_root=None) -> Config:

@@ -10,131 +10,37 @@ import the wrapper. It is idempotent and never shadows a name OpenOOD already ha
 """
 from __future__ import annotations
 
-import importlib
 import sys
-import types
 
-METHODS = ("um", "umap")
-INSTALL_HINT = ("install OpenOOD v1.5 next to the plug-in: `pip install "
-                "git+https://github.com/Jingkang50/OpenOOD` (or `pip install -e <OpenOOD checkout>`), "
-                "plus `pip install libmr` if its import asks for it")
+from openood.trainers import utils as trainer_utils
 
-# (module, attribute, kind) this plug-in relies on; checked before anything is changed.
-_LAYOUT = (
-    ("openood.trainers.utils", "get_trainer", types.FunctionType),
-    ("openood.postprocessors.utils", "get_postprocessor", types.FunctionType),
-    ("openood.postprocessors.base_postprocessor", "BasePostprocessor", type),
-    ("openood.evaluation_api.postprocessor", "get_postprocessor", types.FunctionType),
-    ("openood.evaluation_api.postprocessor", "postprocessors", dict),
-    ("openood.evaluation_api.datasets", "DATA_INFO", dict),
-    ("openood.evaluation_api.datasets", "benchmarks_dict", dict),
-    ("openood.evaluation_api.preprocessor", "default_preprocessing_dict", dict),
-    ("openood.trainers.lr_scheduler", "cosine_annealing", types.FunctionType),
-    ("openood.utils.comm", "is_main_process", types.FunctionType),
-    ("openood.utils.launch", "_distributed_worker", types.FunctionType),
-)
-_WRAPPED = "__um_plugin_wraps__"  # attribute on our wrappers pointing at OpenOOD's original
+from um_plugin.core.finetune import MODES
 
+from . import postprocessors as ours_pp
+from . import trainers as ours_tr
+from .layout import (WRAPPED, OpenOODLayoutError, OpenOODNotInstalledError, is_method_name,
+                     literal_names, load_layout, openood_where, original, require_openood)
+from .spawn import registered_worker
 
-class OpenOODNotInstalledError(ImportError):
-    """OpenOOD cannot be imported."""
-
-
-class OpenOODLayoutError(RuntimeError):
-    """This OpenOOD does not have the registries this plug-in hooks into."""
+__all__ = ["register", "is_registered", "RegistrationError", "OpenOODLayoutError",
+           "OpenOODNotInstalledError", "original", "require_openood"]
 
 
 class RegistrationError(RuntimeError):
     """A name this plug-in registers is already taken by OpenOOD."""
 
 
-def require_openood():
-    """Import and return ``openood``, or say how to install it."""
-    try:
-        import openood
-    except ImportError as exc:
-        raise OpenOODNotInstalledError(
-            f"um_plugin.openood needs OpenOOD, which cannot be imported ({exc}); {INSTALL_HINT}") from exc
-    return openood
-
-
-def _openood_where() -> str:
-    import openood
-    version = getattr(openood, "__version__", None)
-    if version is None:
-        try:
-            from importlib.metadata import version as dist_version
-            version = dist_version("openood")
-        except Exception:
-            version = "unknown version"
-    return f"OpenOOD {version} at {getattr(openood, '__file__', '?')}"
-
-
-def _load_layout() -> dict:
-    modules = {}
-    for module_name, attr, kind in _LAYOUT:
-        try:
-            module = modules.get(module_name) or importlib.import_module(module_name)
-        except ImportError as exc:
-            raise OpenOODLayoutError(
-                f"{_openood_where()}: cannot import {module_name} ({exc}); this plug-in supports "
-                "OpenOOD v1.5's layout") from exc
-        value = getattr(module, attr, None)
-        if not isinstance(value, kind):
-            raise OpenOODLayoutError(
-                f"{_openood_where()}: expected {module_name}.{attr} to be a {kind.__name__}, found "
-                f"{type(value).__name__}; this plug-in supports OpenOOD v1.5's registry layout "
-                f"({module_name.replace('.', '/')}.py)")
-        modules[module_name] = module
-    return modules
-
-
-def original(func):
-    """OpenOOD's own function behind one of our wrappers (or ``func`` itself)."""
-    return getattr(func, _WRAPPED, func)
-
-
-def _literal_names(func) -> set:
-    """String constants of a function: the keys of the registry dict literal inside it."""
-    names, stack = set(), [original(func).__code__]
-    while stack:
-        code = stack.pop()
-        consts = list(code.co_consts)
-        while consts:
-            const = consts.pop()
-            if isinstance(const, str) and const.isidentifier():
-                names.add(const)
-            elif isinstance(const, (tuple, frozenset)):  # keys of a small dict literal
-                consts.extend(const)
-            elif isinstance(const, types.CodeType):
-                stack.append(const)
-    return names
-
-
-def is_method_name(name) -> bool:
-    """Whether ``name`` is ours: ``um``, ``umap``, ``um_<base>`` or ``umap_<base>``."""
-    return isinstance(name, str) and (name in METHODS or name.startswith(("um_", "umap_")))
-
-
-def known_postprocessor_names() -> list:
-    """Every base postprocessor name OpenOOD knows, from both registries."""
-    from openood.evaluation_api import postprocessor as eval_pp
-    from openood.postprocessors import utils as pp_utils
-    names = set(eval_pp.postprocessors) | _literal_names(pp_utils.get_postprocessor)
-    return sorted(n for n in names if not is_method_name(n))
-
-
 def _check_no_clash(modules: dict, ours: dict) -> None:
-    trainer_names = _literal_names(modules["openood.trainers.utils"].get_trainer)
-    pp_names = _literal_names(modules["openood.postprocessors.utils"].get_postprocessor)
+    trainer_names = literal_names(modules["openood.trainers.utils"].get_trainer)
+    pp_names = literal_names(modules["openood.postprocessors.utils"].get_postprocessor)
     eval_dict = modules["openood.evaluation_api.postprocessor"].postprocessors
-    clashes = [f"trainer {n!r} (openood/trainers/utils.py)" for n in METHODS if n in trainer_names]
-    clashes += [f"postprocessor {n!r} (openood/postprocessors/utils.py)" for n in METHODS if n in pp_names]
+    clashes = [f"trainer {n!r} (openood/trainers/utils.py)" for n in MODES if n in trainer_names]
+    clashes += [f"postprocessor {n!r} (openood/postprocessors/utils.py)" for n in MODES if n in pp_names]
     clashes += [f"postprocessor {n!r} (openood/evaluation_api/postprocessor.py)"
                 for n, cls in eval_dict.items() if is_method_name(n) and cls is not ours.get(n)]
     if clashes:
         raise RegistrationError(
-            f"{_openood_where()} already defines {', '.join(clashes)}; um_plugin refuses to shadow "
+            f"{openood_where()} already defines {', '.join(clashes)}; um_plugin refuses to shadow "
             "an OpenOOD method. Remove or rename that entry, or uninstall one of the two.")
 
 
@@ -154,12 +60,12 @@ def _swap_everywhere(old, new) -> int:
 
 def _hook(module, attr: str, make_wrapper) -> None:
     current = getattr(module, attr)
-    if hasattr(current, _WRAPPED):
+    if hasattr(current, WRAPPED):
         # Already ours; sweep again in case a module copied OpenOOD's original meanwhile.
         _swap_everywhere(original(current), current)
         return
     wrapper = make_wrapper(current)
-    setattr(wrapper, _WRAPPED, current)
+    setattr(wrapper, WRAPPED, current)
     wrapper.__wrapped__ = current
     _swap_everywhere(current, wrapper)
 
@@ -167,11 +73,8 @@ def _hook(module, attr: str, make_wrapper) -> None:
 def register() -> None:
     """Register the trainers and postprocessors with OpenOOD (idempotent)."""
     require_openood()
-    modules = _load_layout()
-    from . import postprocessors as ours_pp
-    from . import trainers as ours_tr
-
-    ours = {"um": ours_pp.UMPostprocessor, "umap": ours_pp.UMAPPostprocessor}
+    modules = load_layout()
+    ours = dict(ours_pp.POSTPROCESSORS)
     _check_no_clash(modules, ours)
 
     _hook(modules["openood.trainers.utils"], "get_trainer", ours_tr.make_get_trainer)
@@ -185,18 +88,13 @@ def register() -> None:
 
 def _hook_spawned_workers(launch) -> None:
     """Make processes spawned by OpenOOD's ``launch`` (num_gpus > 1) register too."""
-    from .spawn import registered_worker
     current = launch._distributed_worker
     if current is registered_worker:
         return
-    registered_worker.__dict__[_WRAPPED] = current
+    registered_worker.__dict__[WRAPPED] = current
     launch._distributed_worker = registered_worker
 
 
 def is_registered() -> bool:
-    """Whether :func:`register` has hooked this process's OpenOOD (False if not importable)."""
-    try:
-        from openood.trainers import utils as trainer_utils
-    except ImportError:
-        return False
-    return hasattr(trainer_utils.get_trainer, _WRAPPED)
+    """Whether :func:`register` has hooked this process's OpenOOD."""
+    return hasattr(trainer_utils.get_trainer, WRAPPED)

@@ -3,18 +3,20 @@
 ``openood.utils.launch.launch`` starts one process per GPU with ``mp.spawn``; a spawned
 process starts a fresh interpreter that never ran ``import um_plugin.openood``, so
 ``trainer.name: umap`` would be unknown there. :func:`register` points ``launch`` at
-:func:`registered_worker` (picklable by reference), which registers first and then runs
+:func:`registered_worker`, which is pickled by reference: unpickling it in the child imports
+this module, hence its package ``um_plugin.openood``, which registers on import. It then runs
 OpenOOD's own ``_distributed_worker``.
 """
 from __future__ import annotations
 
+import importlib
+
+from .layout import original
+
+# The module, not the function: ``openood.utils`` re-exports a function named ``launch``.
+_launch = importlib.import_module("openood.utils.launch")
+
 
 def registered_worker(*args, **kwargs):
     """OpenOOD's ``_distributed_worker``, in a process where um/umap are registered."""
-    import importlib
-
-    import um_plugin.openood  # noqa: F401  registers on import
-
-    from .register import original
-    launch = importlib.import_module("openood.utils.launch")  # the module, not launch()
-    return original(launch._distributed_worker)(*args, **kwargs)
+    return original(_launch._distributed_worker)(*args, **kwargs)

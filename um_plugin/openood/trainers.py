@@ -1,96 +1,62 @@
-"""OpenOOD trainers ``um`` and ``umap``: fine-tune a trained network under the loss constraint ξ.
+"""OpenOOD trainers ``um`` and ``umap``: the core engine on OpenOOD's trainer contract.
 
-They follow OpenOOD's trainer contract (``get_trainer(net, train_loader, val_loader, config)``,
-``train_epoch(epoch_idx) -> (net, {'epoch_idx', 'loss'})``, dict batches, the ``optimizer:``
-section with a per-step cosine schedule, tqdm on the main process only), so ``main.py`` with
-``configs/pipelines/train/train_um[ap].yml`` trains them. ξ is ``trainer_args.loss_constraint``
-or, when ``auto``, estimated on the training loader at construction (all-reduced across ranks).
-``train_epoch`` always returns a plain network, so ``best.ckpt`` loads into a fresh one.
+``get_trainer(net, train_loader, val_loader, config)`` builds them, ``train_epoch(epoch_idx)``
+returns ``(net, metrics)``, so ``main.py`` with ``configs/pipelines/train/train_um[ap].yml``
+trains them. The loop is the core's ``Finetuner`` (no loop here); what differs per route is
+passed in: the settings from ``trainer.trainer_args`` and OpenOOD's ``optimizer:`` section,
+the gradient all-reduce (OpenOOD wraps the net in DDP before the trainer exists, so DDP does
+not know UMAP's mask scores), a buffer broadcast after each epoch, and which loader ξ is
+estimated on. ``train_epoch`` returns a plain network, so ``best.ckpt`` loads into a fresh one.
 """
 from __future__ import annotations
 
-import math
-
-import torch
 from torch import nn
-from tqdm import tqdm
 
-import openood.utils.comm as comm
-from openood.trainers.lr_scheduler import cosine_annealing
-
-from um_plugin.core.batches import unpack_batch
-from um_plugin.core.finetune import NonFiniteLossError
-from um_plugin.core.masks import attach_score_masks, freeze_weights, score_parameters
-from um_plugin.core.objective import LossConstraint
-from um_plugin.core.xi import estimate_xi
+from um_plugin.core.finetune import Finetuner
 
 from .export import PlainCopy
-from .options import parse_options
+from .loaders import test_time_loader
+from .options import trainer_options
+from .reuse import Mark, claim, new_token, refuse_reuse
 from .sync import average_gradients, broadcast_buffers, mean_over_ranks, unwrap
+from .xi_sanity import resolve_xi
 
-
-def resolve_xi(model: nn.Module, loader, options, progress: bool) -> float:
-    """ξ from the options, or estimated on ``loader`` when it is ``auto``; logged either way."""
-    if options.xi is not None:
-        xi = options.xi
-        message = f"[um-plugin] loss constraint xi = {xi:.6g} (from config)"
-    else:
-        estimate = estimate_xi(model, loader, keep_ratio=options.xi_keep_ratio,
-                               seed=options.xi_seed, draws=options.xi_draws, progress=progress)
-        xi = estimate.xi
-        summary = estimate.summary() if hasattr(estimate, "summary") else f"xi = {xi:.6g}"
-        message = f"[um-plugin] loss constraint estimated: {summary}"
-    if comm.is_main_process():
-        print(message, flush=True)
-    return xi
+_XI_FIX = ("set trainer.trainer_args.xi_preprocessing: test (estimate xi on the training "
+           "images with the test-time preprocessing), or give trainer.trainer_args."
+           "loss_constraint a number")
 
 
 class UnleashingTrainer:
-    """Shared loop of UM (all weights) and UMAP (mask scores only)."""
+    """UM or UMAP (``mode``) driving one core ``Finetuner`` over OpenOOD's training loader."""
 
     mode = None
 
     def __init__(self, net: nn.Module, train_loader, config, val_loader=None) -> None:
+        self.options = trainer_options(config, self.mode)  # every setting checked first
         self.net = net
         self.model = unwrap(net)  # we average gradients ourselves, see sync.py
+        refuse_reuse(self.model, f"trainer {self.mode!r}")
+        if len(train_loader) == 0:
+            raise ValueError("the training loader is empty; the trainer needs ID training data")
         self.train_loader = train_loader
         self.val_loader = val_loader
         self.config = config
-        self.options = parse_options(config.trainer.trainer_args, self.mode, "trainer.trainer_args")
-        optimizer_cfg = config.optimizer
-        for key in ("num_epochs", "lr", "momentum", "weight_decay"):
-            if optimizer_cfg is None or optimizer_cfg.get(key) is None:
-                raise ValueError(f"optimizer.{key} is missing; the {self.mode} trainer reads "
-                                 "OpenOOD's optimizer: section (num_epochs, lr, momentum, weight_decay)")
-        if len(train_loader) == 0:
-            raise ValueError("the training loader is empty; the trainer needs ID training data")
 
-        self.xi = resolve_xi(self.model, train_loader, self.options, comm.is_main_process())
-        self.criterion = LossConstraint(self.xi, self.options.beta)
-        self.plain = None
-        if self.mode == "umap":
-            self.plain = PlainCopy(self.model)
-            generator = torch.Generator().manual_seed(self.options.seed)
-            attach_score_masks(self.model, self.options.keep_ratio,
-                               threshold=self.options.threshold, generator=generator)
-            if self.options.freeze_weights:
-                freeze_weights(self.model)
-        self.params = [p for p in self.model.parameters() if p.requires_grad]
-        if self.mode == "umap" and self.options.freeze_weights:
-            self.params = score_parameters(self.model)
+        xi_loader = train_loader
+        if self.options.xi.preprocessing == "test" and self.options.xi.value is None:
+            xi_loader = test_time_loader(train_loader, config)
+        self.xi = resolve_xi(self.model, xi_loader, self.options.xi, where="trainer.trainer_args",
+                             fix=_XI_FIX, reference=val_loader)
+        self.plain = PlainCopy(self.model) if self.mode == "umap" else None  # before masking
+        self.tuner = Finetuner(self.model, self.xi, self.options.finetune,
+                               steps_per_epoch=len(train_loader), grad_hook=average_gradients)
+        mark = Mark(self.mode, f"trainer {self.mode!r}", new_token())
+        for fine_tuned in (self.model, self.output_net()):
+            claim(fine_tuned, mark)
 
-        lr = float(optimizer_cfg.lr)
-        self.optimizer = torch.optim.SGD(
-            self.params, lr, momentum=float(optimizer_cfg.momentum),
-            weight_decay=float(optimizer_cfg.weight_decay),
-            nesterov=bool(optimizer_cfg.get("nesterov", True)))
-        total_steps = int(optimizer_cfg.num_epochs) * len(train_loader)
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer,
-            lr_lambda=lambda step: cosine_annealing(step, total_steps, 1, 1e-6 / lr))
-
-    def _device(self) -> torch.device:
-        return next(self.model.parameters()).device
+    @property
+    def optimizer(self):
+        return self.tuner.optimizer
 
     def output_net(self) -> nn.Module:
         """The network OpenOOD evaluates and saves: plain, masks folded in."""
@@ -98,27 +64,18 @@ class UnleashingTrainer:
             return self.net
         return self.plain.refresh(self.model)
 
-    def train_epoch(self, epoch_idx):
-        self.model.train()
-        device = self._device()
-        loss_avg = 0.0
-        bar = tqdm(self.train_loader, desc=f"Epoch {epoch_idx:03d} ({self.mode}): ",
-                   position=0, leave=True, disable=not comm.is_main_process())
-        for step, batch in enumerate(bar):
-            x, y = unpack_batch(batch)
-            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-            loss = self.criterion(self.model(x), y)
-            value = float(loss.detach())
-            if not math.isfinite(value):
-                raise NonFiniteLossError(epoch_idx, step, value)
-            self.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            average_gradients(self.params)
-            self.optimizer.step()
-            self.scheduler.step()
-            loss_avg = loss_avg * 0.8 + value * 0.2
+    def train_epoch(self, epoch_idx: int):
+        """One epoch of the core engine (OpenOOD counts epochs from 1, the core from 0)."""
+        epochs = self.tuner.config.epochs
+        if self.tuner.epoch >= epochs:
+            raise RuntimeError(f"the {self.mode} trainer has run all {epochs} epochs "
+                               "(optimizer.num_epochs); raise num_epochs to train longer")
+        stats = self.tuner.train_epoch(self.train_loader, epoch=epoch_idx - 1)
         broadcast_buffers(self.model)
-        metrics = {"epoch_idx": epoch_idx, "loss": mean_over_ranks(loss_avg), "xi": self.xi}
+        if self.tuner.epoch >= epochs:
+            self.tuner.finish()  # UMAP: bake the mask into the weights of the original net
+        metrics = {"epoch_idx": epoch_idx, "loss": mean_over_ranks(stats["loss"]),
+                   "train_acc": mean_over_ranks(stats["acc"]), "xi": self.xi}
         return self.output_net(), metrics
 
 
@@ -134,7 +91,7 @@ class UMAPTrainer(UnleashingTrainer):
     mode = "umap"
 
 
-TRAINERS = {"um": UMTrainer, "umap": UMAPTrainer}
+TRAINERS = {cls.mode: cls for cls in (UMTrainer, UMAPTrainer)}
 
 
 def make_get_trainer(openood_get_trainer):

@@ -1,0 +1,120 @@
+"""What this adapter needs from OpenOOD, checked once, and the names it claims there.
+
+A leaf module (it imports no other module of the adapter), so ``register``, the trainers,
+the postprocessors and ``spawn`` can all use it without importing each other. OpenOOD itself
+is imported inside the functions: it is the optional dependency whose absence
+:func:`require_openood` reports in one line.
+"""
+from __future__ import annotations
+
+import importlib
+import types
+from importlib.metadata import PackageNotFoundError
+from importlib.metadata import version as dist_version
+
+from um_plugin.core.finetune import MODES
+
+INSTALL_HINT = ("install OpenOOD v1.5 next to the plug-in: `pip install "
+                "git+https://github.com/Jingkang50/OpenOOD` (or `pip install -e <OpenOOD checkout>`), "
+                "plus `pip install libmr` if its import asks for it")
+
+# (module, attribute, kind) this plug-in relies on; checked before anything is changed.
+LAYOUT = (
+    ("openood.trainers.utils", "get_trainer", types.FunctionType),
+    ("openood.postprocessors.utils", "get_postprocessor", types.FunctionType),
+    ("openood.postprocessors.base_postprocessor", "BasePostprocessor", type),
+    ("openood.evaluation_api.postprocessor", "get_postprocessor", types.FunctionType),
+    ("openood.evaluation_api.postprocessor", "postprocessors", dict),
+    ("openood.evaluation_api.datasets", "DATA_INFO", dict),
+    ("openood.evaluation_api.datasets", "benchmarks_dict", dict),
+    ("openood.evaluation_api.preprocessor", "default_preprocessing_dict", dict),
+    ("openood.preprocessors.test_preprocessor", "TestStandardPreProcessor", type),
+    ("openood.utils.comm", "is_main_process", types.FunctionType),
+    ("openood.utils.launch", "_distributed_worker", types.FunctionType),
+)
+WRAPPED = "__um_plugin_wraps__"  # attribute on our wrappers pointing at OpenOOD's original
+
+
+class OpenOODNotInstalledError(ImportError):
+    """OpenOOD cannot be imported."""
+
+
+class OpenOODLayoutError(RuntimeError):
+    """This OpenOOD does not have the registries this plug-in hooks into."""
+
+
+def require_openood():
+    """Import and return ``openood``, or say how to install it."""
+    try:
+        import openood
+    except ImportError as exc:
+        raise OpenOODNotInstalledError(
+            f"um_plugin.openood needs OpenOOD, which cannot be imported ({exc}); {INSTALL_HINT}") from exc
+    return openood
+
+
+def openood_where() -> str:
+    """``OpenOOD <version> at <path>``, for messages about this OpenOOD."""
+    import openood
+    version = getattr(openood, "__version__", None)
+    if version is None:
+        try:
+            version = dist_version("openood")
+        except PackageNotFoundError:
+            version = "unknown version"
+    return f"OpenOOD {version} at {getattr(openood, '__file__', '?')}"
+
+
+def load_layout() -> dict:
+    """The OpenOOD modules in :data:`LAYOUT`, each checked to hold what we hook."""
+    modules = {}
+    for module_name, attr, kind in LAYOUT:
+        try:
+            module = modules.get(module_name) or importlib.import_module(module_name)
+        except ImportError as exc:
+            raise OpenOODLayoutError(
+                f"{openood_where()}: cannot import {module_name} ({exc}); this plug-in supports "
+                "OpenOOD v1.5's layout") from exc
+        value = getattr(module, attr, None)
+        if not isinstance(value, kind):
+            raise OpenOODLayoutError(
+                f"{openood_where()}: expected {module_name}.{attr} to be a {kind.__name__}, found "
+                f"{type(value).__name__}; this plug-in supports OpenOOD v1.5's registry layout "
+                f"({module_name.replace('.', '/')}.py)")
+        modules[module_name] = module
+    return modules
+
+
+def original(func):
+    """OpenOOD's own function behind one of our wrappers (or ``func`` itself)."""
+    return getattr(func, WRAPPED, func)
+
+
+def literal_names(func) -> set:
+    """String constants of a function: the keys of the registry dict literal inside it."""
+    names, stack = set(), [original(func).__code__]
+    while stack:
+        code = stack.pop()
+        consts = list(code.co_consts)
+        while consts:
+            const = consts.pop()
+            if isinstance(const, str) and const.isidentifier():
+                names.add(const)
+            elif isinstance(const, (tuple, frozenset)):  # keys of a small dict literal
+                consts.extend(const)
+            elif isinstance(const, types.CodeType):
+                stack.append(const)
+    return names
+
+
+def is_method_name(name) -> bool:
+    """Whether ``name`` is ours: ``um``, ``umap``, ``um_<base>`` or ``umap_<base>``."""
+    return isinstance(name, str) and (name in MODES or name.startswith(tuple(m + "_" for m in MODES)))
+
+
+def known_postprocessor_names() -> list:
+    """Every base postprocessor name OpenOOD knows, from both registries."""
+    from openood.evaluation_api import postprocessor as eval_pp
+    from openood.postprocessors import utils as pp_utils
+    names = set(eval_pp.postprocessors) | literal_names(pp_utils.get_postprocessor)
+    return sorted(n for n in names if not is_method_name(n))
