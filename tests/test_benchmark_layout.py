@@ -1,8 +1,12 @@
 """Benchmarks live in benchmarks/ and are never installed: the package is the method and its adapter."""
 import ast
 import configparser
+import os
 import pathlib
+import subprocess
+import sys
 
+import pytest
 from setuptools import find_packages
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -33,3 +37,21 @@ def test_um_plugin_never_imports_the_benchmarks():
                      [node.module or ""] if isinstance(node, ast.ImportFrom) and node.level == 0
                      else [])
             assert not any(n == "benchmarks" or n.startswith("benchmarks.") for n in names), path
+
+
+@pytest.mark.parametrize("module, bad", [
+    ("benchmarks.embedded", ["--keep-ratio", "2"]),
+    ("benchmarks.cost", ["--threads", "-1"]),
+    ("benchmarks.repro", ["cifar10", "--xi", "-1"]),
+])
+def test_entry_points_run_from_the_checkout(module, bad, tmp_path):
+    """``python -m benchmarks.<x>`` works from the repository root; a bad argument is one line."""
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ok = subprocess.run([sys.executable, "-m", module, "--help"], cwd=ROOT, env=env,
+                        capture_output=True, text=True, timeout=120)
+    assert ok.returncode == 0 and "usage: python -m " + module in ok.stdout, ok.stderr
+    out = ["--out", str(tmp_path / "o")] + (["--data-root", str(tmp_path)] if "repro" in module else [])
+    res = subprocess.run([sys.executable, "-m", module, *bad, *out], cwd=ROOT, env=env,
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert res.stderr.startswith(f"python -m {module}: error: ")
