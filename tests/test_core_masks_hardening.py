@@ -89,7 +89,8 @@ def test_unchanged_scores_reuse_the_cached_mask(threshold, monkeypatch):
     model(x)
     selector = next(iter_score_masks(model))[2].group.selector
     calls = []
-    monkeypatch.setattr(selector, "select_", lambda *a, **k: calls.append(a))
+    for name in ("select_", "select_layer_"):  # the general and the per-layer entry
+        monkeypatch.setattr(selector, name, lambda *a, **k: calls.append(a))
     model(x)
     assert calls == []  # nothing changed: no recomputation
     with torch.no_grad():

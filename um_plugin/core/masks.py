@@ -35,9 +35,10 @@ class _MaskedWeight(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, weight, scores, mask):
+    def forward(ctx, weight, scores, mask, owner):
         mask = mask.to(weight.dtype)
         ctx.save_for_backward(weight, scores, mask)
+        ctx.owner = owner
         return weight * mask
 
     @staticmethod
@@ -47,8 +48,8 @@ class _MaskedWeight(torch.autograd.Function):
         grad_scores = None
         if ctx.needs_input_grad[1]:
             grad_scores = (grad * weight).to(scores.dtype)
-            grad_scores.mul_(scores.sign())
-        return grad_weight, grad_scores, None
+            grad_scores.mul_(ctx.owner.sign_of(scores))
+        return grad_weight, grad_scores, None, None
 
 
 class ScoreParameter(nn.Parameter):
@@ -89,20 +90,23 @@ class _MaskGroup:
 
     @staticmethod
     def _state_of(m: "ScoreMask") -> tuple:
-        s = m.scores
-        return s.data_ptr(), s._version, getattr(s, "_um_edits", 0), m.mask.data_ptr()
+        s, mask = m.scores, m.mask
+        if mask.device != s.device or mask.dtype != s.dtype or mask.shape != s.shape:
+            m.mask = mask = torch.ones_like(s)  # after model.to(...): the mask follows its scores
+        return s.data_ptr(), s._version, getattr(s, "_um_edits", 0), mask.data_ptr()
 
     def refresh(self, member: "ScoreMask | None" = None) -> None:
         """Recompute stale masks: only ``member``'s when thresholds are per layer, else all."""
+        if self.threshold == "layer":
+            for m in (self.members if member is None else (member,)):
+                if self._state_of(m) != m.seen:
+                    with torch.no_grad():
+                        self.selector.select_layer_(m.mask, m.scores,
+                                                    num_kept(m.scores.numel(), self.keep_ratio),
+                                                    m.index)
+                    m.seen = self._state_of(m)
+            return
         with torch.no_grad():
-            if self.threshold == "layer":
-                for m in (self.members if member is None else (member,)):
-                    if self._state_of(m) != m.seen:
-                        self.selector.select_([m.mask], [m.scores],
-                                              num_kept(m.scores.numel(), self.keep_ratio),
-                                              key=m.index)
-                        m.seen = self._state_of(m)
-                return
             state = tuple(self._state_of(m) for m in self.members)
             if state == self._seen:
                 return
@@ -128,7 +132,10 @@ class ScoreMask(nn.Module):
         # Initialised on the CPU so that one seed gives one mask on every device.
         nn.init.kaiming_uniform_(scores, a=math.sqrt(5), generator=generator)
         self.scores = ScoreParameter(scores.to(weight.device))
-        self.register_buffer("mask", torch.ones_like(weight), persistent=False)
+        # A plain attribute, not a buffer: it is a function of the scores, so it needs no
+        # saving, moving, broadcasting or per-step backing up with the BatchNorm statistics.
+        self.mask = torch.ones_like(self.scores.detach())
+        self._sign: torch.Tensor | None = None
         self.group = group
         self.index = len(group.members)  # names this layer's threshold in the selector
         self.seen: tuple | None = None  # score state the mask was computed from
@@ -138,7 +145,15 @@ class ScoreMask(nn.Module):
         if not self.enabled:
             return weight
         self.group.refresh(self)
-        return _MaskedWeight.apply(weight, self.scores, self.mask)
+        return _MaskedWeight.apply(weight, self.scores, self.mask, self)
+
+    def sign_of(self, scores: torch.Tensor) -> torch.Tensor:
+        """``sign(scores)`` in a buffer reused across steps (one allocation less per backward)."""
+        sign = self._sign
+        if (sign is None or sign.shape != scores.shape or sign.dtype != scores.dtype
+                or sign.device != scores.device):
+            self._sign = sign = torch.empty_like(scores, memory_format=torch.contiguous_format)
+        return torch.sign(scores.detach(), out=sign)
 
     def extra_repr(self) -> str:
         return f"keep_ratio={self.group.keep_ratio}, threshold={self.group.threshold!r}"

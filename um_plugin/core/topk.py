@@ -18,9 +18,10 @@ import torch
 
 _ROW = 128  # magnitudes per row when the CPU path looks for the threshold's neighbours
 _HINT_TRIES = 3  # band widenings around the last threshold before an exact kthvalue
-_HINT_MIN = 1 << 16  # smaller selections go straight to kthvalue: fewer ops, less overhead
+_HINT_MIN = 1 << 13  # smaller selections go straight to kthvalue: fewer ops, less overhead
 _SAMPLE = 1 << 14  # strided sample that brackets the threshold when there is no last one
 _NARROW = 1 << 13  # a bracket holding more entries is narrowed before they are extracted
+_OWN_MAX = 1 << 20  # smaller layers keep buffers of their own (memory: their total, not the max)
 _SORT_MIN = 100_000  # off the CPU, from this size on one sort beats kthvalue's single block
 
 
@@ -59,6 +60,8 @@ class TopKSelector:
         self._mag: torch.Tensor | None = None
         self._ind: torch.Tensor | None = None
         self._hints: dict = {}
+        self._own: dict = {}  # key -> (signature, mag2d, ind2d, magnitudes, indicators) of a layer
+        self._cuts: dict = {}  # key -> a value between the last dropped and first kept magnitude
 
     def _buffers(self, padded: int, like: torch.Tensor, counts: bool):
         """Magnitudes (``like``'s dtype) and, for the CPU path, float32 indicators to count."""
@@ -70,6 +73,49 @@ class TopKSelector:
         if counts and (ind is None or ind.numel() < padded):
             self._ind = ind = torch.empty(padded, device=like.device, dtype=torch.float32)
         return mag, ind
+
+    def select_layer_(self, mask: torch.Tensor, scores: torch.Tensor, keep: int, key) -> None:
+        """:meth:`select_` for one layer, with the least work per call (the per-step path).
+
+        On the CPU path each ``key`` below ``_OWN_MAX`` weights keeps its own padded buffers,
+        so a call is a handful of ops with no validation, slicing or padding refill; other
+        cases go through :meth:`select_`. The mask is the same either way.
+        """
+        n = scores.numel()
+        if (n >= _OWN_MAX or not 0 < keep < n or self.sync_free
+                or (self.sync_free is None and scores.device.type != "cpu")
+                or not mask.is_contiguous()):
+            return self.select_([mask], [scores], keep, key)
+        own = self._own.get(key)
+        if own is None or own[0] != (n, scores.dtype, scores.device):
+            padded = -(-n // _ROW) * _ROW
+            mag = torch.full((padded,), math.inf, dtype=scores.dtype, device=scores.device)
+            ind = torch.empty(padded, dtype=torch.float32, device=scores.device)
+            own = self._own[key] = ((n, scores.dtype, scores.device), mag.view(-1, _ROW),
+                                    ind.view(-1, _ROW), mag[:n], ind[:n])
+            self._cuts.pop(key, None)
+        _, mag2d, ind2d, flat, counted = own
+        drop, out = n - keep, mask.view(-1)
+        with torch.no_grad():
+            torch.abs(scores.detach().reshape(-1), out=flat)
+            torch.nan_to_num_(flat, nan=math.inf, posinf=math.inf)  # NaN ranks with the largest
+            cut = self._cuts.get(key)
+            if cut is not None:
+                # Exactly ``drop`` magnitudes <= cut means no tie straddles it: the entries
+                # above are the stable sort's kept ones. (A float32 sum of < 2**24 ones is exact.)
+                torch.le(flat, cut, out=counted)
+                if int(counted.sum()) == drop:
+                    torch.gt(flat, cut, out=out)
+                    return
+            info: dict = {}
+            t, extra, hint = _threshold_host(mag2d, ind2d, n, drop, self._hints.get(key), info)
+            self._hints[key] = hint
+            torch.gt(flat, t, out=out)
+            if extra is not None:
+                out.index_fill_(0, extra, 1)
+            # next time, first try halfway between the last dropped and the first kept entry
+            above = info.get("next")
+            self._cuts[key] = None if extra is not None or above is None else (hint[0] + above) / 2
 
     def select_(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], keep: int,
                 key=0) -> None:
@@ -156,22 +202,30 @@ def _threshold_sync_free(mag: torch.Tensor, drop: int) -> tuple[torch.Tensor, to
     return t, tied & (tied.cumsum(0) > drop - below)
 
 
-def _threshold_host(mag2d: torch.Tensor, ind2d: torch.Tensor, n: int, drop: int, hint):
-    """Threshold, kept tied positions and the next hint, using host counts (CPU)."""
+def _threshold_host(mag2d: torch.Tensor, ind2d: torch.Tensor, n: int, drop: int, hint,
+                    info: dict | None = None):
+    """Threshold, kept tied positions and the next hint, using host counts (CPU).
+
+    With ``info``, ``info['next']`` is set to the smallest magnitude above the threshold (or a
+    value below it) when that comes cheap and no tie is kept.
+    """
     flat = mag2d.view(-1)[:n]
     if n >= _HINT_MIN:
         if hint is not None:
             for i in range(_HINT_TRIES):
-                found = _threshold_near(mag2d, ind2d, drop, hint[0], hint[1] * 16 ** i)
+                found = _threshold_near(mag2d, ind2d, drop, hint[0], hint[1] * 16 ** i, info=info)
                 if found is not None:
                     return _with_hint(*found, moved=abs(float(found[0]) - hint[0]))
         else:
-            found = _threshold_sampled(mag2d, ind2d, n, drop)
+            found = _threshold_sampled(mag2d, ind2d, n, drop, info)
             if found is not None:
                 return _with_hint(*found, moved=0.0)
     t = torch.kthvalue(flat, drop).values
     value = float(t)
-    return t, _kept_ties(flat, t, drop), (value, max(abs(value) * 2 ** -10, 1e-30))
+    extra = _kept_ties(flat, t, drop)
+    if info is not None and extra is None and n < _HINT_MIN:
+        info["next"] = float(torch.kthvalue(flat, drop + 1).values)
+    return t, extra, (value, max(abs(value) * 2 ** -10, 1e-30))
 
 
 def _with_hint(t, extra, moved):
@@ -179,7 +233,7 @@ def _with_hint(t, extra, moved):
     return t, extra, (value, max(2 * moved, abs(value) * 2 ** -12, 1e-30))
 
 
-def _threshold_sampled(mag2d, ind2d, n, drop):
+def _threshold_sampled(mag2d, ind2d, n, drop, info=None):
     """No last threshold: bracket it from a strided sample, then narrow by interpolation."""
     flat = mag2d.view(-1)[:n]
     sample = flat[::max(1, n // _SAMPLE)]
@@ -188,7 +242,7 @@ def _threshold_sampled(mag2d, ind2d, n, drop):
     lo = float(torch.kthvalue(sample, max(1, math.floor(q * m - spread))).values)
     hi = float(torch.kthvalue(sample, min(m, math.ceil(q * m + spread))).values)
     centre, width = (lo + hi) / 2, (hi - lo) / 2
-    found = _threshold_near(mag2d, ind2d, drop, centre, width, max_band=_NARROW)
+    found = _threshold_near(mag2d, ind2d, drop, centre, width, max_band=_NARROW, info=info)
     if isinstance(found, _Counts):  # right bracket, too many entries in it to extract cheaply:
         below, upto = found  # place the threshold by its rank, as if spread evenly inside
         inside, rank = upto - below, drop - below
@@ -196,8 +250,9 @@ def _threshold_sampled(mag2d, ind2d, n, drop):
         margin = (6 * math.sqrt(inside * frac * (1 - frac)) + 16) / inside
         guess = centre - width + 2 * width * frac
         ulp = abs(guess) * torch.finfo(mag2d.dtype).eps  # coarse dtypes: ties fill whole ulps
-        narrow = _threshold_near(mag2d, ind2d, drop, guess, max(2 * width * margin, 2 * ulp))
-        found = narrow or _threshold_near(mag2d, ind2d, drop, centre, width)
+        narrow = _threshold_near(mag2d, ind2d, drop, guess, max(2 * width * margin, 2 * ulp),
+                                 info=info)
+        found = narrow or _threshold_near(mag2d, ind2d, drop, centre, width, info=info)
     return found
 
 
@@ -205,10 +260,11 @@ class _Counts(tuple):
     """(entries below the bracket, entries up to its top) when the bracket was too wide."""
 
 
-def _threshold_near(mag2d, ind2d, drop, centre, width, max_band=None):
+def _threshold_near(mag2d, ind2d, drop, centre, width, max_band=None, info=None):
     """The exact threshold if it lies within ``centre ± width``, else None.
 
     With ``max_band``, a bracket holding more entries returns its :class:`_Counts` instead.
+    With ``info``, see :func:`_threshold_host`.
     """
     lo, hi = centre - width, centre + width
     if not (math.isfinite(lo) and math.isfinite(hi)) or abs(hi) >= torch.finfo(mag2d.dtype).max:
@@ -233,6 +289,9 @@ def _threshold_near(mag2d, ind2d, drop, centre, width, max_band=None):
     t = torch.kthvalue(band, drop - below_lo).values
     kept_ties = below_lo + int(torch.count_nonzero(band <= t)) - drop
     if kept_ties == 0:
+        if info is not None:  # every magnitude above ``hi`` exceeds the band's
+            above = band[band > t]
+            info["next"] = float(above.min()) if above.numel() else hi
         return t, None
     tied = torch.nonzero(near.view(-1) == t).view(-1)
     row = mag2d.shape[1]
