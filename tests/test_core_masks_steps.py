@@ -1,0 +1,70 @@
+"""The per-step layer selection (own buffers, last cut reused) equals the full sort at every
+step, whatever the scores do between steps; and the mask is no buffer of the model."""
+import pytest
+import torch
+
+from core_helpers import TinyCNN
+from um_plugin.core import topk
+from um_plugin.core.masks import (TopKSelector, attach_score_masks, iter_score_masks, num_kept,
+                                  sorted_reference_mask)
+from test_core_masks_select import DTYPES, scores_of
+
+
+def moved(scores, step, size, g):
+    """The scores after one optimizer-like step of relative ``size`` (plus the odd tie/NaN)."""
+    s = scores.float() + size * scores.float().abs().max() * torch.randn(scores.shape, generator=g)
+    if step % 5 == 3:
+        s[::11] = s[7]  # a block of exact ties, possibly at the threshold
+    if step % 7 == 6:
+        s[::13] = float("nan")
+    return s.to(scores.dtype)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["random", "coarse"])
+@pytest.mark.parametrize("n", [450, 2_400, 48_000])  # kthvalue below _HINT_MIN, band above
+@pytest.mark.parametrize("size", [1e-6, 1e-3, 0.3])  # cut mostly kept / often missed / useless
+def test_layer_selection_equals_the_sort_at_every_step(dtype, kind, n, size, monkeypatch):
+    calls = []
+    host = topk._threshold_host
+    monkeypatch.setattr(topk, "_threshold_host", lambda *a, **k: calls.append(1) or host(*a, **k))
+    g = torch.Generator().manual_seed(n)
+    scores = scores_of(kind, n, dtype)
+    mask = torch.empty(n, dtype=dtype)
+    selector = TopKSelector()
+    steps = 12
+    for step in range(steps):
+        for keep_ratio in (0.8,) if step % 4 else (0.8, 0.5):  # another keep: the cut misses
+            keep = num_kept(n, keep_ratio)
+            selector.select_layer_(mask, scores, keep, key=keep_ratio)
+            assert int(mask.float().sum()) == keep == n - int((1 - keep_ratio) * n)
+            assert torch.equal(mask, sorted_reference_mask(scores, keep_ratio).to(dtype)), step
+        scores = moved(scores, step, size, g)
+    if size == 1e-6 and kind == "random" and dtype == torch.float32:
+        assert len(calls) < steps  # the kept cut certified some masks without a selection
+
+
+def test_a_cut_that_no_longer_fits_is_never_used():
+    """Scores replaced wholesale: the old cut counts wrong, the selection runs again."""
+    n = 3_000
+    selector, mask = TopKSelector(), torch.empty(n)
+    a = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    selector.select_layer_(mask, a, num_kept(n, 0.8), key=0)
+    b = a * 3 + 1
+    selector.select_layer_(mask, b, num_kept(n, 0.8), key=0)
+    assert torch.equal(mask, sorted_reference_mask(b, 0.8))
+
+
+def test_mask_is_not_a_buffer_and_follows_its_scores_across_dtypes():
+    """Not in buffers() (so no per-step BatchNorm backup copies it, nor broadcasts or saves
+    it); after ``model.double()`` the mask is rebuilt in the scores' dtype, still exact."""
+    model = TinyCNN()
+    attach_score_masks(model, 0.7, generator=torch.Generator().manual_seed(0))
+    masks = [m for _, _, m in iter_score_masks(model)]
+    assert not any(b is m.mask for b in model.buffers() for m in masks)
+    assert not any("mask" in k for k in model.state_dict())
+    model.double()
+    model(torch.randn(2, 1, 8, 8, dtype=torch.float64))
+    for m in masks:
+        assert m.mask.dtype == m.scores.dtype == torch.float64
+        assert torch.equal(m.mask, sorted_reference_mask(m.scores, 0.7))
