@@ -19,37 +19,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .popup import SignBuffer, masked_weight
 from .topk import (TopKSelector, num_kept, sorted_reference_mask,  # noqa: F401  (re-exported)
                    topk_mask_, validate_keep_ratio)
 
 MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 THRESHOLDS = ("layer", "global")
-
-
-class _MaskedWeight(torch.autograd.Function):
-    """``weight * mask`` with the popup straight-through gradient to the scores.
-
-    One fused op: the gradient of the masked weight reaches ``weight`` through the mask and
-    ``scores`` straight through the top-k (times ``weight``, and the sign from ``|scores|``).
-    Gradients come back in each input's own dtype, so mixed dtypes and autocast work.
-    """
-
-    @staticmethod
-    def forward(ctx, weight, scores, mask, owner):
-        mask = mask.to(weight.dtype)
-        ctx.save_for_backward(weight, scores, mask)
-        ctx.owner = owner
-        return weight * mask
-
-    @staticmethod
-    def backward(ctx, grad):
-        weight, scores, mask = ctx.saved_tensors
-        grad_weight = (grad * mask).to(weight.dtype) if ctx.needs_input_grad[0] else None
-        grad_scores = None
-        if ctx.needs_input_grad[1]:
-            grad_scores = (grad * weight).to(scores.dtype)
-            grad_scores.mul_(ctx.owner.sign_of(scores))
-        return grad_weight, grad_scores, None, None
 
 
 class ScoreParameter(nn.Parameter):
@@ -86,13 +61,15 @@ class _MaskGroup:
         self.threshold = threshold
         self.members: list[ScoreMask] = []
         self.selector = TopKSelector()
+        self.sign = SignBuffer()  # shared by the layers' backward passes, which run one by one
         self._seen: tuple | None = None
 
     @staticmethod
     def _state_of(m: "ScoreMask") -> tuple:
         s, mask = m.scores, m.mask
         if mask.device != s.device or mask.dtype != s.dtype or mask.shape != s.shape:
-            m.mask = mask = torch.ones_like(s)  # after model.to(...): the mask follows its scores
+            # after model.to(...): the mask follows its scores
+            m.mask = mask = torch.ones(s.shape, dtype=s.dtype, device=s.device)
         return s.data_ptr(), s._version, getattr(s, "_um_edits", 0), mask.data_ptr()
 
     def refresh(self, member: "ScoreMask | None" = None) -> None:
@@ -135,7 +112,6 @@ class ScoreMask(nn.Module):
         # A plain attribute, not a buffer: it is a function of the scores, so it needs no
         # saving, moving, broadcasting or per-step backing up with the BatchNorm statistics.
         self.mask = torch.ones_like(self.scores.detach())
-        self._sign: torch.Tensor | None = None
         self.group = group
         self.index = len(group.members)  # names this layer's threshold in the selector
         self.seen: tuple | None = None  # score state the mask was computed from
@@ -145,15 +121,7 @@ class ScoreMask(nn.Module):
         if not self.enabled:
             return weight
         self.group.refresh(self)
-        return _MaskedWeight.apply(weight, self.scores, self.mask, self)
-
-    def sign_of(self, scores: torch.Tensor) -> torch.Tensor:
-        """``sign(scores)`` in a buffer reused across steps (one allocation less per backward)."""
-        sign = self._sign
-        if (sign is None or sign.shape != scores.shape or sign.dtype != scores.dtype
-                or sign.device != scores.device):
-            self._sign = sign = torch.empty_like(scores, memory_format=torch.contiguous_format)
-        return torch.sign(scores.detach(), out=sign)
+        return masked_weight(weight, self.scores, self.mask, self.group.sign)
 
     def extra_repr(self) -> str:
         return f"keep_ratio={self.group.keep_ratio}, threshold={self.group.threshold!r}"

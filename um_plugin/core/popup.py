@@ -1,0 +1,53 @@
+"""The masked weight ``weight * mask`` and its popup (straight-through) gradient.
+
+The gradient of the masked weight reaches ``weight`` through the mask, and ``scores``
+straight through the top-k: ``grad * weight * sign(scores)`` (the sign from ``|scores|``), as
+the official ``GetSubnet`` does. Gradients come back in each input's own dtype, so mixed
+dtypes and autocast work.
+"""
+from __future__ import annotations
+
+import torch
+
+
+class SignBuffer:
+    """``sign(scores)`` written into memory reused across layers and steps (per device, dtype)."""
+
+    def __init__(self):
+        self._bufs: dict = {}
+
+    def of(self, scores: torch.Tensor) -> torch.Tensor:
+        key, n = (scores.device, scores.dtype), scores.numel()
+        buf = self._bufs.get(key)
+        if buf is None or buf.numel() < n:
+            self._bufs[key] = buf = torch.empty(n, dtype=scores.dtype, device=scores.device)
+        return torch.sign(scores.detach(), out=buf[:n].view(scores.shape))
+
+
+class _MaskedWeight(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, weight, scores, mask, sign: SignBuffer):
+        if mask.dtype != weight.dtype:
+            mask = mask.to(weight.dtype)
+        ctx.save_for_backward(weight, scores, mask)
+        ctx.sign = sign
+        return weight * mask
+
+    @staticmethod
+    def backward(ctx, grad):
+        weight, scores, mask = ctx.saved_tensors
+        needs_weight, needs_scores = ctx.needs_input_grad[:2]
+        grad_weight = (grad * mask).to(weight.dtype) if needs_weight else None
+        grad_scores = None
+        if needs_scores:
+            grad_scores = grad * weight
+            if grad_scores.dtype != scores.dtype:
+                grad_scores = grad_scores.to(scores.dtype)
+            grad_scores.mul_(ctx.sign.of(scores))  # ±1 or 0: exact, in place
+        return grad_weight, grad_scores, None, None
+
+
+def masked_weight(weight: torch.Tensor, scores: torch.Tensor, mask: torch.Tensor,
+                  sign: SignBuffer) -> torch.Tensor:
+    """``weight * mask``, differentiable in ``weight`` and (straight through) in ``scores``."""
+    return _MaskedWeight.apply(weight, scores, mask, sign)
