@@ -27,6 +27,17 @@ def test_cost_lenet_tiny_reports_every_ratio_with_its_target(tmp_path, capsys):
     assert "| lenet | 8 |" in (tmp_path / "cost.md").read_text()
 
 
+def test_mask_only_measures_the_selection_alone(tmp_path, capsys):
+    """``--mask-only``: the one mask-timing measurement, no training steps, no model table."""
+    assert cost.main(["--mask-only", "--rounds", "1", "--warmup", "0", "--device", "cpu",
+                      "--out", str(tmp_path), "--no-progress"]) == 0
+    assert "(target >= 20.00:" in capsys.readouterr().out
+    r = json.loads((tmp_path / "cost.json").read_text())
+    assert r["models"] == [] and r["mask"]["mask_equal_to_sort"] is True
+    assert r["mask"]["kept"] == r["mask"]["kept_expected"]
+    assert "| model |" not in (tmp_path / "cost.md").read_text()
+
+
 def test_plain_step_is_the_engine_at_xi_zero_and_equals_cross_entropy_sgd():
     """The 'plain' variant the ratios divide by is plain CE training, bit for bit."""
     import copy

@@ -3,6 +3,8 @@
 ``python -m benchmarks.cost --device cuda --out results/cost`` is also the GPU script: it
 measures every figure the README's cost table holds (well within 5 minutes on one GPU), counts
 host-device synchronisations per training step, and writes ``cost.json`` / ``cost.md``.
+``--mask-only`` runs just the mask selection against the official sort (the one mask-timing
+measurement; it replaces the former ``benchmarks/mask_timing.py``).
 """
 from .measure import MODELS, CostError
 from .run import TARGETS, main, markdown, run
