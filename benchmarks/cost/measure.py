@@ -146,7 +146,11 @@ def mask_selection(keep_ratio: float, rounds: int, warmup: int, device: torch.de
     reuse a cached mask; both variants pay for that same update. Only public API is used:
     the masked weight is ``conv.weight``, the scores come from ``score_parameters``.
     """
-    conv = nn.Conv2d(BIG_LAYER[0], BIG_LAYER[1], BIG_LAYER[2], bias=False).to(device)
+    conv = nn.Conv2d(BIG_LAYER[0], BIG_LAYER[1], BIG_LAYER[2], bias=False)
+    with torch.no_grad():  # no weight is 0: masked weights are equal iff the masks are, and
+        # the nonzero count is the kept count (a random init holds an exact 0 now and then)
+        conv.weight.uniform_(0.5, 1.0, generator=torch.Generator().manual_seed(2))
+    conv = conv.to(device)
     attach_score_masks(conv, keep_ratio, generator=torch.Generator().manual_seed(0))
     (scores,) = score_parameters(conv)
     weight = conv.parametrizations.weight.original
