@@ -20,7 +20,7 @@ def need_bench(*modules):
         try:
             importlib.import_module(name)
         except ImportError as exc:
-            _missing(f"this test needs {name} ({exc}); pip install 'um-plugin[bench]'",
+            _missing(f"this test needs {name} ({exc}); pip install '.[bench]' (from the checkout)",
                      BENCH_ENV, "the benchmark tests")
 
 

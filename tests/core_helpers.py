@@ -74,3 +74,11 @@ class TiedMLP(nn.Module):
 
     def forward(self, x):
         return self.b(torch.relu(self.a(x)))
+
+
+def free_port():
+    """A free TCP port on the loopback interface, for a torch.distributed rendezvous."""
+    import socket
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]

@@ -56,7 +56,7 @@ def test_engine_configs_state_every_field(monkeypatch):
     """The benchmark's numbers must not move when a core default moves (e.g. nesterov): every
     FinetuneConfig field is passed explicitly (a new core field makes this test fail)."""
     import benchmarks.embedded.training as training
-    from um_plugin.core.finetune import FinetuneConfig
+    from um_plugin.core import FinetuneConfig
     passed = []
     monkeypatch.setattr(training, "FinetuneConfig",
                         lambda **kw: passed.append(set(kw)) or FinetuneConfig(**kw))

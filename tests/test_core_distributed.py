@@ -1,20 +1,13 @@
 """ξ under torch.distributed: two CPU processes (gloo) must agree with one process on all data."""
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from core_helpers import loader, trained_model
+from core_helpers import free_port, loader, trained_model
 from um_plugin.core.masks import attach_score_masks, score_parameters
 from um_plugin.core.xi import estimate_xi
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, state, out):
@@ -37,7 +30,7 @@ def test_xi_is_all_reduced_and_masks_agree_across_ranks():
     model = trained_model(epochs=20)
     single = estimate_xi(model, loader(batch_size=16), keep_ratio=0.8, seed=5, progress=False)
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), model.state_dict(), out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), model.state_dict(), out), nprocs=2, join=True)
     (xi0, n0, s0), (xi1, n1, s1) = out[0], out[1]
     assert n0 == n1 == 96
     assert xi0 == xi1
@@ -76,7 +69,7 @@ def _nan_worker(rank, world, port, state, out):
 def test_nan_on_one_rank_stops_every_rank_without_hanging():
     model = trained_model(epochs=5)
     out = mp.Manager().dict()
-    ctx = mp.start_processes(_nan_worker, args=(2, _free_port(), model.state_dict(), out),
+    ctx = mp.start_processes(_nan_worker, args=(2, free_port(), model.state_dict(), out),
                              nprocs=2, join=False, start_method="spawn")
     for p in ctx.processes:
         p.join(timeout=120)

@@ -7,7 +7,7 @@ from torch import nn
 
 from core_helpers import TinyCNN, loader, state_equal, trained_model
 from um_plugin.core import load_checkpoint, save_checkpoint
-from um_plugin.core.finetune import (FinetuneConfig, Finetuner, NonFiniteLossError, run_um,
+from um_plugin.core import (FinetuneConfig, Finetuner, NonFiniteLossError, run_um,
                                      run_umap)
 from um_plugin.core.masks import has_score_masks, iter_score_masks, num_kept
 

@@ -1,20 +1,13 @@
 """Under torch.distributed a bad batch on one rank stops every rank with an error, none hangs."""
 import datetime
 import os
-import socket
 
 import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from core_helpers import loader, trained_model
+from core_helpers import free_port, loader, trained_model
 from um_plugin.core.xi import estimate_xi
-
-
-def _free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _worker(rank, world, port, state, out):
@@ -44,7 +37,7 @@ def _worker(rank, world, port, state, out):
 def test_every_rank_raises_when_one_rank_has_a_bad_batch():
     state = trained_model(epochs=5).state_dict()
     out = mp.Manager().dict()
-    mp.spawn(_worker, args=(2, _free_port(), state, out), nprocs=2, join=True)
+    mp.spawn(_worker, args=(2, free_port(), state, out), nprocs=2, join=True)
     for case, local in (("label", "batch 1"), ("nan", "not finite in batch 2")):
         assert local in out[(case, 1)], out[(case, 1)]
         assert "another rank" in out[(case, 0)], out[(case, 0)]

@@ -160,3 +160,25 @@ def test_draws_reuse_their_precomputed_masks(model, threshold):
     assert len(set(three.xi_draws)) == 3
     increase = three.per_sample_increase.mean().item()
     assert increase == pytest.approx(three.xi - three.base_loss, rel=1e-4)
+
+
+def test_estimate_xi_iterates_a_seeded_loader_exactly_once():
+    """A progress bar wrapping the loader (tqdm.auto) would start a second iterator and draw
+    from the loader's generator again, shifting every later shuffle of the same loader."""
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from core_helpers import separable_data, trained_model
+    from um_plugin.core.xi import estimate_xi
+
+    x, y = separable_data(96)
+
+    def seeded():
+        return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True,
+                          generator=torch.Generator().manual_seed(7))
+
+    plain = seeded()
+    for _ in plain:
+        pass
+    used = seeded()
+    estimate_xi(trained_model(epochs=5), used, progress=True)
+    assert torch.equal(used.generator.get_state(), plain.generator.get_state())

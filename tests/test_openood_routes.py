@@ -19,7 +19,7 @@ def _lenet():
 
 
 def _run(mode):
-    from um_plugin.core.finetune import run_um, run_umap
+    from um_plugin.core import run_um, run_umap
     return {"um": run_um, "umap": run_umap}[mode]
 
 
@@ -34,7 +34,7 @@ def test_trainer_route_gives_the_core_engines_weights(oo, mode):
     from openood.trainers import get_trainer
     from openood.utils import Config
 
-    from um_plugin.core.finetune import FinetuneConfig
+    from um_plugin.core import FinetuneConfig
     x = torch.randn(24, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     y = torch.arange(24) % 3
     data = [{"data": a, "label": b} for a, b in zip(x, y)]

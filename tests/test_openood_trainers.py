@@ -144,7 +144,7 @@ def test_nan_loss_stops_with_batchnorm_statistics_rolled_back(oo):
     from openood.trainers import get_trainer
     from openood_fixtures import bn_net
 
-    from um_plugin.core.finetune import NonFiniteLossError
+    from um_plugin.core import NonFiniteLossError
     torch.manual_seed(0)
     net = bn_net()
     x, y = torch.randn(16, 3, 8, 8), torch.arange(16) % 3

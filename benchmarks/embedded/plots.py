@@ -5,6 +5,8 @@ import os
 
 import numpy as np
 
+from um_plugin.core import MODES
+
 from .records import SUMMARY_ROWS, BenchResult
 
 
@@ -35,7 +37,7 @@ def _histograms(result, out, set_split):
     if not hist:
         return None
     plt = _plt()
-    methods = ["baseline"] + [m for m in ("um", "umap") if m in hist]
+    methods = ["baseline"] + [m for m in MODES if m in hist]
     paths = []
     for score in hist["baseline"]:
         fig, axes = plt.subplots(1, len(methods), figsize=(5.5 * len(methods), 3.8), squeeze=False)
@@ -61,7 +63,7 @@ def _histograms(result, out, set_split):
 
 def _finetune_loss(result, out, set_split):
     rec = next(iter(result.seeds.values()))
-    modes = [m for m in ("ce", "um", "umap") if m in rec.models]
+    modes = [m for m in ("ce", *MODES) if m in rec.models]
     if not modes:
         return None
     plt = _plt()
@@ -122,7 +124,7 @@ def _stage(result, out, set_split):
 
 def _xi_sweep(result, out, set_split):
     seeds = list(result.seeds.values())
-    modes = [m for m in ("um", "umap") if m in seeds[0].sweeps]
+    modes = [m for m in MODES if m in seeds[0].sweeps]
     if not modes:
         return None
     plt = _plt()

@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from um_plugin.core import MODES
 from um_plugin.core.xi import estimate_xi
 
 from . import datasets as emb
@@ -29,7 +30,7 @@ from .scoring import (OpenOODScorer, mean_val_auroc, metrics_from_scores, openoo
 from .training import (checkpoint_path, finetune, load_checkpoint_model, make_loader, make_model,
                        train_accuracy, train_base)
 
-TUNED = ("um", "umap")
+TUNED = MODES
 
 
 @dataclass

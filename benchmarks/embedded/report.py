@@ -10,6 +10,8 @@ from typing import Dict, List
 
 import numpy as np
 
+from um_plugin.core import MODES
+
 from ..metrics import mean_std
 from ..scorers import SCORES
 from .config import METHODS
@@ -99,7 +101,7 @@ def markdown_table(rows: List[SummaryRow], result: BenchResult) -> str:
 def _xi_notes(result: BenchResult) -> List[str]:
     seeds = list(result.seeds.values())
     notes = []
-    for mode in ("um", "umap"):
+    for mode in MODES:
         chosen = [(r.models[mode].xi_label, r.models[mode].xi) for r in seeds if mode in r.models]
         if chosen:
             notes.append(f"- {mode}: chosen ξ per seed (on ood.val) = " +
@@ -118,7 +120,7 @@ def sweep_table(result: BenchResult) -> str:
     """Every ξ candidate (mean over seeds): val AUROC that chose it, then test metrics."""
     seeds = list(result.seeds.values())
     lines = []
-    for mode in ("um", "umap"):
+    for mode in MODES:
         if not seeds or mode not in seeds[0].sweeps:
             continue
         score = next(k for k, v in seeds[0].sweeps[mode][0].metrics.items() if v.sets)

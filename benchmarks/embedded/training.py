@@ -14,7 +14,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from um_plugin.core.finetune import FinetuneConfig, Finetuner, run_um, run_umap
+from um_plugin.core import FinetuneConfig, Finetuner, run_um, run_umap
 
 from ..models import LeNet
 from .config import BASE_OPTIM, FINETUNE_OPTIM, BenchConfig, BenchError

@@ -26,7 +26,7 @@ import torch
 import torchvision
 import torchvision.transforms as T
 
-from um_plugin.core.finetune import MODES, FinetuneConfig, run_um, run_umap
+from um_plugin.core import MODES, FinetuneConfig, run_um, run_umap
 from um_plugin.core.masks import validate_keep_ratio
 from um_plugin.core.objective import validate_xi
 from um_plugin.core.xi import estimate_xi

@@ -9,7 +9,7 @@ import os
 
 import numpy as np
 
-from um_plugin.core.finetune import OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig
+from um_plugin.core import OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig
 
 SUITES = ("cifar10", "cifar100", "imagenet")
 METHODS = ("baseline", "um", "umap")

@@ -10,7 +10,7 @@ import torch
 
 sys.path.insert(0, "tests")
 from core_helpers import loader, trained_model  # noqa: E402
-from um_plugin.core.finetune import FinetuneConfig, run_um, run_umap  # noqa: E402
+from um_plugin.core import FinetuneConfig, run_um, run_umap  # noqa: E402
 
 CASES = [("um", run_um, {}), ("umap_layer", run_umap, {"threshold": "layer"}),
          ("umap_global", run_umap, {"threshold": "global"}),

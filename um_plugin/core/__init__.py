@@ -2,10 +2,11 @@
 from .batches import unpack_batch
 from .checkpoint import save_checkpoint
 from .config import MODES, OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig
-from .finetune import Finetuner, History, NonFiniteLossError, load_checkpoint, run_um, run_umap
+from .finetune import Finetuner, History, NonFiniteLossError
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
                     mask_settings, refresh_masks, remove_score_masks, score_parameters)
 from .objective import LossConstraint
+from .runs import load_checkpoint, run_um, run_umap
 from .xi import OFFICIAL_ESTIMATE_KEEP_RATIO, XiEstimate, estimate_xi
 
 __all__ = [

@@ -4,6 +4,7 @@ benchmarks, users) drives it instead of writing a loop of its own.
 UM trains the weights under the loss constraint; UMAP freezes them, learns a top-k popup mask
 under the same constraint and bakes it in at the end. What differs between callers is passed
 in: the loader, ``grad_hook`` (e.g. a gradient all-reduce), the progress description.
+:mod:`um_plugin.core.runs` wraps it in the one-shot ``run_um`` / ``run_umap``.
 
 Per step the engine makes one host-device synchronisation, the one NaN safety needs (the loss
 value and, under torch.distributed, a collective finiteness flag), so that a non-finite loss
@@ -13,8 +14,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field, replace
-from pathlib import Path
+from dataclasses import asdict, dataclass, field
 from typing import Callable, Optional
 
 import torch
@@ -23,11 +23,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import unpack_batch
-from .checkpoint import check_writable, loader_generators, read_state, save_checkpoint
+from .checkpoint import check_writable, loader_generators, save_checkpoint
 from .config import MODES, OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig  # noqa: F401  (re-exported)
 from .distributed import is_distributed, is_main_process
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
-                    mask_settings, remove_score_masks, restore_requires_grad)
+                    mask_settings, restore_requires_grad)
 from .objective import LossConstraint, validate_xi
 
 GradHook = Callable[[list], None]
@@ -342,79 +342,3 @@ class Finetuner:
         # checkpoints written before loader states were recorded resume without that check
         self._pending_loader_rng = (list(self._loader_rng) if self.epoch > 0 and "loader_rng" in state
                                     else None)
-
-
-def load_checkpoint(model: nn.Module, path, *, grad_hook: Optional[GradHook] = None) -> Finetuner:
-    """Rebuild the run saved at ``path`` around a fresh ``model`` of the same architecture."""
-    state = read_state(path, map_location=next(model.parameters()).device)
-    tuner = Finetuner(model, state["xi"], FinetuneConfig(**state["config"]),
-                      steps_per_epoch=state["steps_per_epoch"], grad_hook=grad_hook)
-    try:
-        tuner.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {str(path)!r} does not fit {type(model).__name__}: "
-                         f"{err}") from None
-    return tuner
-
-
-class _Snapshot:
-    """The model as it came into ``run_um``/``run_umap``, to give it back on any failure."""
-
-    def __init__(self, model: nn.Module):
-        self.masked = has_score_masks(model)
-        self.state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-        self.flags = [(p, p.requires_grad) for p in model.parameters()]
-        self.modes = [(m, m.training) for m in model.modules()]
-
-    def restore(self, model: nn.Module) -> None:
-        if has_score_masks(model) and not self.masked:
-            remove_score_masks(model)
-        with torch.no_grad():
-            model.load_state_dict(self.state)
-        for p, flag in self.flags:
-            p.requires_grad_(flag)
-        for m, training in self.modes:
-            m.training = training
-
-
-def _run(mode: str, model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig],
-         checkpoint_path, grad_hook: Optional[GradHook]) -> History:
-    config = replace(FinetuneConfig() if config is None else config, mode=mode)
-    xi = validate_xi(xi)
-    resume = None
-    if checkpoint_path is not None:
-        check_writable(checkpoint_path)
-        if Path(checkpoint_path).exists():
-            resume = read_state(checkpoint_path, map_location=next(model.parameters()).device)
-    snapshot = _Snapshot(model)
-    try:
-        tuner = Finetuner(model, xi, config, grad_hook=grad_hook)
-        if resume is not None:
-            tuner.load_state_dict(resume)
-        history = tuner.fit(loader, checkpoint_path=checkpoint_path)
-        tuner.finish()
-    except BaseException:
-        snapshot.restore(model)
-        raise
-    return history
-
-
-def run_um(model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig] = None,
-           checkpoint_path=None, *, grad_hook: Optional[GradHook] = None) -> History:
-    """Fine-tune the weights of ``model`` in place under the loss constraint ``xi``.
-
-    With ``checkpoint_path``, each epoch is saved there and an existing checkpoint of the same
-    run is resumed (one of another run is refused). On any error or Ctrl-C the model is given
-    back exactly as it came in.
-    """
-    return _run("um", model, loader, xi, config, checkpoint_path, grad_hook)
-
-
-def run_umap(model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig] = None,
-             checkpoint_path=None, *, grad_hook: Optional[GradHook] = None) -> History:
-    """Learn a top-k mask over the frozen weights of ``model`` under ``xi``, then bake it.
-
-    Checkpoints and failures behave as in :func:`run_um`: on any error or Ctrl-C the model
-    comes back unmasked, with its weights, buffers and ``requires_grad`` flags as before.
-    """
-    return _run("umap", model, loader, xi, config, checkpoint_path, grad_hook)

@@ -169,9 +169,16 @@ def _run(model, loader, masks, draw_states, device, report, progress):
     host_bad = None  # (batch, low, high, classes) of the first bad CPU labels
     position, running = 0, 0.0
     show_xi = progress and device.type == "cpu"  # a live value would sync other devices
-    bar = tqdm(loader, desc="estimating xi", disable=not (progress and is_main_process()),
-               leave=False)
-    for i, batch in enumerate(bar):
+    try:
+        length = len(loader)
+    except TypeError:
+        length = None
+    # The bar never wraps the loader: tqdm.auto's constructor calls iter() on what it wraps,
+    # which would start the workers and draw from a seeded DataLoader's generator once more.
+    bar = tqdm(total=length, desc="estimating xi",
+               disable=not (progress and is_main_process()), leave=False)
+    for i, batch in enumerate(loader):
+        bar.update(1)
         x, y = unpack_batch(batch)
         size = y.shape[0]
         if size == 0:
@@ -216,6 +223,7 @@ def _run(model, loader, masks, draw_states, device, report, progress):
             running += float(rows[-1][:draws].sum())
             bar.set_postfix(xi=f"{running / (draws * position):.4g}")
 
+    bar.close()
     width = 2 * draws + 1 + (2 if report else 0)
     table = (torch.stack(rows).cpu().double() if rows
              else torch.zeros(0, width, dtype=torch.float64))

@@ -12,7 +12,7 @@ import types
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 
-from um_plugin.core.finetune import MODES
+from um_plugin.core import MODES
 
 INSTALL_HINT = ("install OpenOOD v1.5 next to the plug-in: `pip install "
                 "git+https://github.com/Jingkang50/OpenOOD` (or `pip install -e <OpenOOD checkout>`), "

@@ -15,7 +15,7 @@ import typing
 from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
-from um_plugin.core.finetune import MODES, FinetuneConfig
+from um_plugin.core import MODES, FinetuneConfig
 from um_plugin.core.masks import validate_keep_ratio
 from um_plugin.core.objective import validate_xi
 

@@ -20,7 +20,7 @@ from openood.postprocessors import utils as pp_utils
 from openood.postprocessors.base_postprocessor import BasePostprocessor
 from openood.utils.config import Config, merge_configs
 
-from um_plugin.core.finetune import MODES, run_um, run_umap
+from um_plugin.core import MODES, run_um, run_umap
 
 from .layout import is_method_name, known_postprocessor_names, original
 from .loaders import shuffled_loader

@@ -14,7 +14,7 @@ import sys
 
 from openood.trainers import utils as trainer_utils
 
-from um_plugin.core.finetune import MODES
+from um_plugin.core import MODES
 
 from . import postprocessors as ours_pp
 from . import trainers as ours_tr

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from torch import nn
 
-from um_plugin.core.finetune import Finetuner
+from um_plugin.core import Finetuner
 
 from .export import PlainCopy
 from .loaders import test_time_loader
