@@ -212,17 +212,14 @@ class Finetuner:
             loss = self.criterion(logits, y)
         value = self._finite_value(loss, epoch, index)
         self.optimizer.zero_grad(set_to_none=True)
-        if self._scaler is not None:
-            self._scaler.scale(loss).backward()
-            if self.grad_hook is not None:
-                self.grad_hook(self._params)
-            self._scaler.step(self.optimizer)
-            self._scaler.update()
-        else:
-            loss.backward()
-            if self.grad_hook is not None:
-                self.grad_hook(self._params)
+        (loss if self._scaler is None else self._scaler.scale(loss)).backward()
+        if self.grad_hook is not None:
+            self.grad_hook(self._params)  # fp16: on the scaled gradients, before unscaling
+        if self._scaler is None:
             self.optimizer.step()
+        else:
+            self._scaler.step(self.optimizer)  # unscales; skips the step on inf/NaN gradients
+            self._scaler.update()
         self.scheduler.step()
         return value, (logits.detach().argmax(1) == y).sum()
 
