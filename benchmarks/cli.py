@@ -30,3 +30,20 @@ def fail(prog: str, message: str) -> int:
     """Print one error line and give the exit code for bad input."""
     print(f"{prog}: error: {message}", file=sys.stderr)
     return 2
+
+
+def run_main(prog: str, parser: argparse.ArgumentParser, argv, build, run, error) -> int:
+    """A benchmark's entry point: parse, ``build`` the config, ``run`` it, print its table.
+
+    A bad argument, or an ``error`` raised while building or running, is one line
+    ``<prog>: error: ...`` and exit code 2.
+    """
+    args, code = parse(parser, argv)
+    if args is None:
+        return code
+    try:
+        result = run(build(args))
+    except error as exc:
+        return fail(prog, str(exc))
+    print(result["table"])
+    return 0

@@ -11,7 +11,7 @@ import torch
 from um_plugin.core.finetune import OFFICIAL_UMAP_KEEP_RATIO
 from um_plugin.core.masks import validate_keep_ratio
 
-from ..cli import OneLineParser, comma_list, fail, parse
+from ..cli import OneLineParser, comma_list, run_main
 from .measure import (MODELS, CostError, build_model, inference, mask_selection, training_steps,
                       xi_throughput)
 
@@ -176,18 +176,14 @@ def build_parser() -> OneLineParser:
     return p
 
 
+def config_from_args(a) -> CostConfig:
+    """The run's configuration from parsed arguments."""
+    return CostConfig(models=a.models, batches=a.batches, rounds=a.rounds,
+                      round_steps=a.round_steps, warmup=a.warmup, device=a.device,
+                      threads=a.threads, keep_ratio=a.keep_ratio, xi_images=a.xi_images,
+                      out=a.out, progress=not a.no_progress, mask_only=a.mask_only)
+
+
 def main(argv=None) -> int:
     """Entry point: one line and exit code 2 for a bad argument, before any timing."""
-    a, code = parse(build_parser(), argv)
-    if a is None:
-        return code
-    cfg = CostConfig(models=a.models, batches=a.batches, rounds=a.rounds, round_steps=a.round_steps,
-                     warmup=a.warmup, device=a.device, threads=a.threads, keep_ratio=a.keep_ratio,
-                     xi_images=a.xi_images, out=a.out, progress=not a.no_progress,
-                     mask_only=a.mask_only)
-    try:
-        r = run(cfg)
-    except CostError as exc:
-        return fail(PROG, str(exc))
-    print(r["table"])
-    return 0
+    return run_main(PROG, build_parser(), argv, config_from_args, run, CostError)

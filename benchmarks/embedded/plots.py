@@ -17,6 +17,15 @@ def _plt():
     return plt
 
 
+def _save(fig, out: str, name: str) -> str:
+    """Lay out, write ``out/name`` as PNG, free the figure; returns the path."""
+    fig.tight_layout()
+    path = os.path.join(out, name)
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
 def make_all(result: BenchResult, out: str, set_split) -> list:
     """Write every plot the data allows; returns the paths written."""
     paths = []
@@ -53,11 +62,7 @@ def _histograms(result, out, set_split):
             ax.set_title(f"{method} ({score}), seed {next(iter(result.seeds))}")
             ax.set_xlabel(f"{score} score (higher = more ID)")
         axes[0][0].legend(fontsize=7)
-        fig.tight_layout()
-        p = os.path.join(out, f"hist_{score}.png")
-        fig.savefig(p, dpi=110)
-        plt.close(fig)
-        paths.append(p)
+        paths.append(_save(fig, out, f"hist_{score}.png"))
     return paths
 
 
@@ -79,11 +84,7 @@ def _finetune_loss(result, out, set_split):
     ax.set_yscale("log")
     ax.set_title("fine-tuning loss vs the ξ line (seed %s)" % next(iter(result.seeds)))
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    p = os.path.join(out, "finetune_loss.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, out, "finetune_loss.png")
 
 
 def _stage(result, out, set_split):
@@ -115,11 +116,7 @@ def _stage(result, out, set_split):
         ax.set_ylabel(f"{score.upper()} AUROC (%)")
         ax.set_title(f"{title}: ★ intermediate best, ■ final ({len(seeds)} seeds)")
         ax.legend(fontsize=7, loc="lower right")
-    fig.tight_layout()
-    p = os.path.join(out, "stage_auroc.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, out, "stage_auroc.png")
 
 
 def _xi_sweep(result, out, set_split):
@@ -155,8 +152,4 @@ def _xi_sweep(result, out, set_split):
     axes[0].set_title(f"{score}: OOD AUROC vs ξ (dotted: baseline)")
     axes[1].set_title(f"{score}: FPR@95 vs ξ")
     axes[2].set_title("ID accuracy vs ξ")
-    fig.tight_layout()
-    p = os.path.join(out, "xi_sweep.png")
-    fig.savefig(p, dpi=110)
-    plt.close(fig)
-    return p
+    return _save(fig, out, "xi_sweep.png")

@@ -32,7 +32,7 @@ from um_plugin.core.objective import validate_xi
 from um_plugin.core.xi import estimate_xi
 
 from .. import scorers as scoring
-from ..cli import OneLineParser, comma_list, fail, parse
+from ..cli import OneLineParser, comma_list, run_main
 from .suites import (DEFAULTS, METHODS, PAPER, SUITES, ReproError, _openood_data_info,
                      check_data, register_suite, suite_info, write_dry_run_data)
 
@@ -266,18 +266,14 @@ def build_parser() -> OneLineParser:
     return p
 
 
+def config_from_args(a) -> ReproConfig:
+    """The run's configuration from parsed arguments."""
+    return ReproConfig(suite=a.suite, out=a.out, data_root=a.data_root, checkpoint=a.checkpoint,
+                       methods=a.methods, scores=a.scores, xi=a.xi, xi_draws=a.xi_draws,
+                       epochs=a.epochs, lr=a.lr, batch=a.batch, keep_ratio=a.keep_ratio,
+                       workers=a.workers, dry_run=a.dry_run, progress=not a.no_progress)
+
+
 def main(argv=None) -> int:
     """Entry point: one line and exit code 2 for any bad argument, before any work."""
-    a, code = parse(build_parser(), argv)
-    if a is None:
-        return code
-    rc = ReproConfig(suite=a.suite, out=a.out, data_root=a.data_root, checkpoint=a.checkpoint,
-                     methods=a.methods, scores=a.scores, xi=a.xi, xi_draws=a.xi_draws,
-                     epochs=a.epochs, lr=a.lr, batch=a.batch, keep_ratio=a.keep_ratio,
-                     workers=a.workers, dry_run=a.dry_run, progress=not a.no_progress)
-    try:
-        r = run(rc)
-    except ReproError as exc:
-        return fail(PROG, str(exc))
-    print(r["table"])
-    return 0
+    return run_main(PROG, build_parser(), argv, config_from_args, run, ReproError)
