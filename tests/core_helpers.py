@@ -58,6 +58,13 @@ def trained_model(epochs=60, seed=0):
     return model
 
 
+def fresh_copy(model):
+    """A new TinyCNN holding ``model``'s weights and buffers."""
+    copy = TinyCNN()
+    copy.load_state_dict(model.state_dict())
+    return copy
+
+
 def state_equal(a, b):
     sa, sb = a.state_dict(), b.state_dict()
     return sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)

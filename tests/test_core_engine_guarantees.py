@@ -8,7 +8,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, TensorDataset
 
-from core_helpers import TinyCNN, loader, separable_data, state_equal, trained_model
+from core_helpers import fresh_copy, loader, separable_data, state_equal, trained_model
 from um_plugin.core import (FinetuneConfig, Finetuner, NonFiniteLossError, load_checkpoint,
                             run_um, run_umap, save_checkpoint)
 from um_plugin.core.masks import attach_score_masks, has_score_masks
@@ -17,12 +17,6 @@ from um_plugin.core.masks import attach_score_masks, has_score_masks
 @pytest.fixture(scope="module")
 def base():
     return trained_model()
-
-
-def fresh_copy(model):
-    copy = TinyCNN()
-    copy.load_state_dict(model.state_dict())
-    return copy
 
 
 def seeded_loader(seed=5, batch_size=32):

@@ -5,17 +5,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core_helpers import TinyCNN, loader, state_equal, trained_model
+from core_helpers import TinyCNN, fresh_copy, loader, state_equal, trained_model
 from um_plugin.core import load_checkpoint, save_checkpoint
 from um_plugin.core import (FinetuneConfig, Finetuner, NonFiniteLossError, run_um,
                                      run_umap)
 from um_plugin.core.masks import has_score_masks, iter_score_masks, num_kept
-
-
-def fresh_copy(model):
-    copy = TinyCNN()
-    copy.load_state_dict(model.state_dict())
-    return copy
 
 
 @pytest.fixture(scope="module")
