@@ -55,16 +55,23 @@ def sync(device: torch.device) -> None:
 
 def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int,
                 device: torch.device) -> Dict[str, List[float]]:
-    """Seconds per call of every function, ``rounds`` interleaved rounds after ``warmup``."""
+    """Seconds per call of every function, ``rounds`` interleaved rounds after ``warmup``.
+
+    Each round starts one variant later than the previous one, so no variant always runs
+    right after the same other one: what a variant leaves behind (caches, the allocator's
+    free lists) falls on every variant alike.
+    """
     times = {k: [] for k in fns}
+    names = list(fns)
     for _ in range(warmup):
         for fn in fns.values():
             fn()
     sync(device)
-    for _ in range(rounds):
-        for k, fn in fns.items():
+    for r in range(rounds):
+        shift = r % len(names)
+        for k in names[shift:] + names[:shift]:
             t = time.perf_counter()
-            fn()
+            fns[k]()
             sync(device)
             times[k].append(time.perf_counter() - t)
     return times

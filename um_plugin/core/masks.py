@@ -52,8 +52,8 @@ class _MaskGroup:
     """The masks of one model; recomputes a mask only when its scores changed.
 
     ``keep_ratio`` and ``threshold`` are public: callers compare them with their own config.
-    Under per-layer thresholds a layer's forward checks and refreshes its own mask alone
-    (constant Python work per layer); a global threshold refreshes all masks together.
+    Each layer's forward checks its own mask (constant Python work when it is fresh); the
+    first stale one refreshes every stale mask of the group (see :meth:`refresh`).
     """
 
     def __init__(self, keep_ratio: float, threshold: str):
@@ -73,9 +73,17 @@ class _MaskGroup:
         return s.data_ptr(), s._version, getattr(s, "_um_edits", 0), mask.data_ptr()
 
     def refresh(self, member: "ScoreMask | None" = None) -> None:
-        """Recompute stale masks: only ``member``'s when thresholds are per layer, else all."""
+        """Recompute stale masks; a no-op when ``member``'s mask is up to date.
+
+        Under per-layer thresholds, the first layer found stale refreshes every stale layer
+        at once, before any activation of the forward pass exists: the selections run back
+        to back (warm code, no activations evicted from the caches between layers), and
+        each later layer finds its mask fresh.
+        """
         if self.threshold == "layer":
-            for m in (self.members if member is None else (member,)):
+            if member is not None and self._state_of(member) == member.seen:
+                return
+            for m in self.members:
                 if self._state_of(m) != m.seen:
                     with torch.no_grad():
                         self.selector.select_layer_(m.mask, m.scores,

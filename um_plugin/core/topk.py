@@ -10,6 +10,7 @@ are the tied weights with the highest indices. Every device and dtype gives the 
 """
 from __future__ import annotations
 
+import functools
 import math
 from numbers import Real
 from typing import Sequence
@@ -21,7 +22,6 @@ _HINT_TRIES = 3  # band widenings around the last threshold before an exact kthv
 _HINT_MIN = 1 << 13  # smaller selections go straight to kthvalue: fewer ops, less overhead
 _SAMPLE = 1 << 14  # strided sample that brackets the threshold when there is no last one
 _NARROW = 1 << 13  # a bracket holding more entries is narrowed before they are extracted
-_OWN_MAX = 1 << 20  # smaller layers keep buffers of their own (memory: their total, not the max)
 _SORT_MIN = 100_000  # off the CPU, from this size on one sort beats kthvalue's single block
 
 
@@ -60,7 +60,6 @@ class TopKSelector:
         self._mag: torch.Tensor | None = None
         self._ind: torch.Tensor | None = None
         self._hints: dict = {}
-        self._own: dict = {}  # key -> (signature, mag2d, ind2d, magnitudes, indicators) of a layer
         self._cuts: dict = {}  # key -> a value between the last dropped and first kept magnitude
 
     def _buffers(self, padded: int, like: torch.Tensor, counts: bool):
@@ -77,45 +76,61 @@ class TopKSelector:
     def select_layer_(self, mask: torch.Tensor, scores: torch.Tensor, keep: int, key) -> None:
         """:meth:`select_` for one layer, with the least work per call (the per-step path).
 
-        On the CPU path each ``key`` below ``_OWN_MAX`` weights keeps its own padded buffers,
-        so a call is a handful of ops with no validation, slicing or padding refill; other
-        cases go through :meth:`select_`. The mask is the same either way.
+        On the CPU path the mask is first written against the last cut of ``key`` and
+        certified by its count (one pass over ``|scores|`` to compare, one to count, one to
+        rule out NaN). When scores crossed the cut, one more comparison on the side they
+        moved brackets the new threshold, and only the rows of 128-odd entries holding the
+        band are selected among and rewritten. Other cases go through :meth:`select_`.
         """
         n = scores.numel()
-        if (n >= _OWN_MAX or not 0 < keep < n or self.sync_free
+        if (not 0 < keep < n or self.sync_free
                 or (self.sync_free is None and scores.device.type != "cpu")
                 or not mask.is_contiguous()):
             return self.select_([mask], [scores], keep, key)
-        own = self._own.get(key)
-        if own is None or own[0] != (n, scores.dtype, scores.device):
-            padded = -(-n // _ROW) * _ROW
-            mag = torch.full((padded,), math.inf, dtype=scores.dtype, device=scores.device)
-            ind = torch.empty(padded, dtype=torch.float32, device=scores.device)
-            own = self._own[key] = ((n, scores.dtype, scores.device), mag.view(-1, _ROW),
-                                    ind.view(-1, _ROW), mag[:n], ind[:n])
-            self._cuts.pop(key, None)
-        _, mag2d, ind2d, flat, counted = own
-        drop, out = n - keep, mask.view(-1)
+        row = _row_length(n) if n >= _HINT_MIN else 1
+        if row is None:
+            return self.select_([mask], [scores], keep, key)
+        mag, ind = self._buffers(n, scores, counts=True)
+        mag2d, ind2d, out2d = mag[:n].view(-1, row), ind[:n].view(-1, row), mask.view(-1, row)
         with torch.no_grad():
-            torch.abs(scores.detach().reshape(-1), out=flat)
-            torch.nan_to_num_(flat, nan=math.inf, posinf=math.inf)  # NaN ranks with the largest
+            torch.abs(scores.detach().reshape(-1, row), out=mag2d)
             cut = self._cuts.get(key)
-            if cut is not None:
-                # Exactly ``drop`` magnitudes <= cut means no tie straddles it: the entries
-                # above are the stable sort's kept ones. (A float32 sum of < 2**24 ones is exact.)
-                torch.le(flat, cut, out=counted)
-                if int(counted.sum()) == drop:
-                    torch.gt(flat, cut, out=out)
-                    return
-            info: dict = {}
-            t, extra, hint = _threshold_host(mag2d, ind2d, n, drop, self._hints.get(key), info)
-            self._hints[key] = hint
-            torch.gt(flat, t, out=out)
-            if extra is not None:
-                out.index_fill_(0, extra, 1)
-            # next time, first try halfway between the last dropped and the first kept entry
-            above = info.get("next")
-            self._cuts[key] = None if extra is not None or above is None else (hint[0] + above) / 2
+            if row == 1:  # a small layer: few ops matter more than passes
+                torch.nan_to_num_(mag2d, nan=math.inf, posinf=math.inf)  # NaN ranks largest
+                if cut is not None:
+                    torch.gt(mag2d, cut, out=out2d)
+                    if int(out2d.sum(dtype=torch.float32)) == keep:
+                        return
+                return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
+            if cut is None:
+                torch.nan_to_num_(mag2d, nan=math.inf, posinf=math.inf)
+                return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
+            torch.gt(mag2d, cut, out=out2d)
+            rows_cut = out2d.sum(1)  # exact in any float dtype: a row holds <= 256 ones
+            kept, total = torch.stack((rows_cut.sum(dtype=torch.float64),
+                                       mag2d.sum().double())).tolist()
+            if total != total:  # a NaN score: it ranks largest, which a comparison cannot see
+                torch.nan_to_num_(mag2d, nan=math.inf, posinf=math.inf)
+                return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
+            if kept == keep:  # exactly ``keep`` above the cut: no tie straddles it
+                return
+            if not _rewrite_band_(out2d, mag2d, ind2d, rows_cut, int(kept), keep, cut,
+                                  self._hints.get(key), self._cuts, self._hints, key):
+                self._exact_layer_(out2d, mag2d, ind2d, keep, key)
+
+    def _exact_layer_(self, out2d, mag2d, ind2d, keep, key) -> None:
+        """Select from scratch (NaN already ranked largest); remember the cut for next time."""
+        n = mag2d.numel()
+        info: dict = {}
+        t, extra, hint = _threshold_host(mag2d, ind2d, n, n - keep, self._hints.get(key), info)
+        self._hints[key] = hint
+        out = out2d.view(-1)
+        torch.gt(mag2d.view(-1), t, out=out)
+        if extra is not None:
+            out.index_fill_(0, extra, 1)
+        # next time, first try halfway between the last dropped and the first kept entry
+        above = info.get("next")
+        self._cuts[key] = None if extra is not None or above is None else (hint[0] + above) / 2
 
     def select_(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], keep: int,
                 key=0) -> None:
@@ -179,6 +194,62 @@ class TopKSelector:
                     if local.numel():
                         out.index_fill_(0, local, 1)
                 offset += size
+
+
+@functools.lru_cache(maxsize=None)
+def _row_length(n: int) -> int | None:
+    """A divisor of ``n`` near 128 (64 to 256: row counts stay exact in any float dtype)."""
+    return next((d for d in sorted(range(64, 257), key=lambda d: abs(d - 128)) if n % d == 0),
+                None)
+
+
+def _rewrite_band_(out2d, mag2d, ind2d, rows_cut, kept: int, keep: int, cut: float, hint,
+                   cuts: dict, hints: dict, key) -> bool:
+    """The mask against ``cut`` keeps ``kept`` != ``keep``: find the threshold near it.
+
+    One comparison at ``cut`` moved by the last step's width, on the side the count says
+    the threshold went, brackets it; the rows holding entries between the two bounds are
+    the only ones selected among and rewritten in ``out2d``. False when no bracket is found
+    within :data:`_HINT_TRIES` widenings (the caller then selects from scratch).
+    """
+    up = kept > keep  # too many above the cut: the threshold moved up
+    width = hint[1] if hint is not None else max(abs(cut) * 2 ** -10, 1e-30)
+    for i in range(_HINT_TRIES):
+        other = cut + width * 16 ** i if up else cut - width * 16 ** i
+        if not math.isfinite(other):
+            return False
+        torch.gt(mag2d, other, out=ind2d)
+        rows_other = ind2d.sum(1)
+        kept_other = int(rows_other.sum(dtype=torch.float64))
+        if kept_other == keep:  # the moved bound is itself an exact cut
+            out2d.copy_(ind2d)
+            cuts[key], hints[key] = other, (other, max(2 * abs(other - cut), width))
+            return True
+        if (kept_other < keep) if up else (kept_other > keep):
+            break
+    else:
+        return False
+    lo, hi, rows_lo, rows_hi, kept_lo = ((cut, other, rows_cut, rows_other, kept) if up else
+                                         (other, cut, rows_other, rows_cut, kept_other))
+    rows = torch.nonzero(rows_lo != rows_hi).view(-1)  # rows with an entry in (lo, hi]
+    near = mag2d.index_select(0, rows)
+    flat = near.view(-1)
+    # outside these rows every entry above lo is above hi, so kept whatever the threshold
+    need = keep - (kept_lo - int(rows_lo.index_select(0, rows).sum(dtype=torch.float64)))
+    t = torch.kthvalue(flat, flat.numel() - need).values  # lies in (lo, hi]
+    new = flat > t
+    above = flat[new]
+    short = need - above.numel()
+    if short:  # tied entries straddle t: the stable sort keeps the highest indices
+        tied = torch.nonzero(flat == t).view(-1)
+        new[tied[tied.numel() - short:]] = True
+    out2d.index_copy_(0, rows, new.view_as(near).to(out2d.dtype))
+    value = float(t)
+    nxt = min(float(above.min()), hi) if above.numel() else hi
+    cuts[key] = value if short else (value + nxt) / 2
+    previous = hint[0] if hint is not None else cut
+    hints[key] = (value, max(2 * abs(value - previous), abs(value) * 2 ** -12, 1e-30))
+    return True
 
 
 def _flat_like(n: int, mask: torch.Tensor) -> torch.Tensor:
