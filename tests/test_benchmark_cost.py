@@ -92,3 +92,17 @@ def test_sync_counter_counts_cuda_sync_warnings_and_restores_the_mode(monkeypatc
 
     assert measure.count_syncs(three_syncs) == 3
     assert modes == [0, "warn", 0]
+
+
+def test_rounds_rotate_the_order_and_ratios_pair_within_a_round():
+    """No variant always runs right after the same other one; a ratio is taken per round."""
+    import torch
+    calls = []
+    fns = {k: (lambda k=k: calls.append(k)) for k in "abc"}
+    times = measure.interleaved(fns, rounds=4, warmup=0, device=torch.device("cpu"))
+    assert "".join(calls) == "abc" + "bca" + "cab" + "abc" and all(len(v) == 4 for v in times.values())
+    # round by round the ratio is 2, 2, 1: its median is 2, where the ratio of medians is 1
+    ratio, (low, high) = measure.paired_ratio({"x": [2, 10, 3], "y": [1, 5, 3]}, "x", "y")
+    assert (ratio, low, high) == (2, 1, 2)
+    ratio, (q1, q3) = measure.paired_ratio({"x": [1, 2, 3, 4, 5], "y": [1] * 5}, "x", "y")
+    assert ratio == 3 and q1 < 3 < q3

@@ -81,6 +81,19 @@ def median(times: Dict[str, List[float]]) -> Dict[str, float]:
     return {k: statistics.median(v) for k, v in times.items()}
 
 
+def paired_ratio(times: Dict[str, List[float]], num: str, den: str) -> tuple:
+    """Median and interquartile range of ``num / den`` taken round by round.
+
+    Both timings of a pair come from the same round, so load that drifts over the run
+    cancels in each ratio; the quartiles show how far the remaining noise spreads.
+    """
+    ratios = sorted(a / b for a, b in zip(times[num], times[den]))
+    if len(ratios) < 4:
+        return statistics.median(ratios), (ratios[0], ratios[-1])
+    q1, _, q3 = statistics.quantiles(ratios, n=4)
+    return statistics.median(ratios), (q1, q3)
+
+
 def tuner_for(model: nn.Module, mode: str, xi: float, keep_ratio: float, steps: int) -> Finetuner:
     """An engine run that never reaches the end of its cosine schedule while being timed."""
     config = FinetuneConfig(mode=mode, epochs=10 ** 6, lr=0.01, momentum=0.9, weight_decay=1e-4,
@@ -97,11 +110,12 @@ def training_steps(base: nn.Module, x, y, keep_ratio: float, rounds: int, warmup
     tuners = {mode: tuner_for(copy.deepcopy(base).train(), engine_mode, xi, keep_ratio, round_steps)
               for mode, engine_mode, xi in VARIANTS}
     fns = {k: (lambda t=t: t.train_epoch(batches)) for k, t in tuners.items()}
-    per_round = median(interleaved(fns, rounds, warmup, device))
-    step = {k: v / round_steps for k, v in per_round.items()}
-    res = {"step_s": step, "round_steps": round_steps, "rounds": rounds,
-           "ratio_umap_vs_plain": step["umap"] / step["plain"],
-           "ratio_um_vs_plain": step["um"] / step["plain"]}
+    times = interleaved(fns, rounds, warmup, device)
+    step = {k: v / round_steps for k, v in median(times).items()}
+    res = {"step_s": step, "round_steps": round_steps, "rounds": rounds}
+    for name in ("umap", "um"):
+        ratio, iqr = paired_ratio(times, name, "plain")
+        res[f"ratio_{name}_vs_plain"], res[f"ratio_{name}_vs_plain_iqr"] = ratio, iqr
     if device.type == "cuda":
         res["syncs"] = sync_counts(base, x, y, keep_ratio)
     res["_tuners"] = tuners
@@ -173,13 +187,15 @@ def mask_selection(keep_ratio: float, rounds: int, warmup: int, device: torch.de
         scores.add_(noise)
         weight * official_sort_mask(scores, keep_ratio)
 
-    times = median(interleaved({"fast": fast, "sort": sort}, max(rounds, 5), warmup, device))
+    raw = interleaved({"fast": fast, "sort": sort}, max(rounds, 5), warmup, device)
+    times = median(raw)
+    ratio, iqr = paired_ratio(raw, "sort", "fast")
     with torch.no_grad():
         masked = conv.weight
         same = torch.equal(masked, weight * official_sort_mask(scores, keep_ratio))
         kept = int(torch.count_nonzero(masked))
     return {"layer_weights": scores.numel(), "mask_s": times,
-            "ratio_sort_vs_fast": times["sort"] / times["fast"], "mask_equal_to_sort": same,
+            "ratio_sort_vs_fast": ratio, "ratio_sort_vs_fast_iqr": iqr, "mask_equal_to_sort": same,
             "kept": kept, "kept_expected": num_kept(scores.numel(), keep_ratio)}
 
 
@@ -188,9 +204,11 @@ def inference(base: nn.Module, baked: nn.Module, x, rounds: int, warmup: int,
     """Forward time of the baked UMAP model vs the base model (they should be equal)."""
     ref, baked = copy.deepcopy(base).eval(), baked.eval()
     with torch.no_grad():
-        times = median(interleaved({"base": lambda: ref(x), "baked": lambda: baked(x)},
-                                   4 * rounds, max(warmup, 2), device))
-    return {"infer_s": times, "ratio_baked_vs_base_inference": times["baked"] / times["base"],
+        raw = interleaved({"base": lambda: ref(x), "baked": lambda: baked(x)},
+                          4 * rounds, max(warmup, 2), device)
+    ratio, iqr = paired_ratio(raw, "baked", "base")
+    return {"infer_s": median(raw), "ratio_baked_vs_base_inference": ratio,
+            "ratio_baked_vs_base_inference_iqr": iqr,
             "baked_has_no_parametrizations": not any(hasattr(m, "parametrizations")
                                                      for m in baked.modules())}
 

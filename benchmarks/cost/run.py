@@ -22,12 +22,18 @@ TARGETS = {"ratio_umap_vs_plain": ("<=", 1.05), "ratio_sort_vs_fast": (">=", 20.
 INFERENCE_TOLERANCE = 0.05  # "~ 1.00" means within 5%
 
 
-def verdict(name: str, value: float) -> str:
-    """``'1.031 (target <= 1.05: met)'``."""
+def verdict(name: str, value: float, iqr=None) -> str:
+    """``'1.031 [1.020-1.043] (target <= 1.05: met)'``: the median, its quartiles, the verdict."""
     op, target = TARGETS[name]
     ok = {"<=": value <= target, ">=": value >= target,
           "~": abs(value - target) <= INFERENCE_TOLERANCE}[op]
-    return f"{value:.3f} (target {op} {target:.2f}: {'met' if ok else 'MISSED'})"
+    spread = f" [{iqr[0]:.3f}-{iqr[1]:.3f}]" if iqr else ""
+    return f"{value:.3f}{spread} (target {op} {target:.2f}: {'met' if ok else 'MISSED'})"
+
+
+def verdict_of(record: dict, name: str) -> str:
+    """:func:`verdict` of ``record[name]`` with its interquartile range when recorded."""
+    return verdict(name, record[name], record.get(f"{name}_iqr"))
 
 
 @dataclass
@@ -93,7 +99,7 @@ def measure_model(name: str, batch: int, cfg: CostConfig, device: torch.device, 
     res.update(steps)
     res.update(inference(base, baked, x, cfg.rounds, cfg.warmup, device))
     res.update(xi_throughput(base, shape, batch, cfg.xi_images, device))
-    say(f"{name}, batch {batch}: umap/plain {verdict('ratio_umap_vs_plain', res['ratio_umap_vs_plain'])}")
+    say(f"{name}, batch {batch}: umap/plain {verdict_of(res, 'ratio_umap_vs_plain')}")
     return res
 
 
@@ -131,9 +137,10 @@ def markdown(results: dict) -> str:
     """The cost tables, every ratio next to its target."""
     mask = results["mask"]
     lines = [f"Cost on {results['device_name']} (torch {results['torch']}, {results['threads']} "
-             f"thread(s)); medians over interleaved rounds.\n",
+             f"thread(s)); each ratio is the median over interleaved rounds of the ratio within a "
+             "round, [its interquartile range].\n",
              f"Mask selection on a {BIG_LAYER_TEXT} layer, scores moving every step: official full "
-             f"sort / core = {verdict('ratio_sort_vs_fast', mask['ratio_sort_vs_fast'])}; mask "
+             f"sort / core = {verdict_of(mask, 'ratio_sort_vs_fast')}; mask "
              f"identical to the sort's: {mask['mask_equal_to_sort']} (kept {mask['kept']} of "
              f"{mask['layer_weights']}, expected {mask['kept_expected']}).\n"]
     if not results["models"]:
@@ -146,9 +153,9 @@ def markdown(results: dict) -> str:
         s = r["step_s"]
         syncs = r.get("syncs")
         lines.append(
-            f"| {r['model']} | {r['batch']} | {verdict('ratio_umap_vs_plain', r['ratio_umap_vs_plain'])} "
+            f"| {r['model']} | {r['batch']} | {verdict_of(r, 'ratio_umap_vs_plain')} "
             f"| {r['ratio_um_vs_plain']:.3f} | "
-            f"{verdict('ratio_baked_vs_base_inference', r['ratio_baked_vs_base_inference'])} | "
+            f"{verdict_of(r, 'ratio_baked_vs_base_inference')} | "
             f"{r['xi_images_per_s']:.0f} | {s['plain']:.4f} / {s['um']:.4f} / {s['umap']:.4f} | "
             + (" / ".join(f"{syncs[k]['per_step']:g} (+{syncs[k]['per_epoch_end']:g})"
                           for k in ("plain", "um", "umap")) if syncs else "n/a (CPU)")

@@ -61,6 +61,7 @@ class TopKSelector:
         self._ind: torch.Tensor | None = None
         self._hints: dict = {}
         self._cuts: dict = {}  # key -> a value between the last dropped and first kept magnitude
+        self._spacing: dict = {}  # key -> magnitude gap per entry near the last threshold
 
     def _buffers(self, padded: int, like: torch.Tensor, counts: bool):
         """Magnitudes (``like``'s dtype) and, for the CPU path, float32 indicators to count."""
@@ -87,15 +88,13 @@ class TopKSelector:
                 or (self.sync_free is None and scores.device.type != "cpu")
                 or not mask.is_contiguous()):
             return self.select_([mask], [scores], keep, key)
-        row = _row_length(n) if n >= _HINT_MIN else 1
-        if row is None:
-            return self.select_([mask], [scores], keep, key)
+        row = (_row_length(n) if n >= _HINT_MIN else None) or 1
         mag, ind = self._buffers(n, scores, counts=True)
         mag2d, ind2d, out2d = mag[:n].view(-1, row), ind[:n].view(-1, row), mask.view(-1, row)
         with torch.no_grad():
             torch.abs(scores.detach().reshape(-1, row), out=mag2d)
             cut = self._cuts.get(key)
-            if row == 1:  # a small layer: few ops matter more than passes
+            if row == 1:  # a small layer (or one with no row length): the fewest ops
                 torch.nan_to_num_(mag2d, nan=math.inf, posinf=math.inf)  # NaN ranks largest
                 if cut is not None:
                     torch.gt(mag2d, cut, out=out2d)
@@ -114,9 +113,11 @@ class TopKSelector:
                 return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
             if kept == keep:  # exactly ``keep`` above the cut: no tie straddles it
                 return
-            if not _rewrite_band_(out2d, mag2d, ind2d, rows_cut, int(kept), keep, cut,
-                                  self._hints.get(key), self._cuts, self._hints, key):
-                self._exact_layer_(out2d, mag2d, ind2d, keep, key)
+            found = _rewrite_band_(out2d, mag2d, ind2d, rows_cut, int(kept), keep, cut,
+                                   self._spacing.get(key) or _spacing_guess(cut, n))
+            if found is None:
+                return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
+            self._cuts[key], self._spacing[key] = found
 
     def _exact_layer_(self, out2d, mag2d, ind2d, keep, key) -> None:
         """Select from scratch (NaN already ranked largest); remember the cut for next time."""
@@ -128,9 +129,11 @@ class TopKSelector:
         torch.gt(mag2d.view(-1), t, out=out)
         if extra is not None:
             out.index_fill_(0, extra, 1)
-        # next time, first try halfway between the last dropped and the first kept entry
+        # next time, first try halfway between the last dropped and the first kept entry (the
+        # threshold itself when that is unknown, or when ties straddle it: then the band
+        # search next time brackets the ties and resolves them)
         above = info.get("next")
-        self._cuts[key] = None if extra is not None or above is None else (hint[0] + above) / 2
+        self._cuts[key] = hint[0] if extra is not None or above is None else (hint[0] + above) / 2
 
     def select_(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], keep: int,
                 key=0) -> None:
@@ -203,53 +206,61 @@ def _row_length(n: int) -> int | None:
                 None)
 
 
-def _rewrite_band_(out2d, mag2d, ind2d, rows_cut, kept: int, keep: int, cut: float, hint,
-                   cuts: dict, hints: dict, key) -> bool:
+def _rewrite_band_(out2d, mag2d, ind2d, rows_cut, kept: int, keep: int, cut: float,
+                   spacing: float):
     """The mask against ``cut`` keeps ``kept`` != ``keep``: find the threshold near it.
 
-    One comparison at ``cut`` moved by the last step's width, on the side the count says
-    the threshold went, brackets it; the rows holding entries between the two bounds are
-    the only ones selected among and rewritten in ``out2d``. False when no bracket is found
-    within :data:`_HINT_TRIES` widenings (the caller then selects from scratch).
+    ``spacing`` is the last known magnitude gap per entry around the threshold: the
+    threshold moved past about ``|kept - keep|`` entries, so one comparison that far from
+    ``cut`` (with a margin), on the side the count says it went, brackets it. Only the
+    rows holding entries between the two bounds are selected among and rewritten in
+    ``out2d``. Returns ``(next cut, spacing)``, or None when no bracket was found within
+    :data:`_HINT_TRIES` widenings (the caller then selects from scratch).
     """
     up = kept > keep  # too many above the cut: the threshold moved up
-    width = hint[1] if hint is not None else max(abs(cut) * 2 ** -10, 1e-30)
+    moved = abs(kept - keep)
+    width = (moved + 3 * math.sqrt(moved) + 8) * spacing
     for i in range(_HINT_TRIES):
         other = cut + width * 16 ** i if up else cut - width * 16 ** i
         if not math.isfinite(other):
-            return False
+            return None
         torch.gt(mag2d, other, out=ind2d)
         rows_other = ind2d.sum(1)
         kept_other = int(rows_other.sum(dtype=torch.float64))
         if kept_other == keep:  # the moved bound is itself an exact cut
             out2d.copy_(ind2d)
-            cuts[key], hints[key] = other, (other, max(2 * abs(other - cut), width))
-            return True
+            return other, spacing
         if (kept_other < keep) if up else (kept_other > keep):
             break
     else:
-        return False
-    lo, hi, rows_lo, rows_hi, kept_lo = ((cut, other, rows_cut, rows_other, kept) if up else
-                                         (other, cut, rows_other, rows_cut, kept_other))
+        return None
+    lo, hi, rows_lo, rows_hi, kept_lo, kept_hi = (
+        (cut, other, rows_cut, rows_other, kept, kept_other) if up else
+        (other, cut, rows_other, rows_cut, kept_other, kept))
     rows = torch.nonzero(rows_lo != rows_hi).view(-1)  # rows with an entry in (lo, hi]
     near = mag2d.index_select(0, rows)
     flat = near.view(-1)
-    # outside these rows every entry above lo is above hi, so kept whatever the threshold
-    need = keep - (kept_lo - int(rows_lo.index_select(0, rows).sum(dtype=torch.float64)))
-    t = torch.kthvalue(flat, flat.numel() - need).values  # lies in (lo, hi]
+    band = flat[(flat > lo) & (flat <= hi)]
+    # every entry above hi is kept, every one up to lo dropped: the band supplies the rest
+    t = torch.kthvalue(band, band.numel() - (keep - kept_hi)).values
     new = flat > t
-    above = flat[new]
-    short = need - above.numel()
+    above = band[band > t]
+    short = keep - kept_hi - above.numel()
     if short:  # tied entries straddle t: the stable sort keeps the highest indices
         tied = torch.nonzero(flat == t).view(-1)
         new[tied[tied.numel() - short:]] = True
     out2d.index_copy_(0, rows, new.view_as(near).to(out2d.dtype))
     value = float(t)
-    nxt = min(float(above.min()), hi) if above.numel() else hi
-    cuts[key] = value if short else (value + nxt) / 2
-    previous = hint[0] if hint is not None else cut
-    hints[key] = (value, max(2 * abs(value - previous), abs(value) * 2 ** -12, 1e-30))
-    return True
+    spacing = max((hi - lo) / band.numel(), abs(value) * 2 ** -24, 1e-38)
+    if short:
+        return value, spacing
+    nxt = float(above.min()) if above.numel() else hi  # every entry above the band is > hi
+    return (value + min(nxt, hi)) / 2, spacing
+
+
+def _spacing_guess(cut: float, n: int) -> float:
+    """Gap per entry near the threshold if magnitudes spread evenly over ``[0, 2 * cut]``."""
+    return max(2 * abs(cut) / n, 1e-38)
 
 
 def _flat_like(n: int, mask: torch.Tensor) -> torch.Tensor:
