@@ -130,19 +130,19 @@ def test_nan_scores_rank_last_as_in_the_sort(path, n):
 def test_first_selection_of_a_large_layer_narrows_its_sampled_bracket(dtype, kind, monkeypatch):
     """Without a last threshold the CPU path brackets it from a sample; a bracket too wide to
     extract is narrowed by interpolation first. Exact in every case, the narrowing included."""
-    from um_plugin.core import topk
+    from um_plugin.core import thresholds
     results = []
-    near = topk._threshold_near
+    near = thresholds._threshold_near
 
     def spy(*args, **kwargs):
         results.append(near(*args, **kwargs))
         return results[-1]
-    monkeypatch.setattr(topk, "_threshold_near", spy)
+    monkeypatch.setattr(thresholds, "_threshold_near", spy)
     n = 400_003
     scores = scores_of(kind, n, dtype)
     mask = torch.empty(n, dtype=dtype)
     topk_mask_(mask, scores, num_kept(n, 0.8), TopKSelector(sync_free=False))
     assert torch.equal(mask, sorted_reference_mask(scores, 0.8).to(dtype))
     if kind == "random" and dtype == torch.float32:
-        assert isinstance(results[0], topk._Counts)  # the sampled bracket was too wide
-        assert results[1] is not None and not isinstance(results[1], topk._Counts)  # narrowed
+        assert isinstance(results[0], thresholds._Counts)  # the sampled bracket was too wide
+        assert results[1] is not None and not isinstance(results[1], thresholds._Counts)  # narrowed

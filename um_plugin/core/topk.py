@@ -10,18 +10,16 @@ are the tied weights with the highest indices. Every device and dtype gives the 
 """
 from __future__ import annotations
 
-import functools
 import math
 from numbers import Real
 from typing import Sequence
 
 import torch
 
+from .cuts import _rewrite_band_, _row_length, _spacing_guess
+from .thresholds import _HINT_MIN, _threshold_host, _threshold_sync_free
+
 _ROW = 128  # magnitudes per row when the CPU path looks for the threshold's neighbours
-_HINT_TRIES = 3  # band widenings around the last threshold before an exact kthvalue
-_HINT_MIN = 1 << 13  # smaller selections go straight to kthvalue: fewer ops, less overhead
-_SAMPLE = 1 << 14  # strided sample that brackets the threshold when there is no last one
-_NARROW = 1 << 13  # a bracket holding more entries is narrowed before they are extracted
 _SORT_MIN = 100_000  # off the CPU, from this size on one sort beats kthvalue's single block
 
 
@@ -47,10 +45,12 @@ class TopKSelector:
     mask is built from tensor ops only: no host-device synchronisation. Large selections
     take one stable radix sort (torch's own ``topk`` prefers a sort for one slice this
     large: ``kthvalue`` runs one thread block per slice), smaller ones ``kthvalue`` and one
-    ``cumsum`` for the ties. On the CPU, where reading a count costs nothing, the last threshold of
-    the same ``key`` is reused: scores move little per step, so the new threshold is found by
-    counting around the old one and selecting among its few neighbours, falling back to an
-    exact ``kthvalue`` when the neighbourhood misses. ``sync_free=False`` forces that path.
+    ``cumsum`` for the ties. On the CPU, where reading a count costs nothing, what the last
+    selection of the same ``key`` learnt is reused: scores move little per step, so the new
+    threshold is found by counting around the old one and selecting among its few
+    neighbours (:meth:`select_layer_` says how), falling back to an exact ``kthvalue`` when
+    the neighbourhood misses. ``sync_free=False`` forces that path. Every reused value is
+    only a guess: a mask is kept only when a count over all entries certifies it.
     """
 
     def __init__(self, sync_free: bool | None = None):
@@ -199,70 +199,6 @@ class TopKSelector:
                 offset += size
 
 
-@functools.lru_cache(maxsize=None)
-def _row_length(n: int) -> int | None:
-    """A divisor of ``n`` near 128 (64 to 256: row counts stay exact in any float dtype)."""
-    return next((d for d in sorted(range(64, 257), key=lambda d: abs(d - 128)) if n % d == 0),
-                None)
-
-
-def _rewrite_band_(out2d, mag2d, ind2d, rows_cut, kept: int, keep: int, cut: float,
-                   spacing: float):
-    """The mask against ``cut`` keeps ``kept`` != ``keep``: find the threshold near it.
-
-    ``spacing`` is the last known magnitude gap per entry around the threshold: the
-    threshold moved past about ``|kept - keep|`` entries, so one comparison that far from
-    ``cut`` (with a margin), on the side the count says it went, brackets it. Only the
-    rows holding entries between the two bounds are selected among and rewritten in
-    ``out2d``. Returns ``(next cut, spacing)``, or None when no bracket was found within
-    :data:`_HINT_TRIES` widenings (the caller then selects from scratch).
-    """
-    up = kept > keep  # too many above the cut: the threshold moved up
-    moved = abs(kept - keep)
-    width = (moved + 3 * math.sqrt(moved) + 8) * spacing
-    for i in range(_HINT_TRIES):
-        other = cut + width * 16 ** i if up else cut - width * 16 ** i
-        if not math.isfinite(other):
-            return None
-        torch.gt(mag2d, other, out=ind2d)
-        rows_other = ind2d.sum(1)
-        kept_other = int(rows_other.sum(dtype=torch.float64))
-        if kept_other == keep:  # the moved bound is itself an exact cut
-            out2d.copy_(ind2d)
-            return other, spacing
-        if (kept_other < keep) if up else (kept_other > keep):
-            break
-    else:
-        return None
-    lo, hi, rows_lo, rows_hi, kept_lo, kept_hi = (
-        (cut, other, rows_cut, rows_other, kept, kept_other) if up else
-        (other, cut, rows_other, rows_cut, kept_other, kept))
-    rows = torch.nonzero(rows_lo != rows_hi).view(-1)  # rows with an entry in (lo, hi]
-    near = mag2d.index_select(0, rows)
-    flat = near.view(-1)
-    band = flat[(flat > lo) & (flat <= hi)]
-    # every entry above hi is kept, every one up to lo dropped: the band supplies the rest
-    t = torch.kthvalue(band, band.numel() - (keep - kept_hi)).values
-    new = flat > t
-    above = band[band > t]
-    short = keep - kept_hi - above.numel()
-    if short:  # tied entries straddle t: the stable sort keeps the highest indices
-        tied = torch.nonzero(flat == t).view(-1)
-        new[tied[tied.numel() - short:]] = True
-    out2d.index_copy_(0, rows, new.view_as(near).to(out2d.dtype))
-    value = float(t)
-    spacing = max((hi - lo) / band.numel(), abs(value) * 2 ** -24, 1e-38)
-    if short:
-        return value, spacing
-    nxt = float(above.min()) if above.numel() else hi  # every entry above the band is > hi
-    return (value + min(nxt, hi)) / 2, spacing
-
-
-def _spacing_guess(cut: float, n: int) -> float:
-    """Gap per entry near the threshold if magnitudes spread evenly over ``[0, 2 * cut]``."""
-    return max(2 * abs(cut) / n, 1e-38)
-
-
 def _flat_like(n: int, mask: torch.Tensor) -> torch.Tensor:
     """A flat temporary mask for several tensors at once."""
     return torch.empty(n, dtype=mask.dtype, device=mask.device)
@@ -273,121 +209,6 @@ def _split_into(flat: torch.Tensor, masks: Sequence[torch.Tensor]) -> None:
     for m in masks:
         m.view(-1).copy_(flat[offset:offset + m.numel()])
         offset += m.numel()
-
-
-def _threshold_sync_free(mag: torch.Tensor, drop: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Threshold and the tied entries kept, from tensor ops only (no host sync)."""
-    t = torch.kthvalue(mag, drop).values
-    tied = mag == t
-    below = torch.count_nonzero(mag < t)
-    # the first ``drop - below`` tied entries (by index) are dropped, the rest kept
-    return t, tied & (tied.cumsum(0) > drop - below)
-
-
-def _threshold_host(mag2d: torch.Tensor, ind2d: torch.Tensor, n: int, drop: int, hint,
-                    info: dict | None = None):
-    """Threshold, kept tied positions and the next hint, using host counts (CPU).
-
-    With ``info``, ``info['next']`` is set to the smallest magnitude above the threshold (or a
-    value below it) when that comes cheap and no tie is kept.
-    """
-    flat = mag2d.view(-1)[:n]
-    if n >= _HINT_MIN:
-        if hint is not None:
-            for i in range(_HINT_TRIES):
-                found = _threshold_near(mag2d, ind2d, drop, hint[0], hint[1] * 16 ** i, info=info)
-                if found is not None:
-                    return _with_hint(*found, moved=abs(float(found[0]) - hint[0]))
-        else:
-            found = _threshold_sampled(mag2d, ind2d, n, drop, info)
-            if found is not None:
-                return _with_hint(*found, moved=0.0)
-    t = torch.kthvalue(flat, drop).values
-    value = float(t)
-    extra = _kept_ties(flat, t, drop)
-    if info is not None and extra is None and n < _HINT_MIN:
-        info["next"] = float(torch.kthvalue(flat, drop + 1).values)
-    return t, extra, (value, max(abs(value) * 2 ** -10, 1e-30))
-
-
-def _with_hint(t, extra, moved):
-    value = float(t)
-    return t, extra, (value, max(2 * moved, abs(value) * 2 ** -12, 1e-30))
-
-
-def _threshold_sampled(mag2d, ind2d, n, drop, info=None):
-    """No last threshold: bracket it from a strided sample, then narrow by interpolation."""
-    flat = mag2d.view(-1)[:n]
-    sample = flat[::max(1, n // _SAMPLE)]
-    m, q = sample.numel(), drop / n
-    spread = 6 * math.sqrt(m * q * (1 - q)) + 2
-    lo = float(torch.kthvalue(sample, max(1, math.floor(q * m - spread))).values)
-    hi = float(torch.kthvalue(sample, min(m, math.ceil(q * m + spread))).values)
-    centre, width = (lo + hi) / 2, (hi - lo) / 2
-    found = _threshold_near(mag2d, ind2d, drop, centre, width, max_band=_NARROW, info=info)
-    if isinstance(found, _Counts):  # right bracket, too many entries in it to extract cheaply:
-        below, upto = found  # place the threshold by its rank, as if spread evenly inside
-        inside, rank = upto - below, drop - below
-        frac = rank / inside
-        margin = (6 * math.sqrt(inside * frac * (1 - frac)) + 16) / inside
-        guess = centre - width + 2 * width * frac
-        ulp = abs(guess) * torch.finfo(mag2d.dtype).eps  # coarse dtypes: ties fill whole ulps
-        narrow = _threshold_near(mag2d, ind2d, drop, guess, max(2 * width * margin, 2 * ulp),
-                                 info=info)
-        found = narrow or _threshold_near(mag2d, ind2d, drop, centre, width, info=info)
-    return found
-
-
-class _Counts(tuple):
-    """(entries below the bracket, entries up to its top) when the bracket was too wide."""
-
-
-def _threshold_near(mag2d, ind2d, drop, centre, width, max_band=None, info=None):
-    """The exact threshold if it lies within ``centre ± width``, else None.
-
-    With ``max_band``, a bracket holding more entries returns its :class:`_Counts` instead.
-    With ``info``, see :func:`_threshold_host`.
-    """
-    lo, hi = centre - width, centre + width
-    if not (math.isfinite(lo) and math.isfinite(hi)) or abs(hi) >= torch.finfo(mag2d.dtype).max:
-        return None
-    # Python-number bounds round to the magnitudes' dtype alike in every comparison below,
-    # so the counts and the band describe one consistent partition.
-    torch.lt(mag2d, lo, out=ind2d)
-    rows_lo = ind2d.sum(1)  # float32 row counts are exact (a row has _ROW entries)
-    below_lo = int(rows_lo.sum(dtype=torch.float64))
-    if below_lo >= drop:
-        return None
-    torch.le(mag2d, hi, out=ind2d)
-    rows_hi = ind2d.sum(1)
-    upto_hi = int(rows_hi.sum(dtype=torch.float64))
-    if upto_hi < drop:
-        return None
-    if max_band is not None and upto_hi - below_lo > max_band:
-        return _Counts((below_lo, upto_hi))
-    rows = torch.nonzero(rows_hi != rows_lo).view(-1)
-    near = mag2d.index_select(0, rows)  # every entry within [lo, hi], with row neighbours
-    band = near[(near >= lo) & (near <= hi)]
-    t = torch.kthvalue(band, drop - below_lo).values
-    kept_ties = below_lo + int(torch.count_nonzero(band <= t)) - drop
-    if kept_ties == 0:
-        if info is not None:  # every magnitude above ``hi`` exceeds the band's
-            above = band[band > t]
-            info["next"] = float(above.min()) if above.numel() else hi
-        return t, None
-    tied = torch.nonzero(near.view(-1) == t).view(-1)
-    row = mag2d.shape[1]
-    tied = rows[tied // row] * row + tied % row
-    return t, tied[tied.numel() - kept_ties:]
-
-
-def _kept_ties(flat: torch.Tensor, t: torch.Tensor, drop: int) -> torch.Tensor | None:
-    """Positions of the tied entries kept: the last ``#(<= t) - drop`` equal to ``t``."""
-    kept = int(torch.count_nonzero(flat <= t)) - drop
-    if kept == 0:
-        return None
-    tied = torch.nonzero(flat == t).view(-1)
-    return tied[tied.numel() - kept:]
 
 
 def topk_mask_(mask: torch.Tensor, scores: torch.Tensor, keep: int,
