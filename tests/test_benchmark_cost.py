@@ -24,6 +24,7 @@ def test_cost_lenet_tiny_reports_every_ratio_with_its_target(tmp_path, capsys):
     for key in ("ratio_umap_vs_plain", "ratio_um_vs_plain", "ratio_baked_vs_base_inference",
                 "xi_images_per_s"):
         assert m[key] > 0
+    assert 0 < m["selection_share_of_umap_step"] < 1  # timed within the UMAP steps
     assert "| lenet | 8 |" in (tmp_path / "cost.md").read_text()
 
 

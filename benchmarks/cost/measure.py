@@ -16,7 +16,7 @@ import torch
 from torch import nn
 
 from um_plugin.core.finetune import FinetuneConfig, Finetuner
-from um_plugin.core.masks import attach_score_masks, num_kept, score_parameters
+from um_plugin.core.masks import attach_score_masks, iter_score_masks, num_kept, score_parameters
 from um_plugin.core.xi import estimate_xi
 
 from ..models import LeNet
@@ -112,7 +112,9 @@ def training_steps(base: nn.Module, x, y, keep_ratio: float, rounds: int, warmup
     fns = {k: (lambda t=t: t.train_epoch(batches)) for k, t in tuners.items()}
     times = interleaved(fns, rounds, warmup, device)
     step = {k: v / round_steps for k, v in median(times).items()}
-    res = {"step_s": step, "round_steps": round_steps, "rounds": rounds}
+    res = {"step_s": step, "round_steps": round_steps, "rounds": rounds,
+           "selection_share_of_umap_step": selection_share(tuners["umap"], batches, rounds,
+                                                           device)}
     for name in ("umap", "um"):
         ratio, iqr = paired_ratio(times, name, "plain")
         res[f"ratio_{name}_vs_plain"], res[f"ratio_{name}_vs_plain_iqr"] = ratio, iqr
@@ -120,6 +122,31 @@ def training_steps(base: nn.Module, x, y, keep_ratio: float, rounds: int, warmup
         res["syncs"] = sync_counts(base, x, y, keep_ratio)
     res["_tuners"] = tuners
     return res
+
+
+def selection_share(tuner: Finetuner, batches, rounds: int, device: torch.device) -> float:
+    """Fraction of UMAP steps spent refreshing masks, from a few more rounds, each refresh timed.
+
+    A ratio within the same steps, so the machine's noise barely moves it (unlike a ratio of
+    two timings taken apart); the sync around each refresh only matters on a GPU.
+    """
+    spent: List[float] = []
+    groups = {id(m.group): m.group for _, _, m in iter_score_masks(tuner.model)}.values()
+    for group in groups:
+        def timed(member=None, _refresh=group.refresh):
+            sync(device)
+            start = time.perf_counter()
+            _refresh(member)
+            sync(device)
+            spent.append(time.perf_counter() - start)
+        group.refresh = timed
+    try:
+        total = sum(interleaved({"umap": lambda: tuner.train_epoch(batches)},
+                                max(3, rounds // 3), 0, device)["umap"])
+    finally:
+        for group in groups:
+            del group.refresh  # the class's method again
+    return sum(spent) / total
 
 
 def sync_counts(base: nn.Module, x, y, keep_ratio: float, long: int = 11) -> dict:

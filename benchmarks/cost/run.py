@@ -145,16 +145,16 @@ def markdown(results: dict) -> str:
              f"{mask['layer_weights']}, expected {mask['kept_expected']}).\n"]
     if not results["models"]:
         return "\n".join(lines) + "\n"
-    lines += ["| model | batch | UMAP/plain step | UM/plain step | baked/base inference "
-              "| ξ estimation img/s | step s (plain / UM / UMAP) | host syncs per step (+ per "
-              "epoch) plain / UM / UMAP |",
-              "|---|---|---|---|---|---|---|---|"]
+    lines += ["| model | batch | UMAP/plain step | UM/plain step | mask selection, share of the "
+              "UMAP step | baked/base inference | ξ estimation img/s | step s (plain / UM / UMAP) "
+              "| host syncs per step (+ per epoch) plain / UM / UMAP |",
+              "|---|---|---|---|---|---|---|---|---|"]
     for r in results["models"]:
         s = r["step_s"]
         syncs = r.get("syncs")
         lines.append(
             f"| {r['model']} | {r['batch']} | {verdict_of(r, 'ratio_umap_vs_plain')} "
-            f"| {r['ratio_um_vs_plain']:.3f} | "
+            f"| {r['ratio_um_vs_plain']:.3f} | {100 * r['selection_share_of_umap_step']:.1f}% | "
             f"{verdict_of(r, 'ratio_baked_vs_base_inference')} | "
             f"{r['xi_images_per_s']:.0f} | {s['plain']:.4f} / {s['um']:.4f} / {s['umap']:.4f} | "
             + (" / ".join(f"{syncs[k]['per_step']:g} (+{syncs[k]['per_epoch_end']:g})"
