@@ -1,10 +1,13 @@
-"""The per-step layer selection (own buffers, last cut reused) equals the full sort at every
-step, whatever the scores do between steps; and the mask is no buffer of the model."""
+"""The per-step layer selection (last cut reused, a missed cut mended in its band's rows)
+equals the full sort at every step, whatever the scores do between steps; every stale mask
+is refreshed at the first masked layer; and the mask is no buffer of the model."""
+import math
+
 import pytest
 import torch
 
 from core_helpers import TinyCNN
-from um_plugin.core import topk
+from um_plugin.core import cuts, topk
 from um_plugin.core.masks import (TopKSelector, attach_score_masks, iter_score_masks, num_kept,
                                   sorted_reference_mask)
 from test_core_masks_select import DTYPES, scores_of
@@ -74,4 +77,54 @@ def test_mask_is_not_a_buffer_and_follows_its_scores_across_dtypes():
     model(torch.randn(2, 1, 8, 8, dtype=torch.float64))
     for m in masks:
         assert m.mask.dtype == m.scores.dtype == torch.float64
+        assert torch.equal(m.mask, sorted_reference_mask(m.scores, 0.7))
+
+
+def _band_case():
+    """1,024 distinct magnitudes in 8 rows of 128; a cut that keeps 810 where 800 are wanted."""
+    mag2d = (torch.randperm(1024, generator=torch.Generator().manual_seed(0)).float() / 1024)
+    mag2d = mag2d.view(8, 128)
+    cut = 213.5 / 1024  # 810 magnitudes (214..1023) lie above it
+    out2d = (mag2d > cut).float()
+    return mag2d, torch.empty(8, 128), out2d, out2d.sum(1), cut
+
+
+@pytest.mark.parametrize("gap_scale, widenings", [(1.0, 0), (1 / 40, 2)])
+def test_a_missed_cut_is_bracketed_and_its_band_rows_rewritten(gap_scale, widenings):
+    """The threshold moved up past 10 entries: one comparison that far away brackets it (or a
+    widened one, when the last gap per entry was too small); the band's rows are rewritten
+    and the mask is the sort's. With the bound landing exactly on a cut, that bound is kept."""
+    mag2d, ind2d, out2d, rows, cut = _band_case()
+    spacing = gap_scale * (10 / 1024) / (10 + 3 * math.sqrt(10) + 8)  # reaches 223.5 / 1024
+    found = cuts._rewrite_band_(out2d, mag2d, ind2d, rows, 810, 800, cut, spacing)
+    assert found is not None
+    assert torch.equal(out2d.view(-1), sorted_reference_mask(mag2d.view(-1), 800 / 1024))
+    next_cut = found[0]
+    assert int((mag2d > next_cut).sum()) == 800  # the next step's cut certifies this mask
+    if widenings == 0:
+        assert next_cut == cut + 10 / 1024  # the bound itself was exact: the mask is its own
+
+
+def test_a_band_too_far_is_given_up_for_a_selection_from_scratch():
+    mag2d, ind2d, out2d, rows, cut = _band_case()
+    assert cuts._rewrite_band_(out2d, mag2d, ind2d, rows, 810, 800, cut, 1e-12) is None
+
+
+def test_the_first_stale_layer_refreshes_every_stale_mask(monkeypatch):
+    """After a step every mask is selected at the first masked layer's forward, before any
+    later layer runs (so no activation sits between two selections)."""
+    model = TinyCNN()
+    attach_score_masks(model, 0.7, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(2, 1, 8, 8)
+    model(x)
+    masks = [m for _, _, m in iter_score_masks(model)]
+    with torch.no_grad():
+        for m in masks:
+            m.scores.mul_(torch.rand(m.scores.shape, generator=torch.Generator().manual_seed(1)))
+    fresh_at_fc = []
+    model.fc.register_forward_pre_hook(
+        lambda *_: fresh_at_fc.append([m.seen == m.group._state_of(m) for m in masks]))
+    model(x)
+    assert fresh_at_fc == [[True, True]]
+    for m in masks:
         assert torch.equal(m.mask, sorted_reference_mask(m.scores, 0.7))
