@@ -52,9 +52,8 @@ def _rewrite_band_(out2d, mag2d, ind2d, rows_cut, kept: int, keep: int, cut: flo
             break
     else:
         return None
-    lo, hi, rows_lo, rows_hi, kept_lo, kept_hi = (
-        (cut, other, rows_cut, rows_other, kept, kept_other) if up else
-        (other, cut, rows_other, rows_cut, kept_other, kept))
+    lo, hi, rows_lo, rows_hi, kept_hi = ((cut, other, rows_cut, rows_other, kept_other) if up
+                                         else (other, cut, rows_other, rows_cut, kept))
     rows = torch.nonzero(rows_lo != rows_hi).view(-1)  # rows with an entry in (lo, hi]
     near = mag2d.index_select(0, rows)
     flat = near.view(-1)
