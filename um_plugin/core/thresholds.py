@@ -96,7 +96,7 @@ def _threshold_near(mag2d, ind2d, drop, centre, width, max_band=None, info=None)
     # Python-number bounds round to the magnitudes' dtype alike in every comparison below,
     # so the counts and the band describe one consistent partition.
     torch.lt(mag2d, lo, out=ind2d)
-    rows_lo = ind2d.sum(1)  # float32 row counts are exact (a row has _ROW entries)
+    rows_lo = ind2d.sum(1)  # float32 row counts are exact (a row has <= 256 entries)
     below_lo = int(rows_lo.sum(dtype=torch.float64))
     if below_lo >= drop:
         return None

@@ -94,15 +94,12 @@ class TopKSelector:
         with torch.no_grad():
             torch.abs(scores.detach().reshape(-1, row), out=mag2d)
             cut = self._cuts.get(key)
-            if row == 1:  # a small layer (or one with no row length): the fewest ops
+            if row == 1 or cut is None:  # a small layer (or no row length), or a first call
                 torch.nan_to_num_(mag2d, nan=math.inf, posinf=math.inf)  # NaN ranks largest
-                if cut is not None:
+                if cut is not None:  # the fewest ops: one comparison, one count
                     torch.gt(mag2d, cut, out=out2d)
                     if int(out2d.sum(dtype=torch.float32)) == keep:
                         return
-                return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
-            if cut is None:
-                torch.nan_to_num_(mag2d, nan=math.inf, posinf=math.inf)
                 return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
             torch.gt(mag2d, cut, out=out2d)
             rows_cut = out2d.sum(1)  # exact in any float dtype: a row holds <= 256 ones
