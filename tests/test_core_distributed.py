@@ -10,14 +10,20 @@ from um_plugin.core.masks import attach_score_masks, score_parameters
 from um_plugin.core.xi import estimate_xi
 
 
-def _worker(rank, world, port, state, out):
+def _join(rank, world, port, state):
+    """Join the gloo group; return the model rebuilt from ``state`` and this rank's batches."""
+    from core_helpers import TinyCNN
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
     dist.init_process_group("gloo", rank=rank, world_size=world)
+    model = TinyCNN()
+    model.load_state_dict(state)
+    return model, [b for i, b in enumerate(loader(batch_size=16)) if i % world == rank]
+
+
+def _worker(rank, world, port, state, out):
+    model, shard = _join(rank, world, port, state)
     try:
         from core_helpers import TinyCNN
-        model = TinyCNN()
-        model.load_state_dict(state)
-        shard = [b for i, b in enumerate(loader(batch_size=16)) if i % world == rank]
         est = estimate_xi(model, shard, keep_ratio=0.8, seed=5, progress=False)
         probe = TinyCNN()
         attach_score_masks(probe, 0.8, generator=torch.Generator().manual_seed(5))
@@ -42,14 +48,9 @@ def _nan_worker(rank, world, port, state, out):
     """Rank 1 alone sees a NaN batch at step 1; both ranks must stop there, unchanged."""
     import math
 
-    from core_helpers import TinyCNN
     from um_plugin.core import FinetuneConfig, Finetuner, NonFiniteLossError
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
+    model, batches = _join(rank, world, port, state)
     try:
-        model = TinyCNN()
-        model.load_state_dict(state)
-        batches = [b for i, b in enumerate(loader(batch_size=16)) if i % world == rank]
         if rank == 1:
             x, y = batches[1]
             batches[1] = (torch.full_like(x, math.nan), y)
