@@ -203,7 +203,7 @@ def test_more_bad_config_values_named(field, value):
 
 def test_nesterov_without_momentum_is_refused():
     with pytest.raises(ValueError, match="nesterov=True needs momentum > 0"):
-        FinetuneConfig(momentum=0.0)
+        FinetuneConfig(momentum=0.0, nesterov=True)
     assert FinetuneConfig(momentum=0.0, nesterov=False).momentum == 0.0
 
 

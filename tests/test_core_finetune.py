@@ -24,10 +24,17 @@ def train_loss(model, flip=0.08):
         return F.cross_entropy(model(x), y).item()
 
 
-def test_defaults_follow_official_configs():
+def test_defaults_follow_the_authors_configs():
     c = FinetuneConfig()
     assert (c.lr, c.momentum, c.weight_decay, c.epochs, c.keep_ratio, c.threshold) == \
         (0.1, 0.9, 1e-4, 100, 0.8, "layer")
+
+
+def test_lr_schedule_is_validated_and_old_checkpoints_resume_per_step():
+    with pytest.raises(ValueError, match=r"lr_schedule must be one of \('epoch', 'step'\).*'cos'"):
+        FinetuneConfig(lr_schedule="cos")
+    saved = {k: v for k, v in vars(FinetuneConfig(nesterov=True)).items() if k != "lr_schedule"}
+    assert FinetuneConfig.from_saved(saved).lr_schedule == "step"
 
 
 def test_um_stops_at_xi_while_plain_ce_goes_to_zero():

@@ -25,7 +25,7 @@ def golden_runs() -> dict:
         model = trained_model(epochs=20)
         torch.manual_seed(3)
         cfg = FinetuneConfig(epochs=2, lr=0.05, momentum=0.9, weight_decay=1e-4, nesterov=False,
-                             keep_ratio=0.8, beta=1.0, min_lr=0.0, seed=0, progress=False, **kw)
+                             lr_schedule="step", keep_ratio=0.8, beta=1.0, min_lr=0.0, seed=0, progress=False, **kw)
         hist = run(model, loader(shuffle=False), 0.15, cfg)
         out[name] = {"state": {k: v.clone() for k, v in model.state_dict().items()},
                      "loss": hist.loss}

@@ -61,7 +61,8 @@ class History:
 
 
 def cosine_factor(step: int, total: int, floor: float) -> float:
-    """Cosine decay from 1 to ``floor`` over ``total`` steps (OpenOOD's schedule shape)."""
+    """Cosine decay from 1 to ``floor`` over ``total`` steps. With ``floor = 0`` it is the
+    authors' ``0.5 * (1 + cos(pi * e / E))`` to the last bit."""
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
 
 
@@ -114,9 +115,7 @@ class Finetuner:
                                          nesterov=config.nesterov)
         self.steps_per_epoch = None
         self._total = None
-        floor = config.min_lr / config.lr
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda step: cosine_factor(step, self._total, floor) if self._total else 1.0)
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(self.optimizer, self._lr_factor)
         if steps_per_epoch is not None:
             self._set_steps(steps_per_epoch)
         self._scaler = torch.amp.GradScaler(self.device.type) if config.precision == "fp16" else None
@@ -134,6 +133,17 @@ class Finetuner:
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    def _lr_factor(self, step: int) -> float:
+        """The lr at optimisation step ``step`` as a fraction of ``config.lr`` (the scheduler
+        steps once per batch; with ``lr_schedule='epoch'`` the factor only moves at epoch ends,
+        so every step of epoch ``e`` runs at the authors' ``cosine_lr(e)``)."""
+        if not self._total:
+            return 1.0
+        floor = self.config.min_lr / self.config.lr
+        if self.config.lr_schedule == "epoch":
+            return cosine_factor(step // self.steps_per_epoch, self.config.epochs, floor)
+        return cosine_factor(step, self._total, floor)
 
     def _set_steps(self, steps: int) -> None:
         self.steps_per_epoch = steps
@@ -312,7 +322,7 @@ class Finetuner:
 
     def load_state_dict(self, state: dict) -> None:
         """Resume from :meth:`state_dict`; refuses a checkpoint of a differently set-up run."""
-        theirs = FinetuneConfig(**state["config"])
+        theirs = FinetuneConfig.from_saved(state["config"])
         diffs = self.config.differences(theirs)
         if state["xi"] != self.xi:
             diffs.append(f"xi: {self.xi!r} vs {state['xi']!r}")

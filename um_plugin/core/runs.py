@@ -22,7 +22,7 @@ from .objective import validate_xi
 def load_checkpoint(model: nn.Module, path, *, grad_hook: Optional[GradHook] = None) -> Finetuner:
     """Rebuild the run saved at ``path`` around a fresh ``model`` of the same architecture."""
     state = read_state(path, map_location=next(model.parameters()).device)
-    tuner = Finetuner(model, state["xi"], FinetuneConfig(**state["config"]),
+    tuner = Finetuner(model, state["xi"], FinetuneConfig.from_saved(state["config"]),
                       steps_per_epoch=state["steps_per_epoch"], grad_hook=grad_hook)
     try:
         tuner.load_state_dict(state)
