@@ -65,6 +65,31 @@ def tiny_bench(oo, tmp_path_factory):
     oo.unregister_benchmark(kwargs["name"])
 
 
+# Quick Route 2 settings for the tests' tiny benchmarks (the shipped YAMLs are the authors'
+# 100-epoch setting): the Evaluator's loader and images, a few epochs, per-step cosine.
+QUICK_POSTPROCESSOR_ARGS = {"um": dict(epochs=10, lr=0.01), "umap": dict(epochs=10, lr=0.1)}
+QUICK_COMMON_ARGS = dict(preprocessing="test", batch_size=None, nesterov=True, lr_schedule="step")
+
+
+@pytest.fixture(scope="session")
+def quick_configs(checkout, tmp_path_factory):
+    """A ``configs/`` root: OpenOOD's postprocessor YAMLs plus quick ``um.yml`` / ``umap.yml``."""
+    import shutil
+
+    import yaml
+
+    from um_plugin.cli import configs_root
+    root = tmp_path_factory.mktemp("quick_configs")
+    shutil.copytree(os.path.join(checkout, "configs", "postprocessors"), root / "postprocessors")
+    for mode, args in QUICK_POSTPROCESSOR_ARGS.items():
+        with open(os.path.join(configs_root(), "postprocessors", f"{mode}.yml")) as f:
+            config = yaml.safe_load(f)
+        config["postprocessor"]["postprocessor_args"].update(QUICK_COMMON_ARGS, **args)
+        with open(root / "postprocessors" / f"{mode}.yml", "w") as f:
+            yaml.safe_dump(config, f)
+    return str(root)
+
+
 @pytest.fixture(autouse=True)
 def _cpu_fallback_does_not_leak():
     """Benchmark entry points switch OpenOOD's CPU fallback on for their whole process; inside

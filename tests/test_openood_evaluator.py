@@ -17,8 +17,8 @@ def _no_download(*args, **kwargs):
 
 
 @pytest.mark.parametrize("name", ["umap_ebo", "um"])
-def test_evaluator_runs_method_and_returns_metrics(oo, tiny_bench, checkout, monkeypatch, capsys,
-                                                   name):
+def test_evaluator_runs_method_and_returns_metrics(oo, tiny_bench, quick_configs, monkeypatch,
+                                                   capsys, name):
     from openood.evaluation_api import Evaluator
     monkeypatch.setattr(urllib.request, "urlretrieve", _no_download)
     import gdown
@@ -26,15 +26,15 @@ def test_evaluator_runs_method_and_returns_metrics(oo, tiny_bench, checkout, mon
 
     net = _lenet()
     before = {k: v.clone() for k, v in net.state_dict().items()}
-    config_root = os.path.join(checkout, "configs")
-    assert not os.path.exists(os.path.join(config_root, "postprocessors", f"{name}.yml"))
+    config_root = quick_configs
     with oo.enable_cpu_fallback():
         evaluator = Evaluator(net, id_name=tiny_bench["name"], data_root=tiny_bench["data_root"],
                               config_root=config_root, postprocessor_name=name,
                               batch_size=8, num_workers=0)
         metrics = evaluator.eval_ood(progress=False)
     out = capsys.readouterr().out
-    assert "loss constraint estimated" in out and "on ID validation data" in out  # xi sanity
+    assert "loss constraint estimated" in out and "on ID validation data" in out  # fit check
+    assert "differs from the authors' setting in: epochs 10 (authors: 100)" in out
 
     assert list(metrics.columns) == ["FPR@95", "AUROC", "AUPR_IN", "AUPR_OUT", "ACC"]
     assert list(metrics.index) == ["noise_near", "nearood", "noise_far", "farood"]
@@ -79,13 +79,13 @@ def test_config_root_copy_overrides_packaged_yaml(oo, tiny_bench, checkout, tmp_
     (root / "postprocessors").mkdir(parents=True)
     shutil.copy(os.path.join(checkout, "configs", "postprocessors", "msp.yml"), root / "postprocessors")
     install_configs(str(root))
-    text = (root / "postprocessors" / "um.yml").read_text().replace("epochs: 10", "epochs: 3")
+    text = (root / "postprocessors" / "um.yml").read_text().replace("epochs: 100", "epochs: 3")
     (root / "postprocessors" / "um.yml").write_text(text.replace("base: ebo", "base: msp"))
     pp = get_postprocessor(str(root), "um", tiny_bench["name"])
     assert pp.options.finetune.epochs == 3 and pp.base_name == "msp" and pp.APS_mode is False
 
 
-def test_second_method_on_the_same_network_is_refused(oo, tiny_bench, checkout):
+def test_second_method_on_the_same_network_is_refused(oo, tiny_bench, quick_configs):
     """Issue 9.3: um_msp then umap_msp on one network printed UM's table under UMAP's name."""
     import copy
 
@@ -93,7 +93,7 @@ def test_second_method_on_the_same_network_is_refused(oo, tiny_bench, checkout):
     net = _lenet()
     pristine = copy.deepcopy(net)
     kwargs = dict(id_name=tiny_bench["name"], data_root=tiny_bench["data_root"],
-                  config_root=os.path.join(checkout, "configs"), batch_size=8, num_workers=0)
+                  config_root=quick_configs, batch_size=8, num_workers=0)
     with oo.enable_cpu_fallback():
         first = Evaluator(net, postprocessor_name="um_msp", **kwargs)
         first.eval_ood(progress=False)

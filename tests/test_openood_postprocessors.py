@@ -31,8 +31,14 @@ def test_bad_postprocessor_args(oo, checkout, monkeypatch):
         get_postprocessor(_pipeline_config("umap", freeze_weights="maybe"))
     with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.xi_keep_ratio: .*1.5"):
         get_postprocessor(_pipeline_config("umap", xi_keep_ratio=1.5))
-    with pytest.raises(ValueError, match=r"unknown keys \['xi_preprocessing'\]"):  # trainers only
+    with pytest.raises(ValueError, match=r"xi_preprocessing was renamed: use preprocessing"):
         get_postprocessor(_pipeline_config("umap", xi_preprocessing="test"))
+    with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.fit_check must be one "
+                                         r"of \('stop', 'warn'\), got 'ignore'"):
+        get_postprocessor(_pipeline_config("um", fit_check="ignore"))
+    with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.batch_size must be a "
+                                         r"positive integer .*0"):
+        get_postprocessor(_pipeline_config("um", batch_size=0))
     options = get_postprocessor(_pipeline_config("umap", freeze_weights="false", lr="0.5")).options
     assert options.finetune.freeze_weights is False and options.finetune.lr == 0.5
 
@@ -82,8 +88,9 @@ def test_setup_once_per_net_and_pickles_without_net(oo, tiny_bench, checkout):
             return self.fc
 
     pp = get_postprocessor(os.path.join(checkout, "configs"), "umap_react", tiny_bench["name"])
-    pp.options = dataclasses.replace(
-        pp.options, finetune=dataclasses.replace(pp.options.finetune, epochs=1))
+    pp.options = dataclasses.replace(  # a list of tensors: the images as given ('test')
+        pp.options, finetune=dataclasses.replace(pp.options.finetune, epochs=1),
+        data=dataclasses.replace(pp.options.data, preprocessing="test"))
     x = torch.randn(6, 3, 28, 28)
     y = torch.arange(6) % 3
     loader = DataLoader([{"data": a, "label": b} for a, b in zip(x, y)], batch_size=6)

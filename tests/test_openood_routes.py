@@ -60,7 +60,8 @@ def test_trainer_route_gives_the_core_engines_weights(oo, mode):
 
 
 @pytest.mark.parametrize("name", ["um_msp", "umap_msp"])
-def test_evaluator_fine_tunes_on_shuffled_batches_of_a_sorted_list(oo, checkout, tmp_path, name):
+def test_evaluator_fine_tunes_on_shuffled_batches_of_a_sorted_list(oo, quick_configs, tmp_path,
+                                                                  name):
     from openood.evaluation_api import Evaluator
     kwargs = make_tiny_benchmark(str(tmp_path), name="sortedbench", sort_train=True)
     with open(os.path.join(kwargs["data_root"], kwargs["id_train"])) as f:
@@ -74,7 +75,7 @@ def test_evaluator_fine_tunes_on_shuffled_batches_of_a_sorted_list(oo, checkout,
             lambda module, args: batches.append(colour_classes(args[0])) if module.training else None)
         with oo.enable_cpu_fallback():
             evaluator = Evaluator(net, id_name="sortedbench", data_root=kwargs["data_root"],
-                                  config_root=os.path.join(checkout, "configs"),
+                                  config_root=quick_configs,
                                   postprocessor_name=name, batch_size=8, num_workers=0)
         hook.remove()
         assert batches and all(len(set(b)) > 1 for b in batches), batches  # mixed-class batches

@@ -195,7 +195,11 @@ def main(argv=None) -> int:
     except (ValueError, OSError, RuntimeError, ImportError) as exc:
         return _error(str(exc))
     if args.command == "run":  # the script's own errors are its own: not caught above
-        run_script(args.script, args.args, cpu=args.cpu)
+        from um_plugin.openood.options import RouteStop
+        try:
+            run_script(args.script, args.args, cpu=args.cpu)
+        except RouteStop as exc:  # e.g. the fit check: the run stopped before any training
+            return _error(str(exc))
     return 0
 
 

@@ -15,7 +15,7 @@ from .postprocessors import UMAPPostprocessor, UMPostprocessor  # noqa: E402
 from .register import RegistrationError, is_registered, register  # noqa: E402
 from .reuse import NetworkReuseError  # noqa: E402
 from .trainers import UMAPTrainer, UMTrainer  # noqa: E402
-from .xi_sanity import XiSanityWarning  # noqa: E402
+from .fit_check import FitCheckError, FitCheckWarning  # noqa: E402
 
 register()
 
@@ -23,5 +23,5 @@ __all__ = [
     "register", "is_registered", "register_benchmark", "unregister_benchmark",
     "write_dataset_config", "enable_cpu_fallback", "disable_cpu_fallback", "UMTrainer",
     "UMAPTrainer", "UMPostprocessor", "UMAPPostprocessor", "OpenOODNotInstalledError",
-    "OpenOODLayoutError", "RegistrationError", "NetworkReuseError", "XiSanityWarning",
+    "OpenOODLayoutError", "RegistrationError", "NetworkReuseError", "FitCheckError", "FitCheckWarning",
 ]

@@ -31,6 +31,7 @@ LAYOUT = (
     ("openood.preprocessors.test_preprocessor", "TestStandardPreProcessor", type),
     ("openood.utils.comm", "is_main_process", types.FunctionType),
     ("openood.utils.launch", "_distributed_worker", types.FunctionType),
+    ("openood.recorders.utils", "get_recorder", types.FunctionType),
 )
 WRAPPED = "__um_plugin_wraps__"  # attribute on our wrappers pointing at OpenOOD's original
 

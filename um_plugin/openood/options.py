@@ -5,8 +5,9 @@ line (``--trainer.trainer_args.loss_constraint 0.3`` keeps the YAML default's ty
 This module only converts types: every default and every rule is the core's
 (``FinetuneConfig``, ``validate_keep_ratio``, ``validate_xi``, ``estimate_xi``); a core
 ``ValueError`` comes back prefixed with the key that held the value, e.g.
-``trainer.trainer_args.keep_ratio: keep_ratio must be in (0, 1] ...``. The two ξ-sanity
-knobs are the adapter's own (they concern OpenOOD's loaders), so their rules live here.
+``trainer.trainer_args.keep_ratio: keep_ratio must be in (0, 1] ...``. Which images the
+method trains on (``preprocessing``), the fit check and the postprocessors' ``batch_size``
+concern OpenOOD's loaders, not the core, so their rules live here.
 """
 from __future__ import annotations
 
@@ -19,20 +20,33 @@ from um_plugin.core import MODES, FinetuneConfig
 from um_plugin.core.masks import validate_keep_ratio
 from um_plugin.core.objective import validate_xi
 
-XI_PREPROCESSING = ("train", "test")  # trainer: images xi is estimated on
-DEFAULT_XI_ACCURACY_MARGIN = 0.10     # warn when xi-loader accuracy < ID val accuracy - this
+PREPROCESSING = ("train", "test")  # images xi and fine-tuning use: augmented (the authors) or not
+FIT_CHECKS = ("stop", "warn")      # what a model that does not fit those images does to the run
+DEFAULT_FIT_MARGIN = 0.10          # ...when its accuracy there is this far below ID validation
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # trainer_args / postprocessor_args keys that are FinetuneConfig fields of the same name
 _SHARED_FINETUNE_KEYS = ("keep_ratio", "threshold", "freeze_weights", "beta", "seed", "precision")
 # postprocessor_args keys for the optimisation (the trainers read OpenOOD's optimizer: section)
-_POSTPROCESSOR_FINETUNE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "nesterov", "min_lr")
+_POSTPROCESSOR_FINETUNE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "nesterov", "min_lr",
+                                "lr_schedule")
 # optimizer: section key -> FinetuneConfig field
 OPTIMIZER_KEYS = {"num_epochs": "epochs", "lr": "lr", "momentum": "momentum",
-                  "weight_decay": "weight_decay", "nesterov": "nesterov", "min_lr": "min_lr"}
-_XI_KEYS = ("loss_constraint", "xi_keep_ratio", "xi_seed", "xi_draws", "xi_accuracy_margin")
-TRAINER_KEYS = _XI_KEYS + ("xi_preprocessing",) + _SHARED_FINETUNE_KEYS
-POSTPROCESSOR_KEYS = _XI_KEYS + _SHARED_FINETUNE_KEYS + _POSTPROCESSOR_FINETUNE_KEYS
+                  "weight_decay": "weight_decay", "nesterov": "nesterov", "min_lr": "min_lr",
+                  "lr_schedule": "lr_schedule"}
+_XI_KEYS = ("loss_constraint", "xi_keep_ratio", "xi_seed", "xi_draws")
+_DATA_KEYS = ("preprocessing", "fit_check", "fit_margin")
+TRAINER_KEYS = _XI_KEYS + _DATA_KEYS + _SHARED_FINETUNE_KEYS
+POSTPROCESSOR_KEYS = (_XI_KEYS + _DATA_KEYS + ("batch_size",) + _SHARED_FINETUNE_KEYS
+                      + _POSTPROCESSOR_FINETUNE_KEYS)
+RENAMED_KEYS = {"xi_preprocessing": "preprocessing (it now sets the images of both xi and "
+                                    "fine-tuning)",
+                "xi_accuracy_margin": "fit_margin (with fit_check: stop|warn)"}
+
+
+class RouteStop(ValueError):
+    """A route refused to go on for a reason the user can fix in the config; ``um-openood run``
+    prints it as one line and exits 2, like a bad config value."""
 
 
 @dataclass(frozen=True)
@@ -41,8 +55,16 @@ class XiOptions:
 
     value: Optional[float] = None                           # None: estimate it
     estimate_kwargs: Mapping = field(default_factory=dict)  # keep_ratio / seed / draws, as given
-    preprocessing: str = "train"                            # trainer: 'test' re-reads the images
-    accuracy_margin: float = DEFAULT_XI_ACCURACY_MARGIN
+
+
+@dataclass(frozen=True)
+class DataOptions:
+    """Which images ξ and fine-tuning use, and the check that the model fits them."""
+
+    preprocessing: str = "train"          # 'train': augmented, as the authors; 'test': not
+    fit_check: str = "stop"
+    fit_margin: float = DEFAULT_FIT_MARGIN
+    batch_size: Optional[int] = None      # postprocessors: None = the ID training loader's
 
 
 @dataclass(frozen=True)
@@ -51,6 +73,7 @@ class MethodOptions:
 
     finetune: FinetuneConfig
     xi: XiOptions
+    data: DataOptions = DataOptions()
 
     @property
     def mode(self) -> str:
@@ -123,23 +146,39 @@ def _xi_options(section: dict, where: str) -> XiOptions:
                 raise ValueError(f"{where}.{key} must be an integer, got {section[key]!r}")
             kwargs[name] = number
     out["estimate_kwargs"] = kwargs
-    if section.get("xi_preprocessing") is not None:
-        if section["xi_preprocessing"] not in XI_PREPROCESSING:
-            raise ValueError(f"{where}.xi_preprocessing must be one of {XI_PREPROCESSING}, "
-                             f"got {section['xi_preprocessing']!r}")
-        out["preprocessing"] = section["xi_preprocessing"]
-    if section.get("xi_accuracy_margin") is not None:
-        margin = convert(section["xi_accuracy_margin"], "float")
-        if isinstance(margin, bool) or not isinstance(margin, float) or not 0 <= margin <= 1:
-            raise ValueError(f"{where}.xi_accuracy_margin must be a number in [0, 1] (a fraction "
-                             f"of accuracy; 1 switches the check off), got "
-                             f"{section['xi_accuracy_margin']!r}")
-        out["accuracy_margin"] = margin
     return XiOptions(**out)
+
+
+def _choice(section: dict, key: str, choices: tuple, where: str, default: str) -> str:
+    value = section.get(key, default)
+    if value not in choices:
+        raise ValueError(f"{where}.{key} must be one of {choices}, got {value!r}")
+    return value
+
+
+def _data_options(section: dict, where: str) -> DataOptions:
+    out = {"preprocessing": _choice(section, "preprocessing", PREPROCESSING, where, "train"),
+           "fit_check": _choice(section, "fit_check", FIT_CHECKS, where, "stop")}
+    if section.get("fit_margin") is not None:
+        margin = convert(section["fit_margin"], "float")
+        if isinstance(margin, bool) or not isinstance(margin, float) or not 0 <= margin <= 1:
+            raise ValueError(f"{where}.fit_margin must be a number in [0, 1] (a fraction of "
+                             f"accuracy), got {section['fit_margin']!r}")
+        out["fit_margin"] = margin
+    if section.get("batch_size") is not None:
+        size = convert(section["batch_size"], "int")
+        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
+            raise ValueError(f"{where}.batch_size must be a positive integer (null: the ID "
+                             f"training loader's), got {section['batch_size']!r}")
+        out["batch_size"] = size
+    return DataOptions(**out)
 
 
 def _section(section: Optional[Mapping], valid: tuple, where: str) -> dict:
     section = {k: v for k, v in dict(section or {}).items() if v is not None}
+    renamed = sorted(set(section) & set(RENAMED_KEYS))
+    if renamed:
+        raise ValueError(f"{where}.{renamed[0]} was renamed: use {RENAMED_KEYS[renamed[0]]}")
     unknown = sorted(set(section) - set(valid))
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {list(valid)}")
@@ -160,12 +199,13 @@ def postprocessor_options(section: Optional[Mapping], mode: str,
     names = _SHARED_FINETUNE_KEYS + _POSTPROCESSOR_FINETUNE_KEYS
     values = {k: section[k] for k in names if k in section}
     config = finetune_config(values, {k: f"{where}.{k}" for k in names}, mode=mode)
-    return MethodOptions(config, xi)
+    return MethodOptions(config, xi, _data_options(section, where))
 
 
 def trainer_options(config, mode: str) -> MethodOptions:
     """Typed options of the ``um`` / ``umap`` trainers: ``trainer.trainer_args`` plus
-    OpenOOD's ``optimizer:`` section (num_epochs, lr, momentum, weight_decay, nesterov, min_lr)."""
+    OpenOOD's ``optimizer:`` section (num_epochs, lr, momentum, weight_decay, nesterov, min_lr,
+    lr_schedule)."""
     _check_mode(mode)
     where = "trainer.trainer_args"
     section = _section(config.trainer.get("trainer_args"), TRAINER_KEYS, where)
@@ -181,4 +221,5 @@ def trainer_options(config, mode: str) -> MethodOptions:
         if optimizer.get(key) is not None:
             values[name] = optimizer[key]
         sources[name] = f"optimizer.{key}"
-    return MethodOptions(finetune_config(values, sources, mode=mode), xi)
+    return MethodOptions(finetune_config(values, sources, mode=mode), xi,
+                         _data_options(section, where))

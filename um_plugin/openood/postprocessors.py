@@ -1,8 +1,10 @@
 """OpenOOD postprocessors ``um`` / ``umap`` (and ``um_<base>`` / ``umap_<base>``).
 
-``setup`` estimates ξ on ``id_loader_dict['train']``, runs the core's UM or UMAP on the network
-*in place* (the Evaluator keeps its own reference to it) over a seeded, shuffled loader of the
-ID training set (OpenOOD builds that loader unshuffled), then hands setup, scoring and the APS
+``setup`` checks that the network fits the ID training images it will train on, estimates ξ on
+them and runs the core's UM or UMAP on the network *in place* (the Evaluator keeps its own
+reference to it) over a seeded, shuffled loader of those images (OpenOOD builds its loader
+unshuffled); ``preprocessing: train`` (the authors) reads them through OpenOOD's train-time
+augmentation, ``test`` as the Evaluator does. Then it hands setup, scoring and the APS
 hyper-parameter search to a base postprocessor (``base: ebo`` by default). A network another
 method already fine-tuned is refused (see ``reuse.py``). Our YAMLs come from
 ``<config_root>/postprocessors/<name>.yml`` when present, else from this package; the base's
@@ -18,16 +20,19 @@ import openood
 from openood.evaluation_api import postprocessor as eval_pp
 from openood.postprocessors import utils as pp_utils
 from openood.postprocessors.base_postprocessor import BasePostprocessor
+from openood.preprocessors.utils import get_preprocessor
 from openood.utils.config import Config, merge_configs
+from torch.utils.data import DataLoader
 
 from um_plugin.core import MODES, run_um, run_umap
 
 from .layout import is_method_name, known_postprocessor_names, original
-from .loaders import shuffled_loader
+from .fit_check import prepare_xi
+from .loaders import evaluator_train_preprocessor, retransformed, shuffled_loader
 from .options import postprocessor_options
+from .presets import log_differences
 from .reuse import Mark, claim, mark_of, new_token, refuse_reuse
 from .sync import unwrap
-from .xi_sanity import resolve_xi
 
 CONFIG_ROOT_ENV = "OPENOOD_CONFIG_ROOT"
 CHECKOUT_ENV = "UM_PLUGIN_OPENOOD_ROOT"
@@ -39,9 +44,7 @@ _NET_WRAPPERS = {
     "adascale_a": ("openood.networks.adascale_net", "AdaScaleANet"),
     "adascale_l": ("openood.networks.adascale_net", "AdaScaleLNet"),
 }
-_XI_FIX = ("estimate xi on images preprocessed as at test time (the Evaluator's default "
-           "preprocessor does that; check a preprocessor you passed) and with the right labels, "
-           "or give postprocessor.postprocessor_args.loss_constraint a number")
+_WHERE = "postprocessor.postprocessor_args"
 
 
 def split_name(name: str):
@@ -170,14 +173,30 @@ class UnleashingPostprocessor(BasePostprocessor):
             return
         refuse_reuse(model, f"postprocessor {self.name!r}")
         train = id_loader_dict["train"]
-        finetune = self.options.finetune
-        loader = shuffled_loader(train, finetune.seed, "postprocessor: id_loader_dict['train']")
-        self.xi = resolve_xi(model, train, self.options.xi, fix=_XI_FIX,
-                             where="postprocessor.postprocessor_args",
+        finetune, data = self.options.finetune, self.options.data
+        what = "postprocessor: id_loader_dict['train']"
+        dataset = train.dataset
+        if data.preprocessing == "train":
+            dataset = retransformed(train, self._train_preprocessor(),
+                                    f"{_WHERE}.preprocessing: train")
+        batch_size = data.batch_size or train.batch_size
+        loader = shuffled_loader(train, finetune.seed, what, dataset=dataset, batch_size=batch_size)
+        in_order = DataLoader(dataset, batch_size=batch_size, shuffle=False,
+                              num_workers=train.num_workers, collate_fn=train.collate_fn)
+        log_differences(self.options, f"postprocessor {self.name!r}", batch_size=batch_size)
+        self.xi = prepare_xi(model, in_order, self.options.xi, data, where=_WHERE,
                              reference=id_loader_dict.get("val"))
         (run_umap if self.mode == "umap" else run_um)(model, loader, self.xi, finetune)
         net.eval()
         claim(model, Mark(self.mode, f"postprocessor {self.name!r}", self.token))
+
+    def _train_preprocessor(self):
+        """OpenOOD's train-time preprocessor: the pipeline's own when a test_ood pipeline runs
+        us (its config has the dataset's sizes), else the Evaluator's ID set's."""
+        dataset = self.config.get("dataset") or {}
+        if "image_size" in dataset and self.config.get("preprocessor") is not None:
+            return get_preprocessor(self.config, "train")
+        return evaluator_train_preprocessor(dataset.get("name"))
 
     # --- OpenOOD's postprocessor contract --------------------------------------------------
     def setup(self, net, id_loader_dict, ood_loader_dict):

@@ -1,6 +1,7 @@
 """Make ``um`` / ``umap`` (and ``um_<base>`` / ``umap_<base>``) names every OpenOOD lookup finds.
 
-OpenOOD's registries are dict literals inside ``get_trainer`` and ``get_postprocessor``
+OpenOOD's registries are dict literals inside ``get_trainer``, ``get_recorder`` (wrapped so
+the ``um`` / ``umap`` trainers' ``best.ckpt`` is the final model) and ``get_postprocessor``
 (``openood.postprocessors.utils``) plus the module-level ``postprocessors`` dict next to the
 Evaluator's ``get_postprocessor`` (``openood.evaluation_api.postprocessor``), and pipelines and
 the Evaluator hold their own copies of those functions (``from ... import get_trainer``). So
@@ -17,6 +18,7 @@ from openood.trainers import utils as trainer_utils
 from um_plugin.core import MODES
 
 from . import postprocessors as ours_pp
+from . import recorder as ours_rec
 from . import trainers as ours_tr
 from .layout import (WRAPPED, OpenOODLayoutError, OpenOODNotInstalledError, is_method_name,
                      literal_names, load_layout, openood_where, original, require_openood)
@@ -78,6 +80,7 @@ def register() -> None:
     _check_no_clash(modules, ours)
 
     _hook(modules["openood.trainers.utils"], "get_trainer", ours_tr.make_get_trainer)
+    _hook(modules["openood.recorders.utils"], "get_recorder", ours_rec.make_get_recorder)
     _hook(modules["openood.postprocessors.utils"], "get_postprocessor",
           ours_pp.make_pipeline_get_postprocessor)
     _hook(modules["openood.evaluation_api.postprocessor"], "get_postprocessor",

@@ -5,8 +5,11 @@ returns ``(net, metrics)``, so ``main.py`` with ``configs/pipelines/train/train_
 trains them. The loop is the core's ``Finetuner`` (no loop here); what differs per route is
 passed in: the settings from ``trainer.trainer_args`` and OpenOOD's ``optimizer:`` section,
 the gradient all-reduce (OpenOOD wraps the net in DDP before the trainer exists, so DDP does
-not know UMAP's mask scores), a buffer broadcast after each epoch, and which loader ξ is
-estimated on. ``train_epoch`` returns a plain network, so ``best.ckpt`` loads into a fresh one.
+not know UMAP's mask scores), a buffer broadcast after each epoch, and the images ξ and
+fine-tuning use (``preprocessing``: OpenOOD's training loader as it is, or the same images at
+test-time preprocessing). Before any step the model must fit those images (``fit_check.py``).
+``train_epoch`` returns a plain network, so ``best.ckpt`` loads into a fresh one; OpenOOD's
+recorder makes ``best.ckpt`` the final epoch's model for these trainers (``recorder.py``).
 """
 from __future__ import annotations
 
@@ -15,15 +18,14 @@ from torch import nn
 from um_plugin.core import Finetuner
 
 from .export import PlainCopy
-from .loaders import test_time_loader
+from .fit_check import prepare_xi
+from .loaders import like, test_time_dataset
 from .options import trainer_options
+from .presets import log_differences
 from .reuse import Mark, claim, new_token, refuse_reuse
 from .sync import average_gradients, broadcast_buffers, mean_over_ranks, unwrap
-from .xi_sanity import resolve_xi
 
-_XI_FIX = ("set trainer.trainer_args.xi_preprocessing: test (estimate xi on the training "
-           "images with the test-time preprocessing), or give trainer.trainer_args."
-           "loss_constraint a number")
+_WHERE = "trainer.trainer_args"
 
 
 class UnleashingTrainer:
@@ -42,14 +44,18 @@ class UnleashingTrainer:
         self.val_loader = val_loader
         self.config = config
 
-        xi_loader = train_loader
-        if self.options.xi.preprocessing == "test" and self.options.xi.value is None:
-            xi_loader = test_time_loader(train_loader, config)
-        self.xi = resolve_xi(self.model, xi_loader, self.options.xi, where="trainer.trainer_args",
-                             fix=_XI_FIX, reference=val_loader)
+        xi_loader = self.fit_loader = train_loader
+        if self.options.data.preprocessing == "test":
+            what = f"{_WHERE}.preprocessing: test"
+            dataset = test_time_dataset(train_loader, config, what)
+            xi_loader = like(train_loader, dataset, what, shuffle=False)
+            self.fit_loader = like(train_loader, dataset, what, shuffle=True)
+        log_differences(self.options, f"the {self.mode} trainer", batch_size=train_loader.batch_size)
+        self.xi = prepare_xi(self.model, xi_loader, self.options.xi, self.options.data,
+                             where=_WHERE, reference=val_loader)
         self.plain = PlainCopy(self.model) if self.mode == "umap" else None  # before masking
         self.tuner = Finetuner(self.model, self.xi, self.options.finetune,
-                               steps_per_epoch=len(train_loader), grad_hook=average_gradients)
+                               steps_per_epoch=len(self.fit_loader), grad_hook=average_gradients)
         mark = Mark(self.mode, f"trainer {self.mode!r}", new_token())
         for fine_tuned in (self.model, self.output_net()):
             claim(fine_tuned, mark)
@@ -70,7 +76,10 @@ class UnleashingTrainer:
         if self.tuner.epoch >= epochs:
             raise RuntimeError(f"the {self.mode} trainer has run all {epochs} epochs "
                                "(optimizer.num_epochs); raise num_epochs to train longer")
-        stats = self.tuner.train_epoch(self.train_loader, epoch=epoch_idx - 1)
+        sampler = getattr(self.fit_loader, "sampler", None)
+        if self.fit_loader is not self.train_loader and hasattr(sampler, "set_epoch"):
+            sampler.set_epoch(epoch_idx - 1)  # as OpenOOD's pipeline does for its own loader
+        stats = self.tuner.train_epoch(self.fit_loader, epoch=epoch_idx - 1)
         broadcast_buffers(self.model)
         if self.tuner.epoch >= epochs:
             self.tuner.finish()  # UMAP: bake the mask into the weights of the original net

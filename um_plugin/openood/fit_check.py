@@ -1,0 +1,102 @@
+"""ξ for the OpenOOD routes, and the check that the model fits the images it will train on.
+
+UM fine-tunes under ξ, the model's own training loss under a random mask. If the images the
+route trains on are not ones the model fits (OpenOOD's train preprocessor flips and crops; a
+base trained without augmentation scores far lower there; wrong labels), ξ comes out far too
+high and the loss the engine fits is not the model's: fine-tuning wrecks it. So before any
+fine-tuning the route measures the unmasked accuracy on those images and on ID validation data;
+when the first is more than ``fit_margin`` below the second the run stops (``fit_check:
+stop``, the default) with one line naming both and the fix, or warns and goes on (``warn``).
+"""
+from __future__ import annotations
+
+import warnings
+from typing import Optional
+
+import torch
+from torch import nn
+
+from um_plugin.core.batches import unpack_batch
+from um_plugin.core.distributed import all_reduce_sum, is_main_process
+from um_plugin.core.xi import estimate_xi
+
+from .options import DataOptions, RouteStop, XiOptions
+
+
+class FitCheckError(RouteStop):
+    """The model does not fit the images the route would fine-tune it on; nothing was trained."""
+
+
+class FitCheckWarning(UserWarning):
+    """As :class:`FitCheckError`, with ``fit_check: warn``: the run goes on."""
+
+
+def log(line: str) -> None:
+    if is_main_process():
+        print(line, flush=True)
+
+
+@torch.no_grad()
+def accuracy(model: nn.Module, loader, what: str = "the ID validation loader") -> float:
+    """Top-1 accuracy of ``model`` on ``loader`` in eval mode, summed over ranks; every
+    module's train/eval flag is given back as it was."""
+    flags = [(m, m.training) for m in model.modules()]
+    device = next(model.parameters()).device
+    counts = torch.zeros(2, dtype=torch.float64, device=device)
+    model.eval()
+    try:
+        for batch in loader:
+            x, y = unpack_batch(batch)
+            x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+            counts[0] += (model(x).argmax(1) == y).sum()
+            counts[1] += y.numel()
+    finally:
+        for module, flag in flags:
+            module.training = flag
+    counts = all_reduce_sum(counts)
+    if counts[1] == 0:
+        raise ValueError(f"{what} yielded no samples")
+    return float(counts[0] / counts[1])
+
+
+def prepare_xi(model: nn.Module, loader, xi: XiOptions, data: DataOptions, *, where: str,
+               reference=None) -> float:
+    """ξ (given, or estimated on ``loader``), after checking that ``model`` fits ``loader``'s
+    images about as well as ``reference`` (ID validation data); logs both accuracies.
+
+    ``where`` names the config section (``trainer.trainer_args``) in every message.
+    """
+    if xi.value is not None:
+        value, source = xi.value, f"xi = {xi.value:.6g} (from {where}.loss_constraint)"
+        if reference is None:  # nothing to check against: leave the loader's RNG untouched
+            log(f"[um-plugin] loss constraint {source}; no ID validation loader, so the fit "
+                "check is skipped")
+            return value
+        fit = accuracy(model, loader, f"the {data.preprocessing!r} training loader")
+    else:
+        estimate = estimate_xi(model, loader, **xi.estimate_kwargs, progress=is_main_process(),
+                               report=True)
+        value, source, fit = estimate.xi, f"estimated: {estimate.summary()}", estimate.base_accuracy
+    seen = (f"training images with {data.preprocessing}-time preprocessing "
+            f"({where}.preprocessing: {data.preprocessing})")
+    line = f"[um-plugin] loss constraint {source}; unmasked accuracy {fit:.1%} on the {seen}"
+    reference_accuracy = None if reference is None else accuracy(model, reference)
+    if reference_accuracy is None:
+        log(line + "; no ID validation loader, so the fit check is skipped")
+        return value
+    log(line + f", {reference_accuracy:.1%} on ID validation data")
+    if fit < reference_accuracy - data.fit_margin:
+        other = "test" if data.preprocessing == "train" else "train"
+        message = (
+            f"the model's accuracy on the {seen} is {fit:.1%}, {100 * (reference_accuracy - fit):.1f} "
+            f"points below its {reference_accuracy:.1%} on ID validation data (more than "
+            f"{where}.fit_margin = {data.fit_margin:g}): it does not fit the images it would be "
+            f"fine-tuned on (trained without augmentation? wrong labels?), so xi = {value:.4g} and "
+            f"fine-tuning would wreck it. Fix: set {where}.preprocessing: {other}, or "
+            f"{where}.fit_check: warn to fine-tune anyway")
+        if data.fit_check == "stop":
+            raise FitCheckError(message)
+        if is_main_process():
+            warnings.warn(message, FitCheckWarning, stacklevel=2)
+        log(f"[um-plugin] WARNING (fit_check: warn, going on): {message}")
+    return value

@@ -1,0 +1,62 @@
+"""``best.ckpt`` of a UM / UMAP run is the final epoch's model, as the authors score it.
+
+OpenOOD's ``BaseRecorder`` writes ``best.ckpt`` whenever ID validation accuracy reaches a new
+best, and ``scripts/eval_ood.py`` and every OpenOOD tool read ``best.ckpt``. UM lowers ID
+accuracy by design, so that file would be an early, barely changed epoch, not the method the
+authors report (their OOD numbers are on the last epoch's model). For the ``um`` / ``umap``
+trainers the recorder therefore writes ``best.ckpt`` after every epoch with that epoch's model
+(so at the end it holds the final one) and says so; OpenOOD's own files
+(``best_epoch*_acc*.ckpt``, ``last_epoch*.ckpt``, ``model_epoch*.ckpt``) stay as it writes them.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from openood.recorders.base_recorder import BaseRecorder
+
+from um_plugin.core import MODES
+
+from .options import RouteStop
+
+BEST = "best.ckpt"
+
+
+class FinalModelRecorder(BaseRecorder):
+    """OpenOOD's base recorder, with ``best.ckpt`` always the latest epoch's model."""
+
+    def save_model(self, net, val_metrics):
+        super().save_model(net, val_metrics)
+        state = getattr(net, "module", net).state_dict()
+        path = os.path.join(self.output_dir, BEST)
+        tmp = path + ".tmp"
+        torch.save(state, tmp)
+        os.replace(tmp, path)  # atomic: a killed save keeps the previous epoch's file
+        self.final_epoch_idx = val_metrics["epoch_idx"]
+        self.final_acc = val_metrics["acc"]
+
+    def summary(self):
+        super().summary()
+        epoch = getattr(self, "final_epoch_idx", None)
+        if epoch is not None:
+            print(f"[um-plugin] {BEST} holds the final epoch's model (epoch {epoch}, val acc "
+                  f"{100 * self.final_acc:.2f}), the model the authors report OOD results on; "
+                  f"the highest-val-accuracy one is best_epoch{self.best_epoch_idx}_acc"
+                  f"{self.best_acc:.4f}.ckpt", flush=True)
+
+
+def make_get_recorder(openood_get_recorder):
+    """Wrap OpenOOD's ``get_recorder``: the ``um`` / ``umap`` trainers get the final model."""
+
+    def get_recorder(config):
+        trainer = config.trainer.name if config.get("trainer") is not None else None
+        if trainer not in MODES:
+            return openood_get_recorder(config)
+        name = config.recorder.name
+        if name != "base":
+            raise RouteStop(f"recorder.name: the {trainer} trainer needs recorder 'base' (its "
+                             f"best.ckpt is made the final epoch's model), got {name!r}")
+        return FinalModelRecorder(config)
+
+    get_recorder.__doc__ = openood_get_recorder.__doc__
+    return get_recorder
