@@ -8,6 +8,7 @@ half the images: a base that fits the un-augmented images (here built to, as one
 without augmentation would) scores ~50% there and 100% on ID validation data. The loaders
 are OpenOOD's own, built by ``get_dataloader`` from the dataset YAML this project writes.
 """
+import os
 import warnings
 
 import pytest
@@ -133,3 +134,74 @@ def test_bad_and_renamed_values_are_named(oo, tmp_path):
         config.trainer.trainer_args = args
         with pytest.raises(ValueError, match=pattern):
             get_trainer(HalvesNet(), loaders["train"], loaders["val"], config)
+
+
+@pytest.fixture
+def halves_bench(oo, tmp_path):
+    from openood_fixtures import make_halves_benchmark
+    kwargs = make_halves_benchmark(str(tmp_path / "data"), name="halvesbench")
+    ood = kwargs["id_test"]  # the fit check runs before any OOD set is read
+    oo.register_benchmark(**kwargs, ood_val=ood, near_ood={"near": ood}, far_ood={"far": ood})
+    yield kwargs
+    oo.unregister_benchmark("halvesbench")
+
+
+def _route2_config_root(checkout, tmp_path, mode, **args):
+    """OpenOOD's postprocessor YAMLs plus our ``mode``.yml with ``args`` over the shipped one."""
+    import shutil
+
+    import yaml
+
+    from um_plugin.cli import configs_root
+    root = tmp_path / "configs"
+    shutil.copytree(os.path.join(checkout, "configs", "postprocessors"), root / "postprocessors")
+    with open(os.path.join(configs_root(), "postprocessors", f"{mode}.yml")) as f:
+        config = yaml.safe_load(f)
+    config["postprocessor"]["postprocessor_args"].update(args)
+    with open(root / "postprocessors" / f"{mode}.yml", "w") as f:
+        yaml.safe_dump(config, f)
+    return str(root)
+
+
+@pytest.mark.parametrize("mode", ["um", "umap"])
+def test_route2_default_fine_tunes_on_augmented_images_and_stops_a_model_that_does_not_fit_them(
+        oo, halves_bench, checkout, tmp_path, mode):
+    from openood.evaluation_api import Evaluator
+    model = HalvesNet()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    seen = _images_seen(model)
+    torch.manual_seed(0)
+    with oo.enable_cpu_fallback(), pytest.raises(oo.FitCheckError) as info:
+        Evaluator(model, id_name="halvesbench", data_root=halves_bench["data_root"],
+                  config_root=os.path.join(checkout, "configs"), postprocessor_name=f"{mode}_msp",
+                  batch_size=8, num_workers=0)
+    message = str(info.value)
+    assert message.startswith("the model's accuracy on the training images with train-time "
+                              "preprocessing (postprocessor.postprocessor_args.preprocessing: train)")
+    assert "100.0% on ID validation data" in message and "\n" not in message
+    assert seen["train"] == []
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+
+
+def test_route2_train_preprocessing_feeds_augmented_images_and_test_feeds_the_evaluators(
+        oo, halves_bench, checkout, tmp_path):
+    from openood.evaluation_api import Evaluator
+    kwargs = dict(id_name="halvesbench", data_root=halves_bench["data_root"],
+                  postprocessor_name="um_msp", batch_size=8, num_workers=0)
+    runs = {}
+    for preprocessing in ("train", "test"):
+        root = _route2_config_root(checkout, tmp_path / preprocessing, "um", epochs=1, lr=0.01,
+                                   preprocessing=preprocessing, fit_check="warn")
+        model = HalvesNet()
+        seen = _images_seen(model)
+        with oo.enable_cpu_fallback(), warnings.catch_warnings():
+            warnings.simplefilter("ignore", oo.FitCheckWarning)
+            evaluator = Evaluator(model, config_root=root, **kwargs)
+        dataset = evaluator.dataloader_dict["id"]["train"].dataset
+        as_read = {tuple(dataset[i]["data"].flatten().tolist()) for i in range(len(dataset))}
+        trained = [tuple(x.flatten().tolist()) for x in seen["train"]]
+        runs[preprocessing] = (evaluator.postprocessor.xi, trained, as_read)
+    xi_train, trained, as_read = runs["train"]
+    assert len(trained) == len(as_read) and not set(trained) <= as_read  # flips and crops
+    xi_test, trained, as_read = runs["test"]
+    assert set(trained) == as_read and xi_test < 0.01 < xi_train

@@ -1,0 +1,119 @@
+"""Route 1 through OpenOOD's real ``main.py``: the checkpoint OpenOOD's tools read is UM's final
+model, and a base that does not fit the images it would be fine-tuned on stops the run.
+
+The 'halves' benchmark (two classes: which half of the image is bright) is class-balanced; a
+LeNet trained here on its un-augmented images fits them, but OpenOOD's train preprocessor flips
+half of them into the other class.
+"""
+import glob
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from openood_fixtures import make_halves_benchmark
+
+MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _cli(*args, cwd, expect=0):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "um_plugin.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc
+
+
+@pytest.fixture(scope="module")
+def halves(oo, checkout, tmp_path_factory):
+    """The halves benchmark's dataset YAML and a LeNet checkpoint that fits its plain images."""
+    from openood.datasets import get_dataloader
+    from openood.networks.lenet import LeNet
+    from openood.preprocessors.test_preprocessor import TestStandardPreProcessor
+    from openood.utils import Config
+
+    from um_plugin.openood.benchmarks import dataset_config, save_yaml
+    from um_plugin.openood.loaders import like, test_time_dataset
+    root = tmp_path_factory.mktemp("halves")
+    bench = make_halves_benchmark(str(root / "data"))
+    config = dataset_config(**bench, batch_size=8)
+    yml = save_yaml(config, str(root / "halves.yml"), "halves")
+    cfg = Config({**config, "preprocessor": {"name": "base"}, "num_workers": 0, "num_gpus": 1,
+                  "num_machines": 1})
+    cfg.parse_refs()
+    train = get_dataloader(cfg)["train"]
+    plain = like(train, test_time_dataset(train, cfg, "test"), "test", shuffle=True)
+    assert isinstance(plain.dataset.transform_image, TestStandardPreProcessor)
+    torch.manual_seed(0)
+    net = LeNet(num_classes=2, num_channel=3)
+    opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
+    for _ in range(30):
+        for batch in plain:
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(batch["data"]), batch["label"]).backward()
+            opt.step()
+    with torch.no_grad():  # softer logits, same predictions: a loss of 0.3, not saturated at 0
+        net.eval()
+        batches = list(plain)
+        logits = torch.cat([net(b["data"]) for b in batches])
+        labels = torch.cat([b["label"] for b in batches])
+        assert (logits.argmax(1) == labels).all()
+        lo, hi = 0.0, 1.0
+        for _ in range(50):  # the cross-entropy falls as the logits grow
+            mid = (lo + hi) / 2
+            lo, hi = (mid, hi) if torch.nn.functional.cross_entropy(mid * logits, labels) > 0.3 \
+                else (lo, mid)
+        net.classifier1.weight.mul_(hi)
+        net.classifier1.bias.mul_(hi)
+    ckpt = root / "base.ckpt"
+    torch.save(net.state_dict(), ckpt)
+    return {"yml": yml, "ckpt": str(ckpt), "root": root}
+
+
+def _main_py(checkout, halves, trainer, out, *extra, expect=0):
+    from um_plugin.cli import configs_root
+    return _cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config", halves["yml"],
+                os.path.join(checkout, "configs/networks/lenet.yml"),
+                os.path.join(configs_root(), f"train_{trainer}.yml"),
+                os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
+                "--network.checkpoint", halves["ckpt"],
+                "--num_workers", "0", "--output_dir", str(out), *extra,
+                cwd=halves["root"], expect=expect)
+
+
+def test_a_base_that_does_not_fit_the_augmented_images_stops_main_py_in_one_line(
+        oo, checkout, halves, tmp_path):
+    proc = _main_py(checkout, halves, "um", tmp_path / "results", expect=2)
+    lines = [line for line in proc.stderr.splitlines() if "error" in line]  # no traceback
+    assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
+    assert proc.stderr.strip().splitlines()[-1] == lines[0]
+    assert lines[0].startswith("um-openood: error: the model's accuracy on the training images "
+                               "with train-time preprocessing")
+    assert "100.0% on ID validation data" in lines[0]
+    assert "Fix: set trainer.trainer_args.preprocessing: test" in lines[0]
+    assert "um epoch" not in proc.stderr and not glob.glob(str(tmp_path / "results/**/*.ckpt"),
+                                                           recursive=True)
+
+
+@pytest.mark.parametrize("trainer", ["um", "umap"])
+def test_best_ckpt_is_the_final_epochs_model(oo, checkout, halves, tmp_path, trainer):
+    # xi = 2 drives the training loss up to 2 (above chance for 2 classes), so ID validation
+    # accuracy falls epoch by epoch and OpenOOD's own choice would be an early epoch
+    out = tmp_path / "results"
+    lr = {"um": "0.001", "umap": "20"}[trainer]
+    proc = _main_py(checkout, halves, trainer, out, "--trainer.trainer_args.preprocessing", "test",
+                    "--trainer.trainer_args.loss_constraint", "2.0", "--optimizer.num_epochs", "4",
+                    "--optimizer.lr", lr, "--dataset.train.batch_size", "8")
+    [run] = glob.glob(str(out / "*" / "s0"))
+    [last] = glob.glob(os.path.join(run, "last_epoch4_acc*.ckpt"))
+    [best_acc] = glob.glob(os.path.join(run, "best_epoch*_acc*.ckpt"))
+    assert not os.path.basename(best_acc).startswith("best_epoch4_"), proc.stdout[-3000:]
+    best = torch.load(os.path.join(run, "best.ckpt"), weights_only=True)
+    final = torch.load(last, weights_only=True)
+    assert best.keys() == final.keys() and all(torch.equal(best[k], final[k]) for k in best)
+    early = torch.load(best_acc, weights_only=True)
+    assert any(not torch.equal(early[k], final[k]) for k in early)
+    assert "best.ckpt holds the final epoch's model (epoch 4" in proc.stdout
+    assert "differs from the authors' setting in: epochs 4" in proc.stdout
