@@ -121,7 +121,7 @@ def test_umap_train_then_stock_eval_ood_script(oo, checkout, tmp_path):
                 tree / "configs" / "postprocessors")
     install_configs(str(tree / "configs"))
     umap_yml = tree / "configs" / "postprocessors" / "umap.yml"
-    umap_yml.write_text(umap_yml.read_text().replace("epochs: 10", "epochs: 1"))
+    umap_yml.write_text(umap_yml.read_text().replace("epochs: 100", "epochs: 1"))
     make_openood_layout(str(tree / "data"), "cifar10", size=32, per_list=8)
     torch.manual_seed(0)
     torch.save(ResNet18_32x32(num_classes=10).state_dict(), tmp_path / "pretrained.ckpt")

@@ -13,7 +13,7 @@ from um_plugin.core import OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig
 
 SUITES = ("cifar10", "cifar100", "imagenet")
 METHODS = ("baseline", "um", "umap")
-_CORE = FinetuneConfig()  # the official configs are the core's defaults
+_CORE = FinetuneConfig()  # the core's defaults are the authors' code
 _OFFICIAL = dict(epochs=_CORE.epochs, lr=_CORE.lr, batch=256, keep_ratio=OFFICIAL_UMAP_KEEP_RATIO)
 
 # The paper's numbers that could be read (sources: the README's Benchmarks section):
@@ -28,7 +28,7 @@ PAPER = {
 PAPER_IMAGENET_OOD = ("inaturalist", "sun", "places", "texture")
 IMAGENET_ID_NAME = "imagenet_um_paper"  # contains "imagenet": OpenOOD's loaders treat it so
 
-# official configs for CIFAR (100 epochs, lr 0.1 cosine, batch 256, UMAP keep 0.8)
+# the authors' CIFAR configs (100 epochs, lr 0.1 per-epoch cosine, batch 256, UMAP keep 0.8)
 DEFAULTS = {
     "cifar10": dict(_OFFICIAL),
     "cifar100": dict(_OFFICIAL),

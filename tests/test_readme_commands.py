@@ -1,0 +1,90 @@
+"""Every command README.md shows runs as written, on tiny data made here.
+
+* the method's Python snippet, with ``model`` / ``train_loader`` a tiny CNN and its data;
+* ``um-openood dataset-config ...`` with ``/data`` a tiny benchmark on disk;
+* Route 1's two commands, in a miniature OpenOOD tree (``main.py``, ``configs/``, a tiny
+  offline CIFAR-10 under ``./data``, a base checkpoint where the command expects it), with
+  ``--cpu`` (this machine has no GPU) and ``--num_workers 0`` added; nothing else changes.
+"""
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from core_helpers import TinyCNN, loader
+from openood_fixtures import make_openood_layout, make_tiny_benchmark
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+
+
+def _blocks(language):
+    return re.findall(rf"```{language}\n(.*?)```", README, flags=re.S)
+
+
+def _commands(text):
+    """Shell commands of a block: continuation lines joined, comments dropped."""
+    joined = text.replace("\\\n", " ")
+    return [shlex.split(line, comments=True) for line in joined.splitlines()
+            if line.strip() and not line.lstrip().startswith("#")]
+
+
+def _cli(args, cwd):
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-m", "um_plugin.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=420)
+    assert proc.returncode == 0, f"{args}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    return proc.stdout
+
+
+def test_the_method_snippet_runs(capsys):
+    [snippet] = [b for b in _blocks("python") if "from um_plugin import" in b]
+    torch.manual_seed(0)
+    model = TinyCNN()
+    exec(compile(snippet, "README.md", "exec"), {"model": model, "train_loader": loader()})
+    assert "xi =" in capsys.readouterr().out
+
+
+def test_dataset_config_command_runs_as_written(oo, tmp_path):
+    [command] = [c for c in re.findall(r"`(um-openood dataset-config[^`]*)`", README, flags=re.S)]
+    args = shlex.split(command.replace("\n", " "))[1:]
+    data = tmp_path / "data"
+    make_tiny_benchmark(str(data), name="mybench", num_classes=10)
+    args = [str(data) if a == "/data" else a for a in args]
+    assert "/data" in command and str(data) in args
+    out = _cli(args, cwd=tmp_path)
+    assert out.strip() == "mybench.yml" and (tmp_path / "mybench.yml").is_file()
+
+
+def test_route1_commands_run_as_written(oo, checkout, tmp_path):
+    from openood.networks import ResNet18_32x32
+
+    from um_plugin.cli import install_configs
+    [block] = [b for b in _blocks("bash") if "main.py" in b and "eval_ood.py" in b]
+    train, evaluate = _commands(block)
+    tree = tmp_path / "OpenOOD"
+    (tree / "scripts").mkdir(parents=True)
+    os.symlink(os.path.join(checkout, "main.py"), tree / "main.py")
+    os.symlink(os.path.join(checkout, "scripts", "eval_ood.py"), tree / "scripts" / "eval_ood.py")
+    for folder in ("datasets", "networks", "preprocessors", "postprocessors"):
+        shutil.copytree(os.path.join(checkout, "configs", folder), tree / "configs" / folder)
+    install_configs(str(tree / "configs"), force=True)
+    make_openood_layout(str(tree / "data"), "cifar10", size=32, per_list=8)
+    base = tree / "results/cifar10_resnet18_32x32_base_e100_lr0.1_default/s0/best.ckpt"
+    base.parent.mkdir(parents=True)
+    torch.manual_seed(0)
+    torch.save(ResNet18_32x32(num_classes=10).state_dict(), base)
+
+    assert train[:3] == ["um-openood", "run", "main.py"] and str(base.relative_to(tree)) in train
+    out = _cli(["run", "--cpu", *train[2:], "--num_workers", "0"], cwd=tree)
+    assert "the umap trainer runs the authors' setting" in out
+    assert "best.ckpt holds the final epoch's model (epoch 100" in out
+    assert evaluate[:3] == ["um-openood", "run", "scripts/eval_ood.py"]
+    out = _cli(["run", "--cpu", *evaluate[2:]], cwd=tree)
+    table = out[out.rindex("FPR@95"):]
+    assert "farood" in table and "nan" not in table.lower()
