@@ -17,6 +17,7 @@ from um_plugin.core import MODES
 
 from .layout import is_method_name
 from .options import postprocessor_options, trainer_options
+from .postprocessors import split_name
 
 
 def reads_config(script: str) -> bool:
@@ -135,7 +136,6 @@ def read_config(script: str, args: list):
 
 def check_methods(config) -> None:
     """Our option checks for a ``um`` / ``umap`` trainer or postprocessor in ``config``."""
-    from .postprocessors import split_name
     trainer = config.trainer.name if config.trainer is not None else None
     if trainer in MODES:
         trainer_options(config, trainer)
