@@ -239,3 +239,14 @@ def test_route1_bad_yaml_values_stop_in_one_line(oo, checkout, tmp_path, monkeyp
                    extra=["--postprocessor.postprocessor_args.epochs", "0"])
     _one_line_error(capsys, argv, "postprocessor.postprocessor_args.epochs")
     assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["install-configs"], ["configs"], ["dataset-config"]])
+def test_help_is_plain_text(capsys, command):
+    """Issue 17: `um-openood --help` showed the module docstring's reST markup (``...``)."""
+    from um_plugin.cli import main
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "usage: um-openood" in out
+    assert "``" not in out and ":func:" not in out
