@@ -134,12 +134,16 @@ def test_interrupted_run_keeps_finished_seeds(tmp_path, monkeypatch):
     assert "baseline | msp" in (out / "summary.md").read_text()
 
 
-def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path):
+def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path, capsys):
     need_openood()
     from benchmarks.metrics import id_ood_metrics
     from um_plugin.openood.benchmarks import unregister_benchmark
     data = emb.build_embedded(n_ood=40, n_val_ood=20)
-    scorer = scoring.OpenOODScorer(data, str(tmp_path / "oo"), id_name="mnist5k_parity")
+    scorer = scoring.OpenOODScorer(data, str(tmp_path / "oo"), id_name="mnist5k_parity",
+                                   progress=True)
+    err = capsys.readouterr().err  # its setup's stages, each with progress (issue 17)
+    for stage in ("write images", "build the Evaluator", "read the test images"):
+        assert f"OpenOOD: {stage}" in err
     try:
         model = make_model(3)
         tensors = {"id_test": emb.to_tensor(data.id["test"][0])}
