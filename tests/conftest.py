@@ -51,7 +51,8 @@ def checkout(oo):
     """OpenOOD's source checkout (main.py, scripts/eval_ood.py, configs/)."""
     path = openood_checkout()
     if path is None:
-        _missing("no OpenOOD checkout found (set UM_PLUGIN_OPENOOD_ROOT to one)")
+        _missing("no OpenOOD checkout found: install OpenOOD editable from one (pip install -e "
+                 "<OpenOOD checkout>) or set UM_PLUGIN_OPENOOD_ROOT to one")
     return path
 
 

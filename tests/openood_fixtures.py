@@ -8,6 +8,7 @@ and the list files, deterministically.
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import os
 
 import numpy as np
@@ -31,9 +32,22 @@ def need_openood():
         _missing(f"OpenOOD is not importable ({exc})")
 
 
+def _installed_openood_parent():
+    """The folder above the importable ``openood`` package (an editable install's checkout), or
+    None; found without importing OpenOOD."""
+    try:
+        spec = importlib.util.find_spec("openood")
+    except (ImportError, ValueError):
+        return None
+    if spec is None or not spec.origin:
+        return None
+    return os.path.dirname(os.path.dirname(os.path.abspath(spec.origin)))
+
+
 def openood_checkout():
-    """An OpenOOD source checkout (main.py, scripts/, configs/), or None."""
-    candidates = [os.environ.get(CHECKOUT_ENV),
+    """An OpenOOD source checkout (main.py, scripts/, configs/), or None:
+    ``$UM_PLUGIN_OPENOOD_ROOT`` first, then the one an editable install of OpenOOD points into."""
+    candidates = [os.environ.get(CHECKOUT_ENV), _installed_openood_parent(),
                   os.path.expanduser("~/.cache/um-plugin/OpenOOD")]
     for path in candidates:
         if path and os.path.isfile(os.path.join(path, "main.py")) and \

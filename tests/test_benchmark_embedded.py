@@ -134,12 +134,16 @@ def test_interrupted_run_keeps_finished_seeds(tmp_path, monkeypatch):
     assert "baseline | msp" in (out / "summary.md").read_text()
 
 
-def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path):
+def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path, capsys):
     need_openood()
     from benchmarks.metrics import id_ood_metrics
     from um_plugin.openood.benchmarks import unregister_benchmark
     data = emb.build_embedded(n_ood=40, n_val_ood=20)
-    scorer = scoring.OpenOODScorer(data, str(tmp_path / "oo"), id_name="mnist5k_parity")
+    scorer = scoring.OpenOODScorer(data, str(tmp_path / "oo"), id_name="mnist5k_parity",
+                                   progress=True)
+    err = capsys.readouterr().err  # its setup's stages, each with progress (issue 17)
+    for stage in ("write images", "build the Evaluator", "read the test images"):
+        assert f"OpenOOD: {stage}" in err
     try:
         model = make_model(3)
         tensors = {"id_test": emb.to_tensor(data.id["test"][0])}
@@ -158,3 +162,99 @@ def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path):
                     assert table.sets[name].get(metric) == pytest.approx(value, abs=1e-9)
     finally:
         unregister_benchmark("mnist5k_parity")
+
+
+def test_auto_backend_without_openood_says_so_in_one_line(tmp_path, capsys, monkeypatch):
+    """Issue 17: without OpenOOD the run fell back to the plug-in's scorers silently."""
+    class Stop(Exception):
+        pass
+
+    def stop(**kwargs):
+        raise Stop  # the line must come before any work
+
+    monkeypatch.setattr(protocol.emb, "build_embedded", stop)
+    cfg = dict(QUICK, out=str(tmp_path / "o"), progress=False)
+    monkeypatch.setattr(protocol, "openood_missing", lambda: "ModuleNotFoundError: no 'openood'")
+    with pytest.raises(Stop):
+        protocol.run(BenchConfig(**cfg))
+    lines = capsys.readouterr().err.splitlines()
+    assert [ln for ln in lines if ln.startswith("scoring backend:")] == [
+        "scoring backend: the plug-in's scorers, not OpenOOD's Evaluator: OpenOOD cannot be "
+        "imported (ModuleNotFoundError: no 'openood'); install it for OpenOOD's scoring (see "
+        "README, Install)"]
+    for backend, missing in (("plugin", "ModuleNotFoundError: x"), ("auto", None)):
+        monkeypatch.setattr(protocol, "openood_missing", lambda: missing)
+        with pytest.raises(Stop):
+            protocol.run(BenchConfig(**dict(cfg, backend=backend)))
+        assert "scoring backend" not in capsys.readouterr().err  # chosen, or not a fallback
+
+
+def test_ce_control_has_its_own_bar_and_is_run_um_at_xi_0(capsys):
+    """Issue 17: the plain-CE control's bar read 'um epoch'. Same numbers as run_um at ξ 0."""
+    import copy
+    from benchmarks.embedded.training import finetune, finetune_config, make_loader
+    from um_plugin.core import run_um
+    cfg = BenchConfig(ft_epochs=2, batch_size=32, progress=True)
+    g = torch.Generator().manual_seed(0)
+    x, y = torch.randn(96, 3, 28, 28, generator=g), torch.randint(0, 10, (96,), generator=g)
+    base = make_model(0)
+    model, rec = finetune("ce", base, make_loader(x, y, 32, 1), 0.3, cfg, 0)
+    err = capsys.readouterr().err
+    assert "ce epoch 1/2" in err and "ce epoch 2/2" in err and "um epoch" not in err
+    ref = copy.deepcopy(base)
+    torch.manual_seed(0)
+    hist = run_um(ref, make_loader(x, y, 32, 1), 0.0, finetune_config("ce", cfg, 0))
+    assert rec.loss == list(hist.loss) and rec.acc == list(hist.acc)
+    for ours, theirs in zip(model.state_dict().values(), ref.state_dict().values()):
+        assert torch.equal(ours, theirs)
+
+
+def test_openood_scoring_shows_progress(capsys):
+    """Issue 17: OpenOOD scoring (30-70 s a seed) showed no progress."""
+    from benchmarks.embedded.records import ScoreMetrics
+    x = torch.rand(8, 3, 28, 28)
+
+    class Scorer:  # OpenOODScorer's interface, scoring with the plug-in
+        @staticmethod
+        def evaluate(model, score):
+            return None, {"id_test": scoring.score_all(model, {"id_test": x}, [score])[score]["id_test"]}
+
+        @staticmethod
+        def table(df):
+            return ScoreMetrics()
+
+    inputs = protocol.Inputs(x, torch.zeros(8), {"id_test": x}, np.zeros(8), {})
+    models = {"baseline": make_model(0), "ce": make_model(1)}
+    res = protocol.score_with_openood(Scorer(), models, inputs,
+                                      BenchConfig(scores=["msp", "ebo"], progress=True), "seed 0: OO")
+    assert res["ce"]["ebo"].max_abs_score_diff_vs_plugin == 0
+    err = capsys.readouterr().err
+    assert "seed 0: OO:   0%|          | 0/4" in err  # one step per (model, score)
+
+
+def test_stage_plot_labels_do_not_overlap(tmp_path, monkeypatch):
+    """Issue 17: stage_auroc.png drew the best/final labels of close curves on top of one another."""
+    from benchmarks.embedded import plots
+    from benchmarks.embedded.records import BenchResult, SeedResult, StagePoint, StageScore
+    finals = {"nearood": 77.7, "farood": 97.4, "letters": 76.5, "animals": 78.8,
+              "textures": 98.6, "photos": 96.0, "noise": 97.5}
+    rec = SeedResult(0)
+    rec.stage = [StagePoint(e, {"msp": StageScore(90.0, 80.0 + e, {k: v - 2 + e for k, v in finals.items()})})
+                 for e in (1, 2)]
+    result = BenchResult(BenchConfig(), "plugin", None)
+    result.seeds[0] = rec
+    figures = []
+    monkeypatch.setattr(plots, "_save", lambda fig, out, name: figures.append(fig))
+    plots._stage(result, str(tmp_path), {k: "near" for k in finals if not k.endswith("ood")})
+    [fig] = figures
+    fig.tight_layout()
+    fig.canvas.draw()  # places the legend's texts
+    renderer = fig.canvas.get_renderer()
+    for ax in fig.axes:
+        texts = list(ax.texts) + (list(ax.get_legend().get_texts()) if ax.get_legend() else [])
+        boxes = [t.get_window_extent(renderer) for t in texts if t.get_text()]
+        for i, a in enumerate(boxes):
+            for b in boxes[i + 1:]:
+                assert not a.overlaps(b), [t.get_text() for t in texts]
+    labels = [t.get_text() for t in fig.axes[1].get_legend().get_texts()]
+    assert "textures: best 98.6 @2, final 98.6" in labels

@@ -49,3 +49,34 @@ def test_dataset_config_names_the_normalization_main_py_knows(oo, tmp_path):
         normalization_by_name("nope")
     with pytest.raises(FileNotFoundError, match=r"id_val: image list .*nope.txt"):
         dataset_config("normbench", kwargs["data_root"], **dict(ids, id_val="nope.txt"))
+
+
+@pytest.mark.parametrize("split, line, says", [
+    ("id_train", "{img}", r"line 2 '.*000.png': no label; each line is '<image> <label>' "
+                          r"with an integer label in \[0, 3\)"),
+    ("id_val", "{img} 3", r"line 2 .*label 3 is not a class of this benchmark \(num_classes=3\)"),
+    ("id_test", "{img} -1", r"line 2 .*label -1 is not a class"),
+    ("id_train", "{img} cat", r"line 2 .*label 'cat' is not an integer"),
+    ("ood_val", "{img} 7", r"line 2 .*label 7 is not a class.*label < 3 \(-1 for OOD images\)"),
+])
+def test_refuses_list_lines_without_a_usable_label(oo, tmp_path, split, line, says):
+    """Issue 17: such a line was accepted; OpenOOD then failed much later with IndexError."""
+    kwargs = make_tiny_benchmark(str(tmp_path), name="labelbench")
+    path = os.path.join(kwargs["data_root"], kwargs[split])
+    with open(path) as f:
+        lines = f.read().splitlines()
+    lines[1] = line.format(img=lines[0].split(" ")[0])
+    with open(path, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    with pytest.raises(ValueError, match=r"^" + split + r": '.*" + os.path.basename(path) + "' " + says):
+        oo.register_benchmark(**kwargs)
+    from openood.evaluation_api import datasets
+    assert "labelbench" not in datasets.DATA_INFO
+
+
+def test_ood_lists_keep_negative_labels(oo, tmp_path):
+    kwargs = make_tiny_benchmark(str(tmp_path), name="oodlabels")  # OOD lines end in -1
+    try:
+        oo.register_benchmark(**kwargs)
+    finally:
+        oo.unregister_benchmark("oodlabels")

@@ -157,7 +157,9 @@ def test_run_registers_and_cpu_only_on_request(oo, tmp_path):
         "import sys, torch, openood.trainers.utils as u\n"
         "assert hasattr(u.get_trainer, '__um_plugin_wraps__')\n"
         "print('argv', sys.argv[1:], 'cpu', torch.Tensor.cuda.__name__ == '_stay')\n")
-    main(["run", str(script), "--x", "1"])
+    with pytest.MonkeyPatch.context() as mp:  # as on a GPU machine, where --cpu is not needed
+        mp.setattr(torch.cuda, "is_available", lambda: True)
+        assert main(["run", str(script), "--x", "1"]) == 0
     assert not cpu_fallback_enabled()  # GPU code paths untouched without --cpu
     try:
         main(["run", "--cpu", str(script)])
@@ -165,3 +167,86 @@ def test_run_registers_and_cpu_only_on_request(oo, tmp_path):
     finally:
         disable_cpu_fallback()
     assert main(["run", "nope.py"]) == 2
+
+
+def _one_line_error(capsys, argv, says):
+    from um_plugin.cli import main
+    assert main(argv) == 2
+    out, err = capsys.readouterr()
+    assert err.startswith("um-openood: error: ") and err.strip().count("\n") == 0, err
+    assert says in err, err
+    return out
+
+
+def test_run_without_a_gpu_and_without_cpu_names_the_flag(oo, tmp_path, monkeypatch, capsys):
+    """Issue 17: the script's CUDA traceback gave no hint that --cpu exists."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    script = tmp_path / "needs_gpu.py"
+    script.write_text("import torch\ntorch.zeros(1).cuda()\nprint('ran')\n")
+    out = _one_line_error(capsys, ["run", str(script)], "add --cpu")
+    assert "ran" not in out
+
+
+def _route1(checkout, tmp_path, *pipeline, extra=()):
+    """``run --cpu main.py --config`` CIFAR-10, ResNet-18, ``pipeline`` YAMLs, preprocessor."""
+    return ["run", "--cpu", os.path.join(checkout, "main.py"), "--config",
+            os.path.join(checkout, "configs/datasets/cifar10/cifar10.yml"),
+            os.path.join(checkout, "configs/networks/resnet18_32x32.yml"), *pipeline,
+            os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
+            "--output_dir", str(tmp_path / "results"), *extra]
+
+
+@pytest.mark.parametrize("pipeline, extra, says", [
+    ("train_umap.yml", ["--trainer.trainer_args.keep_ratio", "0"],
+     "trainer.trainer_args.keep_ratio: keep_ratio must be in (0, 1]"),
+    ("train_um.yml", ["--trainer.trainer_args.loss_constraint", "abc"],
+     "trainer.trainer_args.loss_constraint: "),
+    ("train_um.yml", ["--optimizer.name", "adam"], "optimizer.name: the um trainer optimises with SGD"),
+    ("train_umap.yml", ["--trainer.trainer_args.keep_ration", "0.5"],
+     "--trainer.trainer_args.keep_ration: no such key in the config merged from"),
+    ("train_um.yml", ["--trainer.trainer_args.keep_ratio", "0.5"],
+     "'trainer.trainer_args' has ['beta', 'loss_constraint', "),
+    ("train_um.yml", ["--optimizer.lr", "fast"], "--optimizer.lr: 'fast' is not a float"),
+    ("train_umap.yml", ["--trainer.trainer_args.freeze_weights", "maybe"],
+     "--trainer.trainer_args.freeze_weights: 'maybe' is not a boolean"),
+    ("nosuch.yml", [], "nosuch.yml' not found"),
+])
+def test_route1_config_errors_stop_in_one_line_before_any_work(
+        oo, checkout, tmp_path, monkeypatch, capsys, pipeline, extra, says):
+    """Issue 17: main.py read its config itself; a bad value or key was a 30-line traceback
+    and exit 1 after the output folder existed. Now OpenOOD's own reader and our option
+    checks run first: one line, exit 2, no folder."""
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    from um_plugin.cli import configs_root
+    path = os.path.join(tmp_path if pipeline == "nosuch.yml" else configs_root(), pipeline)
+    out = _one_line_error(capsys, _route1(checkout, tmp_path, path, extra=extra), says)
+    assert not (tmp_path / "results").exists() and out == ""
+
+
+def test_route1_bad_yaml_values_stop_in_one_line(oo, checkout, tmp_path, monkeypatch, capsys):
+    """A bad value inside the YAML (trainer, or a um/umap postprocessor a test pipeline uses)."""
+    from um_plugin.cli import configs_root
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.chdir(tmp_path)
+    mine = tmp_path / "train_um.yml"
+    mine.write_text(open(os.path.join(configs_root(), "train_um.yml")).read()
+                    .replace("xi_draws: 1", "xi_draws: many"))
+    _one_line_error(capsys, _route1(checkout, tmp_path, str(mine)),
+                    "trainer.trainer_args.xi_draws must be an integer, got 'many'")
+    argv = _route1(checkout, tmp_path, os.path.join(checkout, "configs/pipelines/test/test_ood.yml"),
+                   os.path.join(configs_root(), "postprocessors", "umap.yml"),
+                   extra=["--postprocessor.postprocessor_args.epochs", "0"])
+    _one_line_error(capsys, argv, "postprocessor.postprocessor_args.epochs")
+    assert not (tmp_path / "results").exists()
+
+
+@pytest.mark.parametrize("command", [[], ["run"], ["install-configs"], ["configs"], ["dataset-config"]])
+def test_help_is_plain_text(capsys, command):
+    """Issue 17: `um-openood --help` showed the module docstring's reST markup (``...``)."""
+    from um_plugin.cli import main
+    with pytest.raises(SystemExit) as stop:
+        main([*command, "--help"])
+    out = capsys.readouterr().out
+    assert stop.value.code == 0 and "usage: um-openood" in out
+    assert "``" not in out and ":func:" not in out

@@ -64,6 +64,34 @@ def test_register_twice_is_harmless(oo):
     assert oo.is_registered()
 
 
+def test_register_after_reloading_the_plug_in_replaces_its_stale_entries(oo):
+    """Issue 17: after importlib.reload, register() blamed OpenOOD for the plug-in's own stale
+    classes. Now it replaces them (a process of its own: reloading would leave this one's
+    classes stale)."""
+    proc = _python("""
+        import importlib, sys
+        import um_plugin.openood as u
+        import openood.evaluation_api.postprocessor as ep
+        import openood.trainers.utils as tu
+        launch = importlib.import_module('openood.utils.launch')  # openood.utils.launch: a function
+        stale = ep.postprocessors['umap']
+        names = sorted(n for n in sys.modules if n.startswith('um_plugin.openood.'))
+        for name in names:
+            importlib.reload(sys.modules[name])
+        importlib.reload(u)
+        u.register()
+        pp = sys.modules['um_plugin.openood.postprocessors']
+        assert ep.postprocessors['umap'] is pp.UMAPPostprocessor is not stale
+        assert ep.postprocessors['um'] is pp.UMPostprocessor
+        inner = tu.get_trainer.__um_plugin_wraps__
+        assert not hasattr(inner, '__um_plugin_wraps__')
+        worker = launch._distributed_worker.__um_plugin_wraps__
+        assert not hasattr(worker, '__um_plugin_wraps__') and worker.__module__ == 'openood.utils.launch'
+        print('ok', len(names))
+    """)
+    assert proc.returncode == 0 and "ok" in proc.stdout, proc.stderr[-3000:]
+
+
 def test_clash_with_openood_name_is_refused(oo, monkeypatch):
     from openood.evaluation_api import postprocessor as eval_pp
     from openood.postprocessors.ebo_postprocessor import EBOPostprocessor

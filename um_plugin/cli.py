@@ -1,4 +1,4 @@
-"""``um-openood``: run OpenOOD's own scripts unchanged with UM / UMAP registered.
+"""um-openood: run OpenOOD's own scripts unchanged with UM / UMAP registered.
 
     um-openood run [--cpu] main.py --config ... train_umap.yml ...
     um-openood run [--cpu] scripts/eval_ood.py --root results/... --postprocessor umap_ebo
@@ -7,7 +7,9 @@
     um-openood dataset-config NAME --data-root DIR --num-classes N --image-size S --out FILE
 
 Every argument is checked before any work; a bad one ends the command with one line
-``um-openood: error: ...`` and exit code 2.
+"um-openood: error: ..." and exit code 2. For a script that reads its config like main.py,
+that includes the config: OpenOOD's own reader on the same arguments, then the um / umap
+options, before the script creates its output folder.
 """
 from __future__ import annotations
 
@@ -141,11 +143,22 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _check_device(cpu: bool) -> None:
+    """OpenOOD's scripts call ``.cuda()`` unconditionally: without a GPU they need ``--cpu``."""
+    import torch
+    if not cpu and not torch.cuda.is_available():
+        raise ValueError("no CUDA GPU is available (torch.cuda.is_available() is False) and "
+                         "OpenOOD's scripts call .cuda(); add --cpu (um-openood run --cpu SCRIPT "
+                         "...) to run them on the CPU")
+
+
 def _check(args) -> None:
     """Raise ValueError (one line) for an argument that cannot work, before any work."""
-    if args.command == "run" and not os.path.isfile(args.script):
-        raise ValueError(f"script {args.script!r} not found (cwd {os.getcwd()!r}); run from your "
-                         "OpenOOD checkout or pass the script's path")
+    if args.command == "run":
+        if not os.path.isfile(args.script):
+            raise ValueError(f"script {args.script!r} not found (cwd {os.getcwd()!r}); run from "
+                             "your OpenOOD checkout or pass the script's path")
+        _check_device(args.cpu)
     if args.command == "install-configs" and not os.path.isdir(args.dest):
         raise ValueError(f"{args.dest!r} is not a folder; pass OpenOOD's configs/ directory")
     if args.command == "dataset-config":
@@ -183,6 +196,8 @@ def main(argv=None) -> int:
         _check(args)
         if args.command == "run":
             prepare_run(args.cpu)
+            from um_plugin.openood.script_config import check_script_config
+            check_script_config(args.script, args.args)
         elif args.command == "install-configs":
             for path in install_configs(args.dest, force=args.force):
                 print(path)

@@ -101,12 +101,12 @@ def _stage(result, out, set_split):
         curves = np.array([[e.scores[score].auroc[row] for e in r.stage] for r in seeds])
         mu = curves.mean(0)
         ax = axes[0] if row.endswith("ood") else axes[1]
-        line, = ax.plot(epochs, mu, label=row, lw=2 if row.endswith("ood") else 1.2)
         b = int(np.argmax(mu))
+        # the best / final values go in the legend: text beside the points overlapped
+        line, = ax.plot(epochs, mu, lw=2 if row.endswith("ood") else 1.2,
+                        label=f"{row}: best {mu[b]:.1f} @{epochs[b]}, final {mu[-1]:.1f}")
         ax.scatter([epochs[b]], [mu[b]], color=line.get_color(), marker="*", s=120, zorder=3)
         ax.scatter([epochs[-1]], [mu[-1]], color=line.get_color(), marker="s", s=30, zorder=3)
-        ax.annotate(f"best {mu[b]:.1f} @{epochs[b]} / final {mu[-1]:.1f}", (epochs[b], mu[b]),
-                    fontsize=7, xytext=(3, 4), textcoords="offset points")
     acc = np.array([[e.scores[score].acc for e in r.stage] for r in seeds]).mean(0)
     ax2 = axes[0].twinx()
     ax2.plot(epochs, acc, color="gray", ls=":", label="ID test acc")
@@ -115,7 +115,7 @@ def _stage(result, out, set_split):
         ax.set_xlabel("training epoch of the base LeNet")
         ax.set_ylabel(f"{score.upper()} AUROC (%)")
         ax.set_title(f"{title}: ★ intermediate best, ■ final ({len(seeds)} seeds)")
-        ax.legend(fontsize=7, loc="lower right")
+        ax.legend(fontsize=7, loc="best")
     return _save(fig, out, "stage_auroc.png")
 
 

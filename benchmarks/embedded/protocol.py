@@ -9,6 +9,7 @@ FPR@95, AUROC, AUPR-In/Out per set plus near/far means and ID accuracy, mean ± 
 from __future__ import annotations
 
 import os
+import sys
 import time
 from dataclasses import dataclass
 from typing import Dict, Optional
@@ -25,7 +26,7 @@ from .config import BenchConfig, BenchError
 from .records import (BenchResult, Candidate, DataSizes, ModelResult, OpenOODResult, SeedResult,
                       StagePoint, StageScore, XiEstimateRecord)
 from .report import write_outputs
-from .scoring import (OpenOODScorer, mean_val_auroc, metrics_from_scores, openood_available,
+from .scoring import (OpenOODScorer, mean_val_auroc, metrics_from_scores, openood_missing,
                       score_all)
 from .training import (checkpoint_path, finetune, load_checkpoint_model, make_loader, make_model,
                        train_accuracy, train_base)
@@ -59,11 +60,16 @@ def prepare_inputs(data: emb.EmbeddedData, cfg: BenchConfig) -> Inputs:
 def run(cfg: BenchConfig) -> BenchResult:
     """Run the whole benchmark; writes results under ``cfg.out`` after every seed."""
     cfg.validate()
-    use_openood = cfg.backend == "openood" or (cfg.backend == "auto" and openood_available())
-    if cfg.backend == "openood" and not openood_available():
+    missing = openood_missing() if cfg.backend != "plugin" else None
+    use_openood = cfg.backend == "openood" or (cfg.backend == "auto" and missing is None)
+    if cfg.backend == "openood" and missing is not None:
         raise BenchError("backend 'openood' needs OpenOOD installed (and um_plugin.openood)")
     if cfg.checkpoint:
         load_checkpoint_model(cfg.checkpoint)  # a wrong file stops here, before any work
+    if cfg.backend == "auto" and missing is not None:
+        print(f"scoring backend: the plug-in's scorers, not OpenOOD's Evaluator: OpenOOD cannot "
+              f"be imported ({missing}); install it for OpenOOD's scoring (see README, Install)",
+              file=sys.stderr)
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     out = os.path.abspath(cfg.out)
@@ -74,7 +80,7 @@ def run(cfg: BenchConfig) -> BenchResult:
     if use_openood:
         root = cfg.data_root or os.path.join(emb.default_cache_dir(), "openood_data",
                                              f"{emb.ID_NAME}-n{cfg.n_ood}-v{cfg.n_val_ood}")
-        oo = OpenOODScorer(data, root)
+        oo = OpenOODScorer(data, root, progress=cfg.progress)
     sizes = DataSizes(train=len(inputs.y_train), val=len(data.id["val"][1]),
                       test=len(inputs.id_label), ood={s: len(inputs.tensors[s]) for s in cfg.sets},
                       ood_val=len(data.ood_val))
@@ -136,7 +142,7 @@ def run_seed(cfg: BenchConfig, seed: int, inputs: Inputs, out: str,
             models[mode] = select_xi(cfg, seed, mode, base, cands, inputs, rec)
             clock.lap(f"{mode}_finetune_and_score")
     if oo is not None:
-        rec.openood = score_with_openood(oo, models, inputs, cfg)
+        rec.openood = score_with_openood(oo, models, inputs, cfg, f"seed {seed}: OpenOOD scoring")
         clock.lap("openood_scoring")
     if not result.hist:
         result.hist = {m: score_all(models[m], inputs.tensors,
@@ -213,14 +219,20 @@ def select_xi(cfg: BenchConfig, seed: int, mode: str, base, cands, inputs: Input
     return model
 
 
-def score_with_openood(oo: OpenOODScorer, models, inputs: Inputs, cfg: BenchConfig):
+def score_with_openood(oo: OpenOODScorer, models, inputs: Inputs, cfg: BenchConfig,
+                       desc: str = "OpenOOD scoring"):
     """OpenOOD's tables for every reported model and score, and the gap to our scores."""
     res = {}
-    for method, model in models.items():
-        res[method] = {}
-        for s in cfg.scores:
-            df, raw = oo.evaluate(model, s)
-            plug = score_all(model, inputs.subset(raw), [s])[s]
-            diff = max(float(np.max(np.abs(plug[k][1] - raw[k][1]))) for k in raw)
-            res[method][s] = OpenOODResult(oo.table(df), diff)
+    bar = tqdm(total=len(models) * len(cfg.scores), desc=desc, disable=not cfg.progress,
+               leave=False)
+    with bar:
+        for method, model in models.items():
+            res[method] = {}
+            for s in cfg.scores:
+                bar.set_postfix_str(f"{method} {s}", refresh=False)
+                df, raw = oo.evaluate(model, s)
+                plug = score_all(model, inputs.subset(raw), [s])[s]
+                diff = max(float(np.max(np.abs(plug[k][1] - raw[k][1]))) for k in raw)
+                res[method][s] = OpenOODResult(oo.table(df), diff)
+                bar.update(1)
     return res

@@ -8,11 +8,12 @@ from __future__ import annotations
 import contextlib
 import copy
 import io
-from typing import Dict
+from typing import Dict, Optional
 
 import numpy as np
 import torch
 from torch import nn
+from tqdm.auto import tqdm
 
 from .. import scorers
 from ..metrics import id_ood_metrics
@@ -62,14 +63,19 @@ def mean_val_auroc(metrics: Dict[str, ScoreMetrics]) -> float:
     return float(np.mean([m.val.auroc for m in metrics.values()]))
 
 
-def openood_available() -> bool:
-    """OpenOOD and this project's adapter import."""
+def openood_missing() -> Optional[str]:
+    """Why OpenOOD or this project's adapter cannot be imported (one line), or None."""
     try:
         import openood  # noqa: F401
         import um_plugin.openood.benchmarks  # noqa: F401
-        return True
-    except Exception:
-        return False
+        return None
+    except Exception as exc:  # noqa: BLE001  any import failure means: score without it
+        return " ".join(f"{type(exc).__name__}: {exc}".split())
+
+
+def openood_available() -> bool:
+    """OpenOOD and this project's adapter import."""
+    return openood_missing() is None
 
 
 class OpenOODScorer:
@@ -82,22 +88,30 @@ class OpenOODScorer:
     each on 2 CPUs and gave the same tensors.
     """
 
-    def __init__(self, data: EmbeddedData, root: str, id_name: str = ID_NAME):
+    def __init__(self, data: EmbeddedData, root: str, id_name: str = ID_NAME,
+                 progress: bool = False):
         from openood.evaluation_api import Evaluator  # optional dependency
         from um_plugin.openood.cpu import enable_cpu_fallback
         if not torch.cuda.is_available():
             enable_cpu_fallback()
-        register_embedded(data, root, id_name)
-        self.root, self.id_name = root, id_name
-        with contextlib.redirect_stdout(io.StringIO()):
-            self.ev = Evaluator(make_model(0), id_name=id_name, data_root=root, config_root=None,
-                                postprocessor=scorers.openood_postprocessor("msp", id_name),
-                                batch_size=500, num_workers=0)
-        d = self.ev.dataloader_dict
-        d["id"]["test"] = self._materialise(d["id"]["test"])
-        for split in ("near", "far"):
-            for k in list(d["ood"][split]):
-                d["ood"][split][k] = self._materialise(d["ood"][split][k])
+        bar = tqdm(total=3, desc="OpenOOD: write images", disable=not progress, leave=False)
+        with bar:
+            register_embedded(data, root, id_name)
+            self.root, self.id_name = root, id_name
+            bar.update(1)
+            bar.set_description("OpenOOD: build the Evaluator")
+            with contextlib.redirect_stdout(io.StringIO()):
+                self.ev = Evaluator(make_model(0), id_name=id_name, data_root=root,
+                                    config_root=None, batch_size=500, num_workers=0,
+                                    postprocessor=scorers.openood_postprocessor("msp", id_name))
+            bar.update(1)
+            bar.set_description("OpenOOD: read the test images")
+            d = self.ev.dataloader_dict
+            d["id"]["test"] = self._materialise(d["id"]["test"])
+            for split in ("near", "far"):
+                for k in list(d["ood"][split]):
+                    d["ood"][split][k] = self._materialise(d["ood"][split][k])
+            bar.update(1)
         self._fresh = copy.deepcopy((self.ev.scores, self.ev.metrics))
 
     @staticmethod

@@ -106,6 +106,12 @@ def finetune(mode: str, base: nn.Module, loader, xi: float, cfg: BenchConfig,
     """One CE (UM at ξ 0) / UM / UMAP fine-tune of a copy of ``base``."""
     model = copy.deepcopy(base)
     torch.manual_seed(seed)
-    run = run_umap if mode == "umap" else run_um
-    hist = run(model, loader, 0.0 if mode == "ce" else xi, finetune_config(mode, cfg, seed))
+    config = finetune_config(mode, cfg, seed)
+    if mode == "ce":  # run_um's steps at ξ 0, under a bar of its own (not 'um epoch')
+        tuner = Finetuner(model, 0.0, config)
+        while tuner.epoch < config.epochs:
+            tuner.train_epoch(loader, desc=f"ce epoch {tuner.epoch + 1}/{config.epochs}")
+        hist = tuner.history
+    else:
+        hist = (run_umap if mode == "umap" else run_um)(model, loader, xi, config)
     return model, FinetuneRecord(list(hist.loss), list(hist.acc), xi)

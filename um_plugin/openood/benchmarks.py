@@ -30,8 +30,52 @@ _DEFAULT_NORMALIZATION_TYPE = "default"
 TRAIN_BATCH_SIZE, EVAL_BATCH_SIZE = 128, 200  # OpenOOD's dataset YAMLs use these
 
 
-def _split(data_root: str, imglist: str, data_dir: str, what: str, check_images: bool) -> dict:
-    """One DATA_INFO leaf; raises FileNotFoundError naming the missing list or image."""
+def _label_problem(extra: str, num_classes: int, ood: bool) -> Optional[str]:
+    """What is wrong with a list line's label text (OpenOOD's ``ImglistDataset`` reads an
+    integer, or a dict literal of extras), or None."""
+    if extra.lstrip().startswith("{"):
+        return None
+    try:
+        label = int(extra)
+    except ValueError:
+        return f"label {extra.strip()!r} is not an integer"
+    if label >= num_classes or (label < 0 and not ood):
+        return f"label {label} is not a class of this benchmark (num_classes={num_classes})"
+    return None
+
+
+def _check_lines(list_path: str, image_root: str, what: str, num_classes: Optional[int],
+                 ood: bool) -> None:
+    """Every image of a list exists and, with ``num_classes``, carries a label OpenOOD can use."""
+    valid = (f"an integer label < {num_classes} (-1 for OOD images)" if ood else
+             f"an integer label in [0, {num_classes})")
+    found = False
+    with open(list_path) as f:
+        for number, raw in enumerate(f, start=1):
+            line = raw.strip()
+            if not line:
+                continue
+            found = True
+            name, _, extra = line.partition(" ")
+            if not os.path.isfile(os.path.join(image_root, name)):
+                raise FileNotFoundError(
+                    f"{what}: {list_path!r} names {name!r}, but "
+                    f"{os.path.join(image_root, name)!r} does not exist")
+            if num_classes is None:
+                continue
+            problem = ("no label" if not extra.strip() else
+                       _label_problem(extra, num_classes, ood))
+            if problem:
+                raise ValueError(f"{what}: {list_path!r} line {number} {line!r}: {problem}; each "
+                                 f"line is '<image> <label>' with {valid}")
+    if not found:
+        raise ValueError(f"{what}: image list {list_path!r} is empty")
+
+
+def _split(data_root: str, imglist: str, data_dir: str, what: str, check_images: bool,
+           num_classes: Optional[int] = None, ood: bool = False) -> dict:
+    """One DATA_INFO leaf; raises FileNotFoundError naming the missing list or image, and
+    ValueError naming a line without a usable label (with ``num_classes``)."""
     if not isinstance(imglist, (str, os.PathLike)) or not str(imglist):
         raise ValueError(f"{what}: imglist path must be a non-empty path, got {imglist!r}")
     imglist = os.fspath(imglist)
@@ -39,26 +83,17 @@ def _split(data_root: str, imglist: str, data_dir: str, what: str, check_images:
     if not os.path.isfile(list_path):
         raise FileNotFoundError(f"{what}: image list {list_path!r} does not exist")
     if check_images:
-        image_root = os.path.join(data_root, data_dir)
-        with open(list_path) as f:
-            lines = [ln.strip() for ln in f if ln.strip()]
-        if not lines:
-            raise ValueError(f"{what}: image list {list_path!r} is empty")
-        for ln in lines:
-            name = ln.split(" ", 1)[0]
-            if not os.path.isfile(os.path.join(image_root, name)):
-                raise FileNotFoundError(
-                    f"{what}: {list_path!r} names {name!r}, but "
-                    f"{os.path.join(image_root, name)!r} does not exist")
+        _check_lines(list_path, os.path.join(data_root, data_dir), what, num_classes, ood)
     return {"data_dir": data_dir, "imglist_path": imglist}
 
 
-def _ood_group(data_root, sets, data_dir, what, check_images) -> dict:
+def _ood_group(data_root, sets, data_dir, what, check_images, num_classes, ood=True) -> dict:
     if not isinstance(sets, Mapping) or not sets:
         raise ValueError(f"{what} must be a non-empty mapping name -> imglist path, got {sets!r}")
     group = {"datasets": list(sets)}
     for name, imglist in sets.items():
-        group[name] = _split(data_root, imglist, data_dir, f"{what}[{name!r}]", check_images)
+        group[name] = _split(data_root, imglist, data_dir, f"{what}[{name!r}]", check_images,
+                             num_classes, ood)
     return group
 
 
@@ -73,7 +108,9 @@ def register_benchmark(name: str, data_root: str, *, num_classes: int,
     """Make ``name`` a valid ``Evaluator`` ``id_name`` for data under ``data_root``; return its DATA_INFO.
 
     Imglist paths are relative to ``data_root`` (as in OpenOOD: ``benchmark_imglist/...``) and
-    name images relative to ``data_root/data_dir``, one ``<image> <label>`` per line.
+    name images relative to ``data_root/data_dir``, one ``<image> <label>`` per line; with
+    ``check_images`` every image must exist and every label be a class (``[0, num_classes)``;
+    OOD lists may also use negative labels such as -1), else OpenOOD fails much later.
     ``near_ood`` / ``far_ood`` / ``csid`` map a dataset name to its imglist. ``image_size`` /
     ``pre_size`` / ``normalization`` build OpenOOD's default test preprocessor (resize to
     ``pre_size``, centre-crop ``image_size``). Pass the same ``data_root`` to ``Evaluator``.
@@ -98,20 +135,22 @@ def register_benchmark(name: str, data_root: str, *, num_classes: int,
             f"{os.path.join(data_root, 'benchmark_imglist')!r} does not exist; OpenOOD's "
             "data_setup would try to download it. Put the imglist files there.")
 
-    def split(imglist, what):
-        return _split(data_root, imglist, data_dir, what, check_images)
+    def split(imglist, what, ood=False):
+        return _split(data_root, imglist, data_dir, what, check_images, num_classes, ood)
+
+    def group(sets, what, ood=True):
+        return _ood_group(data_root, sets, data_dir, what, check_images, num_classes, ood)
 
     info = {
         "num_classes": num_classes,
         "id": {"train": split(id_train, "id_train"), "val": split(id_val, "id_val"),
                "test": split(id_test, "id_test")},
         "csid": {"datasets": []},
-        "ood": {"val": split(ood_val, "ood_val"),
-                "near": _ood_group(data_root, near_ood, data_dir, "near_ood", check_images),
-                "far": _ood_group(data_root, far_ood, data_dir, "far_ood", check_images)},
+        "ood": {"val": split(ood_val, "ood_val", ood=True),
+                "near": group(near_ood, "near_ood"), "far": group(far_ood, "far_ood")},
     }
     if csid:
-        info["csid"] = _ood_group(data_root, csid, data_dir, "csid", check_images)
+        info["csid"] = group(csid, "csid", ood=False)
 
     oo_datasets.DATA_INFO[name] = info
     # data_setup walks this list and downloads any listed set whose folder is empty; the
@@ -196,7 +235,7 @@ def dataset_config(name: str, data_root: str, *, num_classes: int, id_train: str
                "num_gpus": "@{num_gpus}", "num_machines": "@{num_machines}",
                "split_names": ["train", "val", "test"]}
     for split, imglist in (("train", id_train), ("val", id_val), ("test", id_test)):
-        leaf = _split(data_root, imglist, data_dir, f"id_{split}", check_images)
+        leaf = _split(data_root, imglist, data_dir, f"id_{split}", check_images, num_classes)
         section[split] = {"dataset_class": "ImglistDataset",
                           "data_dir": os.path.join(data_root, leaf["data_dir"]),
                           "imglist_pth": os.path.join(data_root, leaf["imglist_path"]),

@@ -32,14 +32,20 @@ class RegistrationError(RuntimeError):
     """A name this plug-in registers is already taken by OpenOOD."""
 
 
-def _check_no_clash(modules: dict, ours: dict) -> None:
+def _ours(cls) -> bool:
+    """A class of our postprocessors module: the current one, or one that an
+    ``importlib.reload`` left stale (register() then replaces it)."""
+    return getattr(cls, "__module__", None) == ours_pp.__name__
+
+
+def _check_no_clash(modules: dict) -> None:
     trainer_names = literal_names(modules["openood.trainers.utils"].get_trainer)
     pp_names = literal_names(modules["openood.postprocessors.utils"].get_postprocessor)
     eval_dict = modules["openood.evaluation_api.postprocessor"].postprocessors
     clashes = [f"trainer {n!r} (openood/trainers/utils.py)" for n in MODES if n in trainer_names]
     clashes += [f"postprocessor {n!r} (openood/postprocessors/utils.py)" for n in MODES if n in pp_names]
     clashes += [f"postprocessor {n!r} (openood/evaluation_api/postprocessor.py)"
-                for n, cls in eval_dict.items() if is_method_name(n) and cls is not ours.get(n)]
+                for n, cls in eval_dict.items() if is_method_name(n) and not _ours(cls)]
     if clashes:
         raise RegistrationError(
             f"{openood_where()} already defines {', '.join(clashes)}; um_plugin refuses to shadow "
@@ -77,7 +83,7 @@ def register() -> None:
     require_openood()
     modules = load_layout()
     ours = dict(ours_pp.POSTPROCESSORS)
-    _check_no_clash(modules, ours)
+    _check_no_clash(modules)
 
     _hook(modules["openood.trainers.utils"], "get_trainer", ours_tr.make_get_trainer)
     _hook(modules["openood.recorders.utils"], "get_recorder", ours_rec.make_get_recorder)
@@ -94,7 +100,7 @@ def _hook_spawned_workers(launch) -> None:
     current = launch._distributed_worker
     if current is registered_worker:
         return
-    registered_worker.__dict__[WRAPPED] = current
+    registered_worker.__dict__[WRAPPED] = original(current)  # a reloaded spawn: OpenOOD's, once
     launch._distributed_worker = registered_worker
 
 
