@@ -133,14 +133,17 @@ def test_eval_rows_and_csvs_equal_the_evaluators_numbers(oo, checkout, trained, 
 
 
 def test_eval_gate_on_its_own_leaderboard(oo, trained, capsys, tmp_path):
-    """The same run gated on its own CSV passes; a baseline 3 points better on far AUROC fails."""
+    """The same run gated on its own CSV passes (tolerance 0); a baseline 3 points better on far
+    AUROC fails with one line naming it."""
     from um_plugin.cli import main
     tmp, _, bench_yml = trained
     args = ["eval", "--cpu", "--benchmark", bench_yml, "--network", "lenet", "--root",
             str(tmp / "runs" / "um"), "--postprocessor", "msp", "--num-workers", "0",
             "--batch-size", "16", "--out", str(tmp_path)]
-    assert main(args) == 0
+    assert main(args + ["--save-score"]) == 0
+    assert os.path.isfile(tmp / "runs" / "um" / "s0" / "scores" / "msp.pkl")  # as eval_ood.py
     stored = tmp_path / "leaderboard.csv"
+    # the second run reuses the saved scores (as eval_ood.py does): the same numbers
     assert main(args + ["--baseline", str(stored), "--tolerance", "0"]) == 0
     assert "gate: passed" in capsys.readouterr().out
     with open(stored) as f:
