@@ -5,6 +5,8 @@
     um-openood install-configs <OpenOOD>/configs      # copy our YAMLs into OpenOOD's tree
     um-openood configs                                # print where the shipped YAMLs are
     um-openood dataset-config NAME --data-root DIR --num-classes N --image-size S --out FILE
+    um-openood eval --root results/<exp> --postprocessor msp,ebo [--benchmark FILE] ...
+    um-openood gate leaderboard.csv --baseline stored.csv --tolerance 1
 
 Every argument is checked before any work; a bad one ends the command with one line
 "um-openood: error: ..." and exit code 2. For a script that reads its config like main.py,
@@ -19,6 +21,8 @@ import runpy
 import shutil
 import sys
 from importlib import resources
+
+from um_plugin import cli_eval
 
 PROG = "um-openood"
 
@@ -140,6 +144,7 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("--normalization", default="default", metavar="TYPE",
                     help="'default' (mean = std = 0.5) or a name in OpenOOD's normalization_dict")
     ds.add_argument("--batch-size", type=_positive_int, default=128, help="training batch size")
+    cli_eval.add_parsers(sub)  # eval, gate; dataset-config's --benchmark-out
     return parser
 
 
@@ -166,6 +171,7 @@ def _check(args) -> None:
             raise ValueError(f"--data-root {args.data_root!r} has no benchmark_imglist/ folder")
         if os.path.isdir(args.out):
             raise ValueError(f"--out {args.out!r} is a folder; pass the YAML file to write")
+        cli_eval.check_benchmark_out(args)
 
 
 def _dataset_config(args) -> str:
@@ -180,8 +186,11 @@ def _dataset_config(args) -> str:
                             data_dir=args.data_dir, image_size=args.image_size,
                             pre_size=args.pre_size, normalization=normalization,
                             batch_size=args.batch_size)
-    return save_yaml(config, args.out, f"benchmark {args.name!r} under "
-                                       f"{os.path.abspath(args.data_root)}")
+    written = save_yaml(config, args.out, f"benchmark {args.name!r} under "
+                                          f"{os.path.abspath(args.data_root)}")
+    if args.benchmark_out is not None:
+        written += "\n" + cli_eval.write_benchmark_out(args)
+    return written
 
 
 def _error(message: str) -> int:
@@ -192,6 +201,8 @@ def _error(message: str) -> int:
 def main(argv=None) -> int:
     """Console-script entry point."""
     args = build_parser().parse_args(argv)
+    if args.command in cli_eval.COMMANDS:
+        return cli_eval.main(args, _error)
     try:
         _check(args)
         if args.command == "run":

@@ -1,0 +1,168 @@
+"""`um-openood gate` / `eval --baseline`: exit 1 per fallen metric, 0 within tolerance, missing
+rows named, malformed CSVs one line and exit 2; and every bad `eval` argument stops before work."""
+import os
+
+import pytest
+import torch
+
+from openood_fixtures import make_tiny_benchmark
+
+
+def _row(model="um", pp="msp", near=90.0, far=95.0, fpr=20.0):
+    return {"model": model, "postprocessor": pp, "runs": 2, "near_AUROC": near,
+            "near_AUROC_std": 1.0, "far_AUROC": far, "far_AUROC_std": 0.5, "near_FPR@95": fpr,
+            "near_FPR@95_std": 2.0, "ID_ACC": 99.0, "ID_ACC_std": 0.0}
+
+
+def _write(path, rows):
+    from um_plugin.openood.leaderboard import to_csv
+    path.write_text(to_csv(rows))
+    return str(path)
+
+
+def _gate(tmp_path, run_rows, base_rows, tolerance, capsys):
+    from um_plugin.cli import main
+    run = _write(tmp_path / "run.csv", run_rows)
+    base = _write(tmp_path / "base.csv", base_rows)
+    code = main(["gate", run, "--baseline", base, "--tolerance", str(tolerance)])
+    captured = capsys.readouterr()
+    return code, captured.out, [l for l in captured.err.splitlines() if "gate:" in l]
+
+
+def test_gate_fails_when_the_baseline_is_better_by_more_than_the_tolerance(oo, tmp_path, capsys):
+    code, out, err = _gate(tmp_path, [_row(near=87.0, fpr=24.5)], [_row()], 2, capsys)
+    assert code == 1 and "gate: FAILED (2)" in out
+    assert err == [
+        "um-openood: gate: um / msp: near_AUROC fell 3.00 points (baseline 90.00, now 87.00, tolerance 2)",
+        "um-openood: gate: um / msp: near_FPR@95 fell 4.50 points (baseline 20.00, now 24.50, tolerance 2)"]
+
+
+def test_gate_passes_within_tolerance_and_on_improvements(oo, tmp_path, capsys):
+    # near AUROC 1.5 lower, FPR 1.9 higher (worse, within 2), far AUROC better, FPR lower is better
+    code, out, err = _gate(tmp_path, [_row(near=88.5, far=99.0, fpr=21.9)], [_row()], 2, capsys)
+    assert code == 0 and err == [] and "gate: passed" in out
+    assert "um / msp: near_AUROC 90.00 -> 88.50, far_AUROC 95.00 -> 99.00; 4 metrics compared, " \
+           "largest fall +1.90 points (near_FPR@95)" in out
+    code, _, err = _gate(tmp_path, [_row(fpr=10.0)], [_row(fpr=20.0)], 0, capsys)
+    assert code == 0 and err == []  # FPR fell from 20 to 10: better, not a fall
+
+
+def test_gate_names_rows_in_one_file_only(oo, tmp_path, capsys):
+    run = [_row(), _row(model="umap")]
+    code, out, err = _gate(tmp_path, run, [_row(), _row(pp="ebo")], 1, capsys)
+    assert code == 1
+    assert err == ["um-openood: gate: row um / ebo is in the baseline only: this run did not score it"]
+    assert "row umap / msp is in this run only (not in the baseline); not gated" in out
+    code, out, err = _gate(tmp_path, run, [_row()], 1, capsys)
+    assert code == 0 and "row umap / msp is in this run only" in out
+
+
+def test_a_baseline_column_the_run_lacks_fails(oo, tmp_path, capsys):
+    base = [dict(_row(), noise_AUROC=80.0)]
+    code, _, err = _gate(tmp_path, [_row()], base, 1, capsys)
+    assert code == 1 and err == ["um-openood: gate: um / msp: noise_AUROC is in the baseline only"]
+
+
+@pytest.mark.parametrize("text, says", [
+    ("a,b\n1,2\n", "has no 'model' and 'postprocessor' columns"),
+    ("", "has no 'model' and 'postprocessor' columns"),
+    ("model,postprocessor,runs\num,msp,1\n", "has no metric columns"),
+    ("model,postprocessor,near_AUROC\num,msp,high\n", "line 2: near_AUROC is 'high', not a number"),
+    ("model,postprocessor,near_AUROC\num,msp,1\num,msp,2\n", "line 3: row ('um', 'msp') appears twice"),
+    ("model,postprocessor,near_AUROC\num,msp\n", "line 2: 2 cells, the header has 3"),
+    ("model,postprocessor,near_AUROC\n", "has no rows"),
+])
+def test_malformed_csvs_end_in_one_line_and_exit_2(oo, tmp_path, capsys, text, says):
+    from um_plugin.cli import main
+    good = _write(tmp_path / "good.csv", [_row()])
+    bad = tmp_path / "bad.csv"
+    bad.write_text(text)
+    for argv in (["gate", good, "--baseline", str(bad)], ["gate", str(bad), "--baseline", good]):
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("um-openood: error: leaderboard CSV ") and says in err
+        assert len(err.splitlines()) == 1
+    assert main(["gate", good, "--baseline", str(tmp_path / "nope.csv")]) == 2
+    assert "cannot be read" in capsys.readouterr().err
+
+
+@pytest.fixture
+def eval_setup(oo, checkout, tmp_path):
+    """A benchmark YAML and a run folder with two LeNet seeds (no training: arguments only)."""
+    from openood.networks.lenet import LeNet
+    from um_plugin.openood.benchmark_file import write_benchmark_file
+    kwargs = make_tiny_benchmark(str(tmp_path / "data"), name="argbench", per_split=6)
+    bench = write_benchmark_file(kwargs, str(tmp_path / "bench.yml"))
+    for seed in ("s0", "s1"):
+        (tmp_path / "run" / seed).mkdir(parents=True)
+        torch.save(LeNet(num_classes=3, num_channel=3).state_dict(),
+                   tmp_path / "run" / seed / "best.ckpt")
+    yield tmp_path, bench
+    from um_plugin.openood.benchmarks import _OURS
+    if "argbench" in _OURS:
+        oo.unregister_benchmark("argbench")
+
+
+@pytest.mark.parametrize("change, says", [
+    ({"--postprocessor": "msp,nosuch"}, "--postprocessor 'nosuch' is not one the Evaluator knows"),
+    ({"--postprocessor": "msp,msp"}, "names must be non-empty and distinct"),
+    ({"--postprocessor": "um_nosuch"}, "unknown base 'nosuch'"),
+    ({"--network": "nosuchnet"}, "--network 'nosuchnet' is not an OpenOOD network name"),
+    ({"--network": "torch.nn:NoSuch"}, "'torch.nn' has no class 'NoSuch'"),
+    ({"--num-classes": "5"}, "does not fit --network LeNet: shape of 'fc.weight' (3, 84) vs "
+                             "network's (5, 84)"),
+    ({"--root": "RUN/s0"}, "has no s* run folders"),
+    ({"--root": "RUN/nope"}, "is neither a run folder nor a checkpoint file"),
+    ({"--checkpoint-name": "last.ckpt"}, "have no 'last.ckpt'"),
+    ({"--sort-by": "AUROC"}, "--sort-by 'AUROC' is not a leaderboard column"),
+    ({"--benchmark": None, "--id-data": "nosuchbench"}, "--id-data 'nosuchbench' is not a benchmark"),
+    ({"--benchmark": None}, "pass --id-data NAME"),
+    ({"--benchmark": "BAD"}, "unknown key(s) ['colour']"),
+    ({"--fsood": True}, "--fsood: benchmark 'argbench' has no covariate-shift ID (csid) sets"),
+    ({"--baseline": "BADCSV"}, "has no 'model' and 'postprocessor' columns"),
+    ({"--config-root": "RUN"}, "has no postprocessors/ folder"),
+])
+def test_bad_eval_arguments_stop_before_any_scoring(eval_setup, capsys, monkeypatch, change, says):
+    import openood.evaluation_api as api
+
+    from um_plugin.cli import main
+    tmp, bench = eval_setup
+
+    class NoScoring:
+        def __init__(self, *a, **k):
+            raise AssertionError("scoring started")
+    monkeypatch.setattr(api, "Evaluator", NoScoring)
+    (tmp / "bad.yml").write_text(open(bench).read() + "colour: red\n")
+    (tmp / "bad.csv").write_text("a,b\n1,2\n")
+    options = {"--benchmark": bench, "--network": "lenet", "--root": str(tmp / "run"),
+               "--postprocessor": "msp", "--num-workers": "0", **change}
+    argv = ["eval", "--cpu"]
+    for flag, value in options.items():
+        value = {"BAD": str(tmp / "bad.yml"), "BADCSV": str(tmp / "bad.csv")}.get(value, value)
+        if value is True:
+            argv.append(flag)
+        elif value is not None:
+            argv += [flag, value.replace("RUN", str(tmp / "run"))]
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("um-openood: error: ") and len(err.splitlines()) == 1, err
+    assert says in err, err
+
+
+def test_dataset_config_writes_the_benchmark_file_eval_reads(oo, tmp_path, capsys):
+    from um_plugin.cli import main
+    from um_plugin.openood.benchmark_file import load_benchmark_file
+    kwargs = make_tiny_benchmark(str(tmp_path / "data"), name="dsbench", per_split=6)
+    argv = ["dataset-config", "dsbench", "--data-root", kwargs["data_root"], "--num-classes", "3",
+            "--image-size", "28", "--out", str(tmp_path / "ds.yml"), "--benchmark-out",
+            str(tmp_path / "cfg" / "bench.yml"), "--ood-val", kwargs["ood_val"],
+            "--near", f"noise_near={kwargs['near_ood']['noise_near']}",
+            "--far", f"noise_far={kwargs['far_ood']['noise_far']}"]
+    assert main(argv) == 0
+    loaded = load_benchmark_file(str(tmp_path / "cfg" / "bench.yml"))
+    assert loaded == {**kwargs, "data_root": os.path.abspath(kwargs["data_root"]), "pre_size": None,
+                      "normalization": [[0.5] * 3, [0.5] * 3]}
+    assert main(argv[:-2] + ["--far", "noise_missing"]) == 2  # default list name, not on disk
+    err = capsys.readouterr().err
+    assert "far_ood['noise_missing'] image list 'benchmark_imglist/dsbench/test_noise_missing.txt' " \
+           "does not exist" in err

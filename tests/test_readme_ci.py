@@ -1,0 +1,47 @@
+"""The CI recipe in README.md runs as written, on CPU, in under 2 minutes.
+
+The job's steps are read from the README's YAML block and run in one bash (-eo pipefail, as
+GitHub Actions runs them) from the checkout's root. Left out: the `uses:` step (the checkout is
+here) and the step named `install` (pip and git clone: this environment has the plug-in and
+OpenOOD already). `$OOD` is a temporary OpenOOD tree (its main.py, a copy of its configs/, which
+the job writes into) and `$T` a temporary folder; everything else is as the README says.
+"""
+import os
+import re
+import shutil
+import subprocess
+import time
+
+import yaml
+
+MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def readme_job():
+    with open(os.path.join(MAIN, "README.md")) as f:
+        text = f.read()
+    section = text[text.index("### CI: leaderboard rows and a gate"):]
+    block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
+    (name, job), = yaml.safe_load(block).items()
+    return job
+
+
+def test_readme_ci_job_runs_as_written_and_its_gate_passes(oo, checkout, tmp_path):
+    job = readme_job()
+    steps = [s for s in job["steps"] if "uses" not in s and s.get("name") != "install"]
+    assert len(steps) == 1 and "um-openood eval" in steps[0]["run"] and "--baseline" in steps[0]["run"]
+    assert set(job["env"]) == {"OOD", "T"}
+    tree = tmp_path / "OpenOOD"
+    tree.mkdir()
+    os.symlink(os.path.join(checkout, "main.py"), tree / "main.py")
+    shutil.copytree(os.path.join(checkout, "configs"), tree / "configs")
+    env = dict(os.environ, OOD=str(tree), T=str(tmp_path / "ci"),
+               PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
+    start = time.monotonic()
+    proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c",
+                           steps[0]["run"]], cwd=MAIN, env=env, capture_output=True, text=True,
+                          timeout=300)
+    took = time.monotonic() - start
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "gate: passed" in proc.stdout and "| base | msp | 1 |" in proc.stdout
+    assert took < 120, f"the CI recipe took {took:.0f} s"
