@@ -205,7 +205,7 @@ def _route1(checkout, tmp_path, *pipeline, extra=()):
     ("train_umap.yml", ["--trainer.trainer_args.keep_ration", "0.5"],
      "--trainer.trainer_args.keep_ration: no such key in the config merged from"),
     ("train_um.yml", ["--trainer.trainer_args.keep_ratio", "0.5"],
-     "'trainer.trainer_args' has ['beta', 'loss_constraint', "),
+     "'trainer.trainer_args' has ['beta', 'fit_check', 'fit_margin', 'loss_constraint', "),
     ("train_um.yml", ["--optimizer.lr", "fast"], "--optimizer.lr: 'fast' is not a float"),
     ("train_umap.yml", ["--trainer.trainer_args.freeze_weights", "maybe"],
      "--trainer.trainer_args.freeze_weights: 'maybe' is not a boolean"),

@@ -271,7 +271,7 @@ def score(prepared) -> list:
                 table = ev.score_one(plan, checkpoint, pp)
             shown = dict.fromkeys(f"{w.category.__name__}: {w.message}" for w in caught
                                   if not issubclass(w.category, DeprecationWarning))
-            for line in shown:  # e.g. XiSanityWarning: shown above the bar, once per run
+            for line in shown:  # e.g. FitCheckWarning: shown above the bar, once per run
                 bar.write(f"{model.name} {pp} {os.path.relpath(checkpoint)}: {line}",
                           file=sys.stderr)
             tables.setdefault((model.name, pp), []).append(table)
