@@ -117,3 +117,36 @@ def test_best_ckpt_is_the_final_epochs_model(oo, checkout, halves, tmp_path, tra
     assert any(not torch.equal(early[k], final[k]) for k in early)
     assert "best.ckpt holds the final epoch's model (epoch 4" in proc.stdout
     assert "differs from the authors' setting in: epochs 4" in proc.stdout
+
+
+def test_spawned_workers_get_the_final_model_recorder_too(oo):
+    """num_gpus > 1: OpenOOD's launch spawns fresh interpreters, which unpickle our worker
+    (importing um_plugin.openood.spawn, hence registering); the recorder the train pipeline
+    builds there is ours. Checked in a fresh interpreter doing just that import."""
+    probe = (
+        "import pickle, um_plugin.openood.spawn as s\n"
+        "worker = pickle.loads(pickle.dumps(s.registered_worker))\n"
+        "import openood.pipelines.train_pipeline as tp\n"
+        "from openood.utils import Config\n"
+        "from um_plugin.openood.recorder import FinalModelRecorder\n"
+        "config = Config({'trainer': {'name': 'umap'}, 'recorder': {'name': 'base'},\n"
+        "                 'output_dir': '.'})\n"
+        "assert isinstance(tp.get_recorder(config), FinalModelRecorder)\n"
+        "config.trainer.name = 'base'\n"
+        "assert type(tp.get_recorder(config)).__name__ == 'BaseRecorder'\n"
+        "print('ok')\n")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
+    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
+
+
+def test_another_recorder_for_um_is_refused_in_one_line(oo):
+    from openood.recorders import get_recorder
+    from openood.utils import Config
+
+    from um_plugin.openood.options import RouteStop
+    config = Config({"trainer": {"name": "um"}, "recorder": {"name": "cider"}, "output_dir": "."})
+    with pytest.raises(RouteStop, match=r"^recorder.name: the um trainer needs recorder 'base' .*"
+                                        r"got 'cider'$"):
+        get_recorder(config)
