@@ -101,5 +101,6 @@ def test_gloo_group_fails_when_the_group_outlives_it():
     out = mp.Manager().dict()
     mp.spawn(_leaky_worker, args=(1, free_port(), out), nprocs=1, join=True)
     message, left_after_release = out[0]
-    assert re.search(r"rank 0: [1-9]\d* gloo thread\(s\) outlived destroy_process_group", message), message
+    assert re.search(r"rank 0: [1-9]\d* gloo thread\(s\) outlived destroy_process_group",
+                     message), message
     assert left_after_release == 0

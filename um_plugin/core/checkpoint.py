@@ -82,7 +82,7 @@ def encode(state: dict) -> bytes:
 
 
 def write_state(state: dict, path) -> Path:
-    """Write ``state`` to ``path`` as a v2 checkpoint, atomically (temporary file, fsync, rename)."""
+    """Write ``state`` to ``path`` as a v2 checkpoint, atomically (temp file, fsync, rename)."""
     path = Path(path)
     data = encode(state)  # serialised first: a failure here leaves no file behind
     path.parent.mkdir(parents=True, exist_ok=True)

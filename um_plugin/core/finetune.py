@@ -276,8 +276,8 @@ class Finetuner:
         said = "" if n is None else f" (its len() says {n})"
         return ValueError(
             f"the loader yielded {yielded} batches in epoch {epoch + 1}{said}, but this run's lr "
-            f"schedule was built for steps_per_epoch={self.steps_per_epoch} (stopped before a wrong "
-            "schedule runs on); pass steps_per_epoch=<the batches one epoch really yields>")
+            f"schedule was built for steps_per_epoch={self.steps_per_epoch} (stopped before a "
+            "wrong schedule runs on); pass steps_per_epoch=<the batches one epoch really yields>")
 
     def _apply_pending_loader_rng(self, loader) -> None:
         if self._pending_loader_rng is None:
@@ -388,9 +388,12 @@ class Finetuner:
         extra = [k for k in saved if k not in ours]
         lacking = [k for k in ours if k not in saved]
         if extra or lacking:
-            parts = ([f"{name} needs {len(lacking)} entries the file lacks (e.g. {lacking[0]!r})"]
-                     if lacking else []) + (
-                [f"the file has {len(extra)} that {name} lacks (e.g. {extra[0]!r})"] if extra else [])
+            parts = []
+            if lacking:
+                parts.append(f"{name} needs {len(lacking)} entries the file lacks (e.g. "
+                             f"{lacking[0]!r})")
+            if extra:
+                parts.append(f"the file has {len(extra)} that {name} lacks (e.g. {extra[0]!r})")
             raise ValueError(f"{source} does not fit {name}: {'; '.join(parts)}; resume with the "
                              "architecture it was saved from")
         for k, value in saved.items():

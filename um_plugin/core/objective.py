@@ -25,7 +25,7 @@ def _finite_number(value, name: str, rule: str, ok) -> float:
         raise ValueError(f"{name} must be a single finite number {rule}, got a {value.dtype} "
                          f"tensor of shape {tuple(value.shape)}{shown}")
     if isinstance(value, bool) or not isinstance(value, (Real, torch.Tensor)):
-        raise ValueError(f"{name} must be a single finite number {rule}, got {value!r}")
+        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
     number = float(value)
     if not math.isfinite(number) or not ok(number):
         raise ValueError(f"{name} must be a finite number {rule}, got {number!r}")
@@ -39,8 +39,8 @@ def validate_xi(xi) -> float:
     ``|beta * CE - xi| + xi``, computed in float32, is inf whatever the model does.
     """
     return _finite_number(xi, "loss constraint xi",
-                          f">= 0 and <= {XI_MAX:.4g} (above that |beta*CE - xi| + xi overflows "
-                          "float32, in which the loss is computed)", lambda v: 0 <= v <= XI_MAX)
+                          f">= 0 and <= {XI_MAX:.4g} (beyond that the float32 loss "
+                          "|beta*CE - xi| + xi overflows)", lambda v: 0 <= v <= XI_MAX)
 
 
 def validate_beta(beta) -> float:
