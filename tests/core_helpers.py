@@ -1,4 +1,6 @@
 """Small models and data made inside the tests: nothing is downloaded."""
+import contextlib
+
 import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
@@ -89,3 +91,62 @@ def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def gloo_threads():
+    """Threads of gloo process groups alive in this process (Linux names them), or None
+    where threads cannot be listed."""
+    import os
+    try:
+        tids = os.listdir("/proc/self/task")
+    except OSError:
+        return None
+    count = 0
+    for tid in tids:
+        try:
+            with open(f"/proc/self/task/{tid}/comm") as f:
+                count += f.read().startswith(("gloo", "pt_gloo"))
+        except OSError:  # the thread ended meanwhile
+            pass
+    return count
+
+
+@contextlib.contextmanager
+def gloo_group(rank, world, *, port=None, init_file=None, timeout_s=None):
+    """Join a gloo group for the block; leave it destroyed, with none of its threads left.
+
+    Why: a spawned worker whose gloo threads outlive the group reaches interpreter shutdown with
+    them running, and there it dies at random with SIGABRT ("terminate called without an active
+    exception": a gloo thread dropping its last work needs the GIL of an interpreter being torn
+    down). ``destroy_process_group`` frees the group only if nothing else holds it, and two
+    kinds of things do: a live DistributedDataParallel (its ``process_group``), so the block
+    must not leave one behind (build it in a function called inside the block); and a module
+    imported while the group exists that captures ``dist.group.WORLD`` at import time (e.g. as a
+    default argument): ``torch._dynamo``, which DDP's constructor imports, and ``diffdist``,
+    which ``openood.trainers`` imports. So ``torch._dynamo`` is imported here first, and callers
+    import the rest before the block. Leaving the block checks that no gloo thread is left, so a
+    leak fails every time instead of one run in a few.
+    """
+    import datetime
+    import gc
+    import os
+
+    import torch._dynamo  # noqa: F401  (see above: before the group exists)
+    import torch.distributed as dist
+
+    if port is not None:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    kwargs = {"init_method": f"file://{init_file}"} if init_file is not None else {}
+    if timeout_s is not None:
+        kwargs["timeout"] = datetime.timedelta(seconds=timeout_s)
+    dist.init_process_group("gloo", rank=rank, world_size=world, **kwargs)
+    try:
+        yield
+    finally:
+        dist.destroy_process_group()
+        gc.collect()  # a DDP module in a reference cycle still holds the group
+    left = gloo_threads()
+    if left:
+        raise RuntimeError(f"rank {rank}: {left} gloo thread(s) outlived destroy_process_group "
+                           "(something still holds the process group); at interpreter exit "
+                           "they abort this process at random")

@@ -170,52 +170,63 @@ def make_openood_layout(data_root, id_name="cifar10", size=32, per_list=12, seed
         write_list(data_root, leaf["imglist_path"], lines)
 
 
+def _import_before_the_group():
+    """Import OpenOOD's trainers before a worker's process group exists: they import diffdist,
+    whose functions take ``group=dist.group.WORLD`` as a default argument, so importing it
+    while a group exists keeps that group alive past destroy_process_group (see gloo_group)."""
+    import openood.networks.lenet  # noqa: F401
+    import openood.trainers  # noqa: F401
+    import openood.utils  # noqa: F401
+    import um_plugin.openood  # noqa: F401  registers
+
+
 def ddp_worker(rank, world_size, init_file, out_dir, configs, dataset_tensors):
     """One rank of the gloo test: for each trainer config, build the OpenOOD trainer on a
     DDP-wrapped LeNet, train an epoch on this rank's shard, save what must agree across ranks."""
+    from core_helpers import gloo_group
+    _import_before_the_group()
+    with gloo_group(rank, world_size, init_file=init_file):
+        for name, config_dict in configs.items():
+            _ddp_train_one(rank, world_size, out_dir, name, config_dict, dataset_tensors)
+
+
+def _ddp_train_one(rank, world_size, out_dir, name, config_dict, dataset_tensors):
+    """One config of :func:`ddp_worker`; its DDP wrapper dies on return, before the group."""
     import torch
-    import torch.distributed as dist
     from torch.utils.data import DataLoader, Dataset
     from torch.utils.data.distributed import DistributedSampler
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world_size)
-    try:
-        import um_plugin.openood  # noqa: F401  registers
-        from openood.networks.lenet import LeNet
-        from openood.trainers import get_trainer
-        from openood.utils import Config
-        from um_plugin.core.masks import iter_score_masks
+    import um_plugin.openood  # noqa: F401  registers
+    from openood.networks.lenet import LeNet
+    from openood.trainers import get_trainer
+    from openood.utils import Config
+    from um_plugin.core.masks import iter_score_masks
 
-        x, y = dataset_tensors
+    x, y = dataset_tensors
 
-        class Dicts(Dataset):
-            def __len__(self):
-                return len(y)
+    class Dicts(Dataset):
+        def __len__(self):
+            return len(y)
 
-            def __getitem__(self, i):
-                return {"data": x[i], "label": y[i]}
+        def __getitem__(self, i):
+            return {"data": x[i], "label": y[i]}
 
-        for name, config_dict in configs.items():
-            sampler = DistributedSampler(Dicts(), num_replicas=world_size, rank=rank, shuffle=True,
-                                         seed=0)
-            loader = DataLoader(Dicts(), batch_size=4, sampler=sampler)
-            torch.manual_seed(rank)  # different inits: DDP must broadcast rank 0's, as in OpenOOD
-            net = torch.nn.parallel.DistributedDataParallel(LeNet(num_classes=3, num_channel=3))
-            trainer = get_trainer(net, loader, None, Config(config_dict))
-            out_net, metrics = trainer.train_epoch(1)
-            out_net = getattr(out_net, "module", out_net)  # um hands back OpenOOD's DDP wrapper
-            masks, scores = {}, {}
-            for layer, _, m in iter_score_masks(trainer.model):
-                m.group.refresh()
-                masks[layer] = m.mask.detach().clone()
-                scores[layer] = m.scores.detach().clone()
-            torch.save({"xi": trainer.xi, "metrics": metrics, "state": out_net.state_dict(),
-                        "masks": masks, "scores": scores, "type": type(out_net).__name__,
-                        "shard": list(iter(sampler))},
-                       os.path.join(out_dir, f"{name}_rank{rank}.pt"))
-    finally:
-        dist.destroy_process_group()
+    sampler = DistributedSampler(Dicts(), num_replicas=world_size, rank=rank, shuffle=True, seed=0)
+    loader = DataLoader(Dicts(), batch_size=4, sampler=sampler)
+    torch.manual_seed(rank)  # different inits: DDP must broadcast rank 0's, as in OpenOOD
+    net = torch.nn.parallel.DistributedDataParallel(LeNet(num_classes=3, num_channel=3))
+    trainer = get_trainer(net, loader, None, Config(config_dict))
+    out_net, metrics = trainer.train_epoch(1)
+    out_net = getattr(out_net, "module", out_net)  # um hands back OpenOOD's DDP wrapper
+    masks, scores = {}, {}
+    for layer, _, m in iter_score_masks(trainer.model):
+        m.group.refresh()
+        masks[layer] = m.mask.detach().clone()
+        scores[layer] = m.scores.detach().clone()
+    torch.save({"xi": trainer.xi, "metrics": metrics, "state": out_net.state_dict(),
+                "masks": masks, "scores": scores, "type": type(out_net).__name__,
+                "shard": list(iter(sampler))},
+               os.path.join(out_dir, f"{name}_rank{rank}.pt"))
 
 
 def bn_net():
@@ -229,41 +240,46 @@ def bn_net():
 def ddp_nan_worker(rank, world_size, init_file, out_dir, config_dict, nan_rank):
     """One rank of the NaN test: only ``nan_rank``'s second batch holds a NaN. Saves what this
     rank raised and its BatchNorm buffers next to those after the last finite step."""
-    import copy
-    import datetime
-
     import torch
-    import torch.distributed as dist
-    from torch.utils.data import DataLoader
 
-    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank,
-                            world_size=world_size, timeout=datetime.timedelta(seconds=20))
+    from core_helpers import gloo_group
+    _import_before_the_group()
     result = {"rank": rank}
     try:
-        import um_plugin.openood  # noqa: F401  registers
-        from openood.trainers import get_trainer
-        from openood.utils import Config
-
-        torch.manual_seed(0)
-        net = bn_net()
-        g = torch.Generator().manual_seed(rank)
-        x, y = torch.randn(16, 3, 8, 8, generator=g), torch.arange(16) % 3
-        if rank == nan_rank:
-            x[9] = float("nan")  # second batch of 8
-        loader = DataLoader([{"data": a, "label": b} for a, b in zip(x, y)], batch_size=8)
-        reference = copy.deepcopy(net).train()
-        with torch.no_grad():
-            reference(x[:8])  # BatchNorm statistics after the one finite step
-        trainer = get_trainer(torch.nn.parallel.DistributedDataParallel(net), loader, None,
-                              Config(config_dict))
-        try:
-            trainer.train_epoch(1)
-            result["error"] = None
-        except Exception as exc:  # what each rank raised is the result
-            result.update(error=type(exc).__name__, message=str(exc),
-                          step=getattr(exc, "step", None))
-        result["buffers"] = [b.detach().clone() for b in trainer.model.buffers()]
-        result["expected"] = [b.detach().clone() for b in reference.buffers()]
+        with gloo_group(rank, world_size, init_file=init_file, timeout_s=20):
+            _ddp_nan_run(rank, config_dict, nan_rank, result)
     finally:
         torch.save(result, os.path.join(out_dir, f"nan_rank{rank}.pt"))
-        dist.destroy_process_group()
+
+
+def _ddp_nan_run(rank, config_dict, nan_rank, result):
+    """The body of :func:`ddp_nan_worker`; its DDP wrapper dies on return, before the group."""
+    import copy
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    import um_plugin.openood  # noqa: F401  registers
+    from openood.trainers import get_trainer
+    from openood.utils import Config
+
+    torch.manual_seed(0)
+    net = bn_net()
+    g = torch.Generator().manual_seed(rank)
+    x, y = torch.randn(16, 3, 8, 8, generator=g), torch.arange(16) % 3
+    if rank == nan_rank:
+        x[9] = float("nan")  # second batch of 8
+    loader = DataLoader([{"data": a, "label": b} for a, b in zip(x, y)], batch_size=8)
+    reference = copy.deepcopy(net).train()
+    with torch.no_grad():
+        reference(x[:8])  # BatchNorm statistics after the one finite step
+    trainer = get_trainer(torch.nn.parallel.DistributedDataParallel(net), loader, None,
+                          Config(config_dict))
+    try:
+        trainer.train_epoch(1)
+        result["error"] = None
+    except Exception as exc:  # what each rank raised is the result
+        result.update(error=type(exc).__name__, message=str(exc),
+                      step=getattr(exc, "step", None))
+    result["buffers"] = [b.detach().clone() for b in trainer.model.buffers()]
+    result["expected"] = [b.detach().clone() for b in reference.buffers()]

@@ -1,8 +1,7 @@
 """ξ under torch.distributed: two CPU processes (gloo) must agree with one process on all data."""
-import os
+import re
 
 import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core_helpers import free_port, loader, trained_model
@@ -10,26 +9,22 @@ from um_plugin.core.masks import attach_score_masks, score_parameters
 from um_plugin.core.xi import estimate_xi
 
 
-def _join(rank, world, port, state):
-    """Join the gloo group; return the model rebuilt from ``state`` and this rank's batches."""
+def _shard(rank, world, state):
+    """The model rebuilt from ``state`` and this rank's batches."""
     from core_helpers import TinyCNN
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world)
     model = TinyCNN()
     model.load_state_dict(state)
     return model, [b for i, b in enumerate(loader(batch_size=16)) if i % world == rank]
 
 
 def _worker(rank, world, port, state, out):
-    model, shard = _join(rank, world, port, state)
-    try:
-        from core_helpers import TinyCNN
+    from core_helpers import TinyCNN, gloo_group
+    with gloo_group(rank, world, port=port):
+        model, shard = _shard(rank, world, state)
         est = estimate_xi(model, shard, keep_ratio=0.8, seed=5, progress=False)
         probe = TinyCNN()
         attach_score_masks(probe, 0.8, generator=torch.Generator().manual_seed(5))
         out[rank] = (est.xi, est.num_samples, torch.cat([p.detach().flatten() for p in score_parameters(probe)]).tolist())
-    finally:
-        dist.destroy_process_group()
 
 
 def test_xi_is_all_reduced_and_masks_agree_across_ranks():
@@ -48,9 +43,10 @@ def _nan_worker(rank, world, port, state, out):
     """Rank 1 alone sees a NaN batch at step 1; both ranks must stop there, unchanged."""
     import math
 
+    from core_helpers import gloo_group
     from um_plugin.core import FinetuneConfig, Finetuner, NonFiniteLossError
-    model, batches = _join(rank, world, port, state)
-    try:
+    with gloo_group(rank, world, port=port):
+        model, batches = _shard(rank, world, state)
         if rank == 1:
             x, y = batches[1]
             batches[1] = (torch.full_like(x, math.nan), y)
@@ -63,8 +59,6 @@ def _nan_worker(rank, world, port, state, out):
         except NonFiniteLossError as err:
             same = all(torch.equal(after_first[k], v) for k, v in model.state_dict().items())
             out[rank] = ("stopped", err.step, same)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_nan_on_one_rank_stops_every_rank_without_hanging():
@@ -79,4 +73,34 @@ def test_nan_on_one_rank_stops_every_rank_without_hanging():
         if p.is_alive():
             p.kill()
     assert not alive, "a rank hung in a collective after another rank saw a NaN"
+    # each worker left its gloo group with no thread of it running (gloo_group checks) and
+    # exited cleanly: no abort at interpreter shutdown
+    assert [p.exitcode for p in ctx.processes] == [0, 0]
     assert out[0] == out[1] == ("stopped", 0, True)
+
+
+def _leaky_worker(rank, world, port, out):
+    """Leave a DDP wrapper (which holds the group) alive past ``gloo_group``'s block."""
+    import gc
+
+    from core_helpers import gloo_group, gloo_threads
+    kept = []
+    try:
+        with gloo_group(rank, world, port=port):
+            kept.append(torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2)))
+        out[rank] = ("no error", gloo_threads())
+    except RuntimeError as err:
+        kept.clear()  # the wrapper goes, and with it the group and its threads
+        gc.collect()
+        out[rank] = (str(err), gloo_threads())
+
+
+def test_gloo_group_fails_when_the_group_outlives_it():
+    """The check the distributed tests rely on can fail: a group something still holds when the
+    block ends is an error every time, not a random abort at the worker's exit."""
+    out = mp.Manager().dict()
+    mp.spawn(_leaky_worker, args=(1, free_port(), out), nprocs=1, join=True)
+    message, left_after_release = out[0]
+    assert re.search(r"rank 0: [1-9]\d* gloo thread\(s\) outlived destroy_process_group",
+                     message), message
+    assert left_after_release == 0

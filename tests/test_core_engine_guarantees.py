@@ -11,6 +11,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from core_helpers import fresh_copy, loader, separable_data, state_equal, trained_model
 from um_plugin.core import (FinetuneConfig, Finetuner, NonFiniteLossError, load_checkpoint,
                             run_um, run_umap, save_checkpoint)
+from um_plugin.core.checkpoint import read_state
 from um_plugin.core.masks import attach_score_masks, has_score_masks
 
 
@@ -90,7 +91,7 @@ def test_checkpoint_of_another_run_is_refused_naming_the_field(base, tmp_path):
     other = Finetuner(fresh_copy(base), 0.1,
                       FinetuneConfig(mode="umap", epochs=2, keep_ratio=0.5, progress=False), 3)
     with pytest.raises(ValueError, match=r"keep_ratio: 0.5 vs 0.8"):
-        other.load_state_dict(torch.load(path, weights_only=False))
+        other.load_state_dict(read_state(path))
     with pytest.raises(ValueError, match=r"xi: 0.2 vs 0.1"):
         run_umap(fresh_copy(base), loader(), 0.2,
                  FinetuneConfig(epochs=2, keep_ratio=0.8, progress=False), checkpoint_path=path)
@@ -120,7 +121,7 @@ def test_run_with_existing_checkpoint_resumes_instead_of_restarting(base, tmp_pa
     with pytest.raises(KeyboardInterrupt):  # dies in epoch 2, after epoch 1 was saved
         run_um(model, Interrupting(seeded_loader(), at=4), 0.15, config, checkpoint_path=path)
     assert state_equal(model, base)
-    assert torch.load(path, weights_only=False)["epoch"] == 1
+    assert read_state(path)["epoch"] == 1
     run_um(model, seeded_loader(), 0.15, config, checkpoint_path=path)
     assert state_equal(model, whole)
 
@@ -191,6 +192,45 @@ def test_loader_without_len_needs_steps_per_epoch(base):
         tuner.train_epoch(generator_loader)
     tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=1, progress=False), 3)
     assert tuner.train_epoch(b for b in batches)["acc"] > 0.5
+
+
+class Batches:
+    """A loader without len(): ``per_epoch`` batches each time it is iterated; counts draws."""
+
+    def __init__(self, per_epoch):
+        self.batches = [b for b in loader(n=16 * per_epoch, batch_size=16)]
+        self.drawn = 0
+
+    def __iter__(self):
+        for batch in self.batches:
+            self.drawn += 1
+            yield batch
+
+
+@pytest.mark.parametrize("per_epoch,steps,pattern,applied", [
+    (4, 2, r"yielded at least 3 batches in epoch 1, .*steps_per_epoch=2", 2),  # stops at batch 3
+    (4, 8, r"yielded 4 batches in epoch 1, .*steps_per_epoch=8", 4),  # stops at the epoch's end
+])
+def test_steps_per_epoch_that_does_not_match_a_loader_without_len_stops(base, per_epoch, steps,
+                                                                          pattern, applied):
+    data = Batches(per_epoch)
+    tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=2, progress=False), steps)
+    with pytest.raises(ValueError, match=pattern) as caught:
+        tuner.fit(data)
+    assert "\n" not in str(caught.value)
+    assert tuner.scheduler.last_epoch == applied  # steps taken before the stop
+    assert data.drawn == min(per_epoch, steps + 1)
+    assert tuner.epoch == 0 and tuner.history.epoch == []  # the epoch was not counted as done
+
+
+def test_a_loader_whose_len_is_wrong_is_stopped_too(base):
+    class Lying(Batches):
+        def __len__(self):
+            return 3
+
+    tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=1, progress=False))
+    with pytest.raises(ValueError, match=r"at least 4 batches in epoch 1 \(its len\(\) says 3\)"):
+        tuner.fit(Lying(5))
 
 
 @pytest.mark.parametrize("field,value", [("momentum", 5.0), ("momentum", 1.0), ("seed", 1.5),

@@ -1,9 +1,4 @@
 """Under torch.distributed a bad batch on one rank stops every rank with an error, none hangs."""
-import datetime
-import os
-
-import torch
-import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from core_helpers import free_port, loader, trained_model
@@ -11,11 +6,8 @@ from um_plugin.core.xi import estimate_xi
 
 
 def _worker(rank, world, port, state, out):
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world,
-                            timeout=datetime.timedelta(seconds=60))
-    try:
-        from core_helpers import TinyCNN
+    from core_helpers import TinyCNN, gloo_group
+    with gloo_group(rank, world, port=port, timeout_s=60):
         model = TinyCNN()
         model.load_state_dict(state)
         for case in ("label", "nan"):
@@ -30,8 +22,6 @@ def _worker(rank, world, port, state, out):
                 out[(case, rank)] = "no error"
             except ValueError as exc:
                 out[(case, rank)] = str(exc)
-    finally:
-        dist.destroy_process_group()
 
 
 def test_every_rank_raises_when_one_rank_has_a_bad_batch():

@@ -1,4 +1,14 @@
-"""Checkpoint files: atomic writes, readable errors, and what a loader's data order depends on.
+"""Checkpoint files: checksummed, atomic, refused in one line when damaged or not a run's file.
+
+Format (v2): one ASCII header line, then the ``torch.save`` bytes of the run's state::
+
+    um-plugin checkpoint v2 sha256=<64 lowercase hex digits> bytes=<payload length>\\n<payload>
+
+The header covers the payload (its length and sha256), and the header itself must match that
+pattern byte for byte, so any changed, missing or zeroed byte anywhere in the file is refused
+before torch reads it (torch's zip reader checks no CRC). Files written before v2 (a bare
+``torch.save`` zip, no checksum) are still loaded, with an :class:`UnverifiedCheckpointWarning`
+saying that nothing vouches for their content; the next save of that run writes v2.
 
 A save goes to ``.<name>.tmp`` beside the target and is renamed over it, so a killed save never
 loses the previous checkpoint and leaves at most one stale temporary file, which the next save
@@ -6,12 +16,38 @@ replaces. Files are created with the process umask (not mkstemp's 0600).
 """
 from __future__ import annotations
 
+import hashlib
+import io
 import os
 import pickle
+import re
+import warnings
 import zipfile
+from dataclasses import fields
 from pathlib import Path
 
 import torch
+
+from .config import FinetuneConfig
+from .objective import validate_xi
+
+_MAGIC = b"um-plugin checkpoint "
+_HEADER = re.compile(rb"um-plugin checkpoint v2 sha256=([0-9a-f]{64}) bytes=(0|[1-9][0-9]{0,18})\n")
+_HEADER_MAX = 128  # longer than any valid header line
+_ZIP = b"PK\x03\x04"  # what torch.save (and so a pre-v2 checkpoint) starts with
+# what Finetuner.load_state_dict needs; "scaler", "loader_rng", "rng_cuda" and
+# "steps_per_epoch" are optional (absent in older files or for some runs)
+REQUIRED = ("model", "optimizer", "scheduler", "epoch", "xi", "config", "history", "rng_cpu")
+_VALID = "a file written by save_checkpoint or run_um/run_umap(checkpoint_path=)"
+_ELSEWHERE = "use an earlier checkpoint, or delete it to start the run afresh"
+
+
+class UnverifiedCheckpointWarning(UserWarning):
+    """A checkpoint written before checkpoints carried a checksum was loaded unverified."""
+
+
+def _name(path: Path) -> str:
+    return f"checkpoint {str(path)!r}"
 
 
 def _tmp_path(path: Path) -> Path:
@@ -35,14 +71,25 @@ def check_writable(path) -> Path:
     return path
 
 
+def encode(state: dict) -> bytes:
+    """``state`` as the bytes of a v2 checkpoint file (header line, then torch.save's bytes)."""
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    header = (f"um-plugin checkpoint v2 sha256={hashlib.sha256(payload).hexdigest()} "
+              f"bytes={len(payload)}\n").encode("ascii")
+    return header + payload
+
+
 def write_state(state: dict, path) -> Path:
-    """``torch.save`` ``state`` to ``path`` atomically (temporary file, fsync, rename)."""
+    """Write ``state`` to ``path`` as a v2 checkpoint, atomically (temp file, fsync, rename)."""
     path = Path(path)
+    data = encode(state)  # serialised first: a failure here leaves no file behind
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = _tmp_path(path)
     try:
         with open(tmp, "wb") as f:
-            torch.save(state, f)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -52,22 +99,104 @@ def write_state(state: dict, path) -> Path:
     return path
 
 
+def _payload(data: bytes, path: Path) -> memoryview | None:
+    """The verified payload of a v2 file; None for a pre-v2 (bare torch zip) file."""
+    where = _name(path)
+    if not data:
+        raise ValueError(f"{where} cannot be read: it is empty (0 bytes); {_ELSEWHERE}")
+    if data.count(0) == len(data):
+        raise ValueError(f"{where} cannot be read: all its {len(data)} bytes are zero (the disk "
+                         f"never got what was written?); {_ELSEWHERE}")
+    if data.startswith(_ZIP):
+        return None
+    newline = data.find(b"\n", 0, _HEADER_MAX)
+    header = _HEADER.fullmatch(data[:newline + 1]) if newline >= 0 else None
+    if header is None:
+        first = data[:_HEADER_MAX]
+        if _MAGIC in first or b" sha256=" in first or _MAGIC.startswith(data[:len(_MAGIC)]):
+            raise ValueError(f"{where} cannot be read: its header line is damaged or truncated "
+                             f"(expected 'um-plugin checkpoint v2 sha256=<hex> bytes=<n>'); "
+                             f"{_ELSEWHERE}")
+        raise ValueError(f"{where} is not a um-plugin checkpoint (it starts with "
+                         f"{data[:16]!r}); pass {_VALID}")
+    payload, expected = memoryview(data)[newline + 1:], int(header.group(2))
+    if len(payload) < expected:
+        raise ValueError(f"{where} cannot be read: it is truncated ({len(payload)} of the "
+                         f"{expected} bytes its header records); {_ELSEWHERE}")
+    if len(payload) > expected:
+        raise ValueError(f"{where} cannot be read: it holds {len(payload)} bytes after its header, "
+                         f"which records {expected} (damaged or appended to); {_ELSEWHERE}")
+    if hashlib.sha256(payload).hexdigest().encode("ascii") != header.group(1):
+        raise ValueError(f"{where} cannot be read: its content does not match the sha256 checksum "
+                         f"in its header (damaged on disk or in transfer); {_ELSEWHERE}")
+    return payload
+
+
+def check_state(state, path: Path) -> dict:
+    """Refuse, naming ``path``, a state that is not a resumable run's (entries, config, ξ)."""
+    where = _name(path)
+    if not isinstance(state, dict):
+        raise ValueError(f"{where} holds a {type(state).__name__}, not a fine-tuning run's state; "
+                         f"pass {_VALID}")
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"{where} lacks the {', '.join(map(repr, missing))} "
+                         f"entr{'y' if len(missing) == 1 else 'ies'} of a fine-tuning run's state "
+                         f"(one holds {', '.join(REQUIRED)}); pass {_VALID}")
+    config = state["config"]
+    if not isinstance(config, dict):
+        raise ValueError(f"{where} has a config of type {type(config).__name__}, not a dict of "
+                         f"FinetuneConfig fields; pass {_VALID}")
+    known = [f.name for f in fields(FinetuneConfig)]
+    unknown = [k for k in config if k not in known]
+    if unknown:
+        raise ValueError(f"{where} has unknown config key(s) {', '.join(map(repr, unknown))} "
+                         f"(written by another um-plugin version, or edited?); FinetuneConfig "
+                         f"knows {', '.join(known)}")
+    try:
+        FinetuneConfig.from_saved(config)
+        validate_xi(state["xi"])
+    except ValueError as err:
+        raise ValueError(f"{where} holds an invalid setting: {err}") from None
+    if config.get("mode") == "umap" and isinstance(state["model"], dict) and not any(
+            ".parametrizations." in k or k.startswith("parametrizations.") for k in state["model"]):
+        raise ValueError(f"{where} is a finished UMAP run's file (saved after finish(): the mask "
+                         "is baked into the weights), which cannot resume; its 'model' entry "
+                         "loads into a plain model with model.load_state_dict, and a run resumes "
+                         "from a checkpoint saved before finish()")
+    return state
+
+
 def read_state(path, map_location=None) -> dict:
-    """Load a um-plugin checkpoint, or raise one ValueError naming the file and the cause."""
+    """Load a checkpoint's state, verified, or raise one ValueError naming the file and the cause.
+
+    A v2 file must match its checksum; a pre-v2 file (no checksum) loads with an
+    :class:`UnverifiedCheckpointWarning`.
+    """
     path = Path(path)
-    if not path.is_file():
+    if path.is_dir():
+        raise ValueError(f"{_name(path)} is a folder, not a checkpoint file; pass {_VALID}")
+    if not path.exists():
         raise FileNotFoundError(f"checkpoint {str(path)!r} does not exist")
     try:
-        state = torch.load(path, map_location=map_location, weights_only=False)
+        data = path.read_bytes()
+    except OSError as err:
+        raise ValueError(f"{_name(path)} cannot be read ({err.strerror or err}); pass a readable "
+                         "file") from None
+    payload = _payload(data, path)
+    if payload is None:
+        warnings.warn(f"{_name(path)} was written before checkpoints carried a checksum, so it is "
+                      "loaded unverified (damage would go unnoticed); the run's next save adds "
+                      "one", UnverifiedCheckpointWarning, stacklevel=2)
+    try:
+        state = torch.load(io.BytesIO(data if payload is None else payload),
+                           map_location=map_location, weights_only=False)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
-            ValueError) as err:
-        raise ValueError(f"checkpoint {str(path)!r} cannot be read ({type(err).__name__}: {err}); "
-                         "it is truncated or not a torch file -- use an earlier checkpoint or "
-                         "start a new run") from None
-    if not isinstance(state, dict) or "config" not in state or "model" not in state:
-        raise ValueError(f"{str(path)!r} is not a um-plugin fine-tuning checkpoint "
-                         "(written by save_checkpoint)")
-    return state
+            ValueError, KeyError) as err:
+        raise ValueError(f"{_name(path)} cannot be read ({type(err).__name__}: "
+                         f"{' '.join(str(err).split())}); it is truncated or not a torch file -- "
+                         f"{_ELSEWHERE}") from None
+    return check_state(state, path)
 
 
 def save_checkpoint(tuner, path) -> Path:

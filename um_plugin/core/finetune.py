@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import unpack_batch
-from .checkpoint import check_writable, loader_generators, save_checkpoint
+from .checkpoint import REQUIRED, check_writable, loader_generators, save_checkpoint
 from .config import MODES, OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig  # noqa: F401  (re-exported)
 from .distributed import is_distributed, is_main_process
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
@@ -36,12 +36,13 @@ GradHook = Callable[[list], None]
 class NonFiniteLossError(FloatingPointError):
     """Fine-tuning met a NaN/inf loss; that step was not applied on any rank."""
 
-    def __init__(self, epoch: int, step: int, value: float, ranks: int = 1):
+    def __init__(self, epoch: int, step: int, value: float, ranks: int = 1,
+                 fix: str = "lower the lr, use precision='fp32', or check the data"):
         where = f" on {ranks} rank(s)" if is_distributed() else ""
         super().__init__(
             f"loss became non-finite{where} at epoch {epoch}, step {step} (this rank's loss: "
             f"{value}); that step was not applied and BatchNorm statistics were rolled back "
-            "(lower the lr, use precision='fp32', or check the data)")
+            f"({fix})")
         self.epoch, self.step, self.value = epoch, step, value
 
 
@@ -202,6 +203,12 @@ class Finetuner:
         if bad_ranks or not math.isfinite(value):
             if self._backup:
                 torch._foreach_copy_(self._buffers, self._backup)  # undo BN stat updates
+            largest = torch.finfo(loss.dtype).max if loss.dtype.is_floating_point else math.inf
+            if 2 * self.xi > largest:  # e.g. a half-precision model: |CE - xi| + xi overflows
+                raise NonFiniteLossError(
+                    epoch, index, value, int(bad_ranks) or 1,
+                    f"xi={self.xi:g} is too large for the {loss.dtype} loss, whose largest value "
+                    f"is {largest:g}: 2*xi must stay below it; use a smaller xi")
             raise NonFiniteLossError(epoch, index, value, int(bad_ranks) or 1)
         return value
 
@@ -250,6 +257,8 @@ class Finetuner:
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         try:
             for index, batch in enumerate(loader):
+                if index == self.steps_per_epoch:  # before a step past the schedule's end runs
+                    raise self._miscount(f"at least {index + 1}", epoch, n)
                 x, y = unpack_batch(batch)
                 value, batch_correct = self.step(x, y, epoch=epoch, index=index)
                 total_loss += value * y.shape[0]
@@ -263,12 +272,22 @@ class Finetuner:
             bar.close()
         if count == 0:
             raise ValueError("the loader yielded no batches; fine-tuning needs ID training data")
+        if index + 1 < self.steps_per_epoch:  # ran short: the decay would never finish
+            raise self._miscount(str(index + 1), epoch, n)
         stats = {"loss": total_loss / count, "acc": correct.item() / count}
         self.history.append(epoch, stats["loss"], stats["acc"], self.xi,
                             self.optimizer.param_groups[0]["lr"])
         self.epoch = epoch + 1
         self._loader_rng = [g.get_state() for g in loader_generators(loader)]
         return stats
+
+    def _miscount(self, yielded: str, epoch: int, n: Optional[int]) -> ValueError:
+        """The batches an epoch really yields differ from the schedule's steps_per_epoch."""
+        said = "" if n is None else f" (its len() says {n})"
+        return ValueError(
+            f"the loader yielded {yielded} batches in epoch {epoch + 1}{said}, but this run's lr "
+            f"schedule was built for steps_per_epoch={self.steps_per_epoch} (stopped before a "
+            "wrong schedule runs on); pass steps_per_epoch=<the batches one epoch really yields>")
 
     def _apply_pending_loader_rng(self, loader) -> None:
         if self._pending_loader_rng is None:
@@ -320,9 +339,22 @@ class Finetuner:
             state["rng_cuda"] = torch.cuda.get_rng_state_all()
         return state
 
-    def load_state_dict(self, state: dict) -> None:
-        """Resume from :meth:`state_dict`; refuses a checkpoint of a differently set-up run."""
-        theirs = FinetuneConfig.from_saved(state["config"])
+    def load_state_dict(self, state: dict, *, source: str = "the checkpoint") -> None:
+        """Resume from :meth:`state_dict`; refuses a checkpoint of a differently set-up run.
+
+        Everything is checked before anything changes, so a refused state leaves this run as it
+        was; ``source`` names the state in errors (``load_checkpoint`` passes the file's path).
+        """
+        missing = [k for k in REQUIRED if k not in state]
+        if missing:
+            raise ValueError(f"{source} lacks the {', '.join(map(repr, missing))} entr"
+                             f"{'y' if len(missing) == 1 else 'ies'} of a fine-tuning run's state "
+                             f"(one holds {', '.join(REQUIRED)}); pass what state_dict() returned")
+        try:
+            theirs = FinetuneConfig.from_saved(state["config"])
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"{source} holds an invalid config ({err}); pass what state_dict() "
+                             "returned") from None
         diffs = self.config.differences(theirs)
         if state["xi"] != self.xi:
             diffs.append(f"xi: {self.xi!r} vs {state['xi']!r}")
@@ -330,11 +362,17 @@ class Finetuner:
         if None not in (steps, self.steps_per_epoch) and steps != self.steps_per_epoch:
             diffs.append(f"steps_per_epoch: {self.steps_per_epoch} vs {steps}")
         if diffs:
-            raise ValueError(f"the checkpoint belongs to another run ({'; '.join(diffs)}: this run "
+            raise ValueError(f"{source} belongs to another run ({'; '.join(diffs)}: this run "
                              "vs checkpoint); resume with the checkpoint's settings "
                              "(load_checkpoint does) or use another checkpoint path")
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
+        self._check_model_fits(state["model"], source)
+        try:
+            self.model.load_state_dict(state["model"])
+            self.optimizer.load_state_dict(state["optimizer"])
+        except (RuntimeError, ValueError, KeyError) as err:
+            raise ValueError(f"{source} does not fit {type(self.model).__name__} ("
+                             f"{' '.join(str(err).split())}); resume with the architecture and "
+                             "settings it was saved from") from None
         if steps is not None:
             self._set_steps(steps)
         self.scheduler.load_state_dict(state["scheduler"])
@@ -349,3 +387,27 @@ class Finetuner:
         # checkpoints written before loader states were recorded resume without that check
         self._pending_loader_rng = (list(self._loader_rng) if self.epoch > 0 and "loader_rng" in state
                                     else None)
+
+    def _check_model_fits(self, saved, source: str) -> None:
+        """One line naming the first entry whose name or shape differs from this model's."""
+        ours = self.model.state_dict()
+        name = type(self.model).__name__
+        if not isinstance(saved, dict):
+            raise ValueError(f"{source} holds a {type(saved).__name__} as its model, not a "
+                             "state_dict; pass what state_dict() returned")
+        extra = [k for k in saved if k not in ours]
+        lacking = [k for k in ours if k not in saved]
+        if extra or lacking:
+            parts = []
+            if lacking:
+                parts.append(f"{name} needs {len(lacking)} entries the file lacks (e.g. "
+                             f"{lacking[0]!r})")
+            if extra:
+                parts.append(f"the file has {len(extra)} that {name} lacks (e.g. {extra[0]!r})")
+            raise ValueError(f"{source} does not fit {name}: {'; '.join(parts)}; resume with the "
+                             "architecture it was saved from")
+        for k, value in saved.items():
+            if isinstance(value, torch.Tensor) and value.shape != ours[k].shape:
+                raise ValueError(f"{source} does not fit {name}: {k!r} has shape "
+                                 f"{tuple(value.shape)} in the file but {tuple(ours[k].shape)} in "
+                                 f"{name}; resume with the architecture it was saved from")

@@ -20,15 +20,15 @@ from .objective import validate_xi
 
 
 def load_checkpoint(model: nn.Module, path, *, grad_hook: Optional[GradHook] = None) -> Finetuner:
-    """Rebuild the run saved at ``path`` around a fresh ``model`` of the same architecture."""
+    """Rebuild the run saved at ``path`` around a fresh ``model`` of the same architecture.
+
+    The file is verified first (see :mod:`um_plugin.core.checkpoint`): a damaged, truncated or
+    zero-filled one, or one that is not a resumable run's, is refused in one line naming it.
+    """
     state = read_state(path, map_location=next(model.parameters()).device)
     tuner = Finetuner(model, state["xi"], FinetuneConfig.from_saved(state["config"]),
-                      steps_per_epoch=state["steps_per_epoch"], grad_hook=grad_hook)
-    try:
-        tuner.load_state_dict(state)
-    except RuntimeError as err:
-        raise ValueError(f"checkpoint {str(path)!r} does not fit {type(model).__name__}: "
-                         f"{err}") from None
+                      steps_per_epoch=state.get("steps_per_epoch"), grad_hook=grad_hook)
+    tuner.load_state_dict(state, source=f"checkpoint {str(path)!r}")
     return tuner
 
 
@@ -65,7 +65,7 @@ def _run(mode: str, model: nn.Module, loader, xi: float, config: Optional[Finetu
     try:
         tuner = Finetuner(model, xi, config, grad_hook=grad_hook)
         if resume is not None:
-            tuner.load_state_dict(resume)
+            tuner.load_state_dict(resume, source=f"checkpoint {str(checkpoint_path)!r}")
         history = tuner.fit(loader, checkpoint_path=checkpoint_path)
         tuner.finish()
     except BaseException:

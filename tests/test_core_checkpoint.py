@@ -1,0 +1,229 @@
+"""Checkpoint files: a checksum over their content, so a damaged, truncated or zero-filled file is
+refused in one line naming it (and never resumed from), while the last good one still resumes
+bit-exactly; every other checkpoint error names the path, the fault and what would be valid."""
+import re
+import warnings
+
+import pytest
+import torch
+from torch.utils.data import DataLoader, TensorDataset
+
+from core_helpers import TinyCNN, fresh_copy, separable_data, state_equal, trained_model
+from um_plugin.core import (FinetuneConfig, Finetuner, load_checkpoint, run_um, run_umap,
+                            save_checkpoint)
+from um_plugin.core.checkpoint import UnverifiedCheckpointWarning, read_state, write_state
+
+CONFIG = FinetuneConfig(epochs=3, lr=0.05, progress=False)
+
+
+@pytest.fixture(scope="module")
+def base():
+    return trained_model(epochs=20)
+
+
+def seeded_loader(seed=5):
+    x, y = separable_data(96)
+    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+class Counted:
+    """A loader that counts the batches drawn from it (a refused resume must draw none)."""
+
+    def __init__(self, inner):
+        self.inner, self.seen = inner, 0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __iter__(self):
+        for batch in self.inner:
+            self.seen += 1
+            yield batch
+
+
+def one_line_error(call, *patterns):
+    """Run ``call``; it must raise one ValueError/FileNotFoundError line matching every pattern."""
+    with pytest.raises((ValueError, FileNotFoundError)) as caught:
+        call()
+    message = str(caught.value)
+    assert "\n" not in message, message
+    for pattern in patterns:
+        assert re.search(pattern, message), (pattern, message)
+    return message
+
+
+def flip(data, offset, width=64):
+    out = bytearray(data)
+    for i in range(offset, min(offset + width, len(out))):
+        out[i] ^= 0xFF
+    return bytes(out)
+
+
+def damaged_versions(good: bytes) -> dict:
+    n = len(good)
+    return {
+        "flip header": flip(good, 0, 8),
+        "flip checksum": flip(good, 40, 1),
+        "flip first payload bytes": flip(good, good.index(b"\n") + 1, 4),
+        "flip quarter": flip(good, n // 4),
+        "flip middle": flip(good, n // 2),
+        "flip one bit in the middle": good[:n // 2] + bytes([good[n // 2] ^ 1]) + good[n // 2 + 1:],
+        "flip last byte": flip(good, n - 1, 1),
+        "truncated to half": good[:n // 2],
+        "truncated by one byte": good[:-1],
+        "truncated inside the header": good[:30],
+        "zero-filled": bytes(n),
+        "tail zeroed": good[:n // 2] + bytes(n - n // 2),
+        "appended to": good + b"\0",
+    }
+
+
+def test_damaged_checkpoints_are_refused_and_the_last_good_one_resumes_bit_exactly(base, tmp_path):
+    torch.manual_seed(3)
+    whole = fresh_copy(base)
+    uninterrupted = Finetuner(whole, 0.15, CONFIG)
+    uninterrupted.fit(seeded_loader())
+
+    torch.manual_seed(3)
+    first = Finetuner(fresh_copy(base), 0.15, CONFIG)
+    first.train_epoch(seeded_loader())
+    good_path = save_checkpoint(first, tmp_path / "good.pt")
+    good = good_path.read_bytes()
+
+    for what, data in damaged_versions(good).items():
+        bad = tmp_path / "bad.pt"
+        bad.write_bytes(data)
+        one_line_error(lambda: load_checkpoint(fresh_copy(base), bad), re.escape(str(bad)),
+                       "cannot be read", "earlier checkpoint")
+        model, data_loader = fresh_copy(base), Counted(seeded_loader())
+        one_line_error(lambda: run_um(model, data_loader, 0.15, CONFIG, checkpoint_path=bad),
+                       re.escape(str(bad)))
+        assert data_loader.seen == 0, what  # a resume never starts from it
+        assert state_equal(model, base), what
+        assert bad.read_bytes() == data, what  # and it is left for the user to look at
+
+    torch.manual_seed(999)  # the checkpoint owns the RNG
+    resumed = load_checkpoint(fresh_copy(base), good_path)
+    resumed.fit(seeded_loader())
+    assert state_equal(resumed.model, whole)
+    assert resumed.history == uninterrupted.history
+
+    # through run_um too: the good file resumes to the uninterrupted run's weights
+    model = fresh_copy(base)
+    run_um(model, seeded_loader(), 0.15, CONFIG, checkpoint_path=good_path)
+    assert state_equal(model, whole)
+
+
+def test_zero_filled_checkpoint_names_the_path(base, tmp_path):
+    path = save_checkpoint(Finetuner(fresh_copy(base), 0.1, CONFIG, 3), tmp_path / "run.pt")
+    path.write_bytes(bytes(path.stat().st_size))
+    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
+                   r"all its \d+ bytes are zero", "earlier checkpoint")
+
+
+def test_folder_as_checkpoint_is_called_a_folder(base, tmp_path):
+    one_line_error(lambda: load_checkpoint(fresh_copy(base), tmp_path), re.escape(str(tmp_path)),
+                   "is a folder, not a checkpoint file", "save_checkpoint")
+    one_line_error(lambda: load_checkpoint(fresh_copy(base), tmp_path / "none.pt"),
+                   "none.pt' does not exist")
+
+
+@pytest.mark.parametrize("edit,patterns", [
+    (lambda s: s.pop("optimizer"), [r"lacks the 'optimizer' entry", "save_checkpoint"]),
+    (lambda s: s["config"].update(colour="red"),
+     [r"unknown config key\(s\) 'colour'", "FinetuneConfig knows mode, epochs"]),
+    (lambda s: s["config"].update(lr=-1.0), [r"invalid setting: lr must be a finite number > 0"]),
+    (lambda s: s.update(xi=float("nan")), [r"invalid setting: loss constraint xi"]),
+])
+def test_malformed_state_is_refused_naming_the_path_and_entry(base, tmp_path, edit, patterns):
+    state = Finetuner(fresh_copy(base), 0.1, CONFIG, 3).state_dict()
+    edit(state)
+    path = write_state(state, tmp_path / "edited.pt")
+    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)), *patterns)
+    model = fresh_copy(base)
+    one_line_error(lambda: run_um(model, seeded_loader(), 0.1, CONFIG, checkpoint_path=path),
+                   re.escape(str(path)), *patterns)
+    assert state_equal(model, base)
+
+
+def test_state_dict_without_an_entry_is_refused_before_anything_changes(base):
+    tuner = Finetuner(fresh_copy(base), 0.1, CONFIG, 3)
+    state = tuner.state_dict()
+    del state["optimizer"]
+    other = Finetuner(fresh_copy(base), 0.1, CONFIG, 3)
+    before = {k: v.clone() for k, v in other.model.state_dict().items()}
+    one_line_error(lambda: other.load_state_dict(state), "the checkpoint lacks the 'optimizer'")
+    assert all(torch.equal(before[k], v) for k, v in other.model.state_dict().items())
+
+
+def test_a_finished_umap_runs_file_is_called_finished(base, tmp_path):
+    config = FinetuneConfig(mode="umap", epochs=1, progress=False)
+    tuner = Finetuner(fresh_copy(base), 0.1, config)
+    tuner.fit(seeded_loader())
+    tuner.finish()  # bakes the mask
+    path = save_checkpoint(tuner, tmp_path / "baked.pt")
+    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
+                   "finished UMAP run's file", "cannot resume", "before finish")
+    one_line_error(lambda: run_umap(fresh_copy(base), seeded_loader(), 0.1, config,
+                                    checkpoint_path=path), "finished UMAP run's file")
+
+
+class Wider(TinyCNN):
+    def __init__(self):
+        super().__init__(num_classes=5)
+
+
+class Renamed(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.body = TinyCNN()
+
+    def forward(self, x):
+        return self.body(x)
+
+
+@pytest.mark.parametrize("arch,pattern", [
+    (Wider, r"'fc.weight' has shape \(3, 32\) in the file but \(5, 32\) in Wider"),
+    (Renamed, r"Renamed needs 9 entries the file lacks \(e.g. 'body.conv.weight'\); the file "
+              r"has 9 that Renamed lacks \(e.g. 'conv.weight'\)"),
+])
+def test_another_architectures_file_names_the_path_and_the_entry(base, tmp_path, arch, pattern):
+    config = FinetuneConfig(epochs=2, progress=False)
+    path = save_checkpoint(Finetuner(fresh_copy(base), 0.1, config, 3), tmp_path / "tiny.pt")
+    for call in (lambda: load_checkpoint(arch(), path),
+                 lambda: run_um(arch(), seeded_loader(), 0.1, config, checkpoint_path=path)):
+        one_line_error(call, re.escape(str(path)), f"does not fit {arch.__name__}", pattern,
+                       "architecture it was saved from")
+
+
+def test_pre_checksum_checkpoint_loads_with_a_warning_and_the_next_save_adds_one(base, tmp_path):
+    torch.manual_seed(3)
+    whole = fresh_copy(base)
+    Finetuner(whole, 0.15, CONFIG).fit(seeded_loader())
+    torch.manual_seed(3)
+    first = Finetuner(fresh_copy(base), 0.15, CONFIG)
+    first.train_epoch(seeded_loader())
+    path = tmp_path / "old.pt"
+    torch.save(first.state_dict(), path)  # what save_checkpoint wrote before checksums
+    with pytest.warns(UnverifiedCheckpointWarning, match=r"old\.pt' was written before "
+                                                        "checkpoints carried a checksum"):
+        resumed = load_checkpoint(fresh_copy(base), path)
+    resumed.fit(seeded_loader(), checkpoint_path=path)
+    assert state_equal(resumed.model, whole)
+    assert path.read_bytes().startswith(b"um-plugin checkpoint v2 sha256=")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert read_state(path)["epoch"] == 3
+
+
+def test_a_file_that_is_not_a_checkpoint_says_so(base, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
+                   "is not a um-plugin checkpoint", "save_checkpoint")
+    path = write_state([1, 2], tmp_path / "list.pt")
+    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), "holds a list")
