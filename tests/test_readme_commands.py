@@ -4,7 +4,9 @@
 * ``um-openood dataset-config ...`` with ``/data`` a tiny benchmark on disk;
 * Route 1's two commands, in a miniature OpenOOD tree (``main.py``, ``configs/``, a tiny
   offline CIFAR-10 under ``./data``, a base checkpoint where the command expects it), with
-  ``--cpu`` (this machine has no GPU) and ``--num_workers 0`` added; nothing else changes.
+  ``--cpu`` (this machine has no GPU) and ``--num_workers 0`` added, and 2 epochs instead of
+  100 (into the folder the second command reads) to keep the test short;
+* Route 2's Python snippet in that tree, under the CPU fallback (its ``umap.yml``: 2 epochs).
 """
 import os
 import re
@@ -61,7 +63,8 @@ def test_dataset_config_command_runs_as_written(oo, tmp_path):
     assert out.strip() == "mybench.yml" and (tmp_path / "mybench.yml").is_file()
 
 
-def test_route1_commands_run_as_written(oo, checkout, tmp_path):
+def test_route1_commands_then_route2_snippet_run_as_written(oo, checkout, tmp_path, monkeypatch,
+                                                           capsys):
     from openood.networks import ResNet18_32x32
 
     from um_plugin.cli import install_configs
@@ -81,10 +84,25 @@ def test_route1_commands_run_as_written(oo, checkout, tmp_path):
     torch.save(ResNet18_32x32(num_classes=10).state_dict(), base)
 
     assert train[:3] == ["um-openood", "run", "main.py"] and str(base.relative_to(tree)) in train
-    out = _cli(["run", "--cpu", *train[2:], "--num_workers", "0"], cwd=tree)
-    assert "the umap trainer runs the authors' setting" in out
-    assert "best.ckpt holds the final epoch's model (epoch 100" in out
+    root = evaluate[evaluate.index("--root") + 1]
+    fast = ["--optimizer.num_epochs", "2", "--exp_name", f"{os.path.basename(root)}/s0"]
+    out = _cli(["run", "--cpu", *train[2:], "--num_workers", "0", *fast], cwd=tree)
+    assert "the umap trainer differs from the authors' setting in: epochs 2 (authors: 100)" in out
+    assert "best.ckpt holds the final epoch's model (epoch 2" in out
     assert evaluate[:3] == ["um-openood", "run", "scripts/eval_ood.py"]
     out = _cli(["run", "--cpu", *evaluate[2:]], cwd=tree)
     table = out[out.rindex("FPR@95"):]
     assert "farood" in table and "nan" not in table.lower()
+
+    # Route 2's snippet in the same tree (./data, ./configs), `net` a trained-shaped ResNet
+    [snippet] = [b for b in _blocks("python") if "Evaluator(" in b]
+    umap_yml = tree / "configs" / "postprocessors" / "umap.yml"
+    umap_yml.write_text(umap_yml.read_text().replace("epochs: 100", "epochs: 2"))
+    monkeypatch.chdir(tree)
+    net = ResNet18_32x32(num_classes=10)
+    net.load_state_dict(torch.load(base, weights_only=True))
+    with oo.enable_cpu_fallback():
+        exec(compile(snippet, "README.md", "exec"), {"net": net})
+    out = capsys.readouterr().out
+    assert "postprocessor 'umap_ebo' differs from the authors' setting in: epochs 2" in out
+    assert "farood" in out
