@@ -15,7 +15,8 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from um_plugin.core.finetune import FinetuneConfig, Finetuner
+from um_plugin.core.config import FinetuneConfig
+from um_plugin.core.finetune import Finetuner
 from um_plugin.core.masks import attach_score_masks, iter_score_masks, num_kept, score_parameters
 from um_plugin.core.xi import estimate_xi
 

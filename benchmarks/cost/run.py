@@ -8,8 +8,7 @@ from typing import List
 
 import torch
 
-from um_plugin.core.finetune import OFFICIAL_UMAP_KEEP_RATIO
-from um_plugin.core.masks import validate_keep_ratio
+from um_plugin.core.config import OFFICIAL_UMAP_KEEP_RATIO, validate_keep_ratio
 
 from ..cli import OneLineParser, comma_list, run_main
 from .measure import (MODELS, CostError, build_model, inference, mask_selection, training_steps,

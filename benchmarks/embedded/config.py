@@ -11,8 +11,7 @@ from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 from um_plugin.core import MODES, OFFICIAL_UMAP_KEEP_RATIO
-from um_plugin.core.masks import THRESHOLDS, validate_keep_ratio
-from um_plugin.core.objective import validate_xi
+from um_plugin.core.config import THRESHOLDS, validate_keep_ratio, validate_xi
 from um_plugin.core.xi import OFFICIAL_ESTIMATE_KEEP_RATIO
 
 from ..scorers import SCORES, check_scores

@@ -14,7 +14,8 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from um_plugin.core import FinetuneConfig, Finetuner, run_um, run_umap
+from um_plugin.core import FinetuneConfig, Finetuner
+from um_plugin.core.runs import RUNNERS
 
 from ..models import LeNet
 from .config import BASE_OPTIM, FINETUNE_OPTIM, BenchConfig, BenchError
@@ -113,5 +114,5 @@ def finetune(mode: str, base: nn.Module, loader, xi: float, cfg: BenchConfig,
             tuner.train_epoch(loader, desc=f"ce epoch {tuner.epoch + 1}/{config.epochs}")
         hist = tuner.history
     else:
-        hist = (run_umap if mode == "umap" else run_um)(model, loader, xi, config)
+        hist = RUNNERS[config.mode](model, loader, xi, config)
     return model, FinetuneRecord(list(hist.loss), list(hist.acc), xi)

@@ -30,9 +30,9 @@ import torch
 import torchvision
 import torchvision.transforms as T
 
-from um_plugin.core import MODES, FinetuneConfig, run_um, run_umap
-from um_plugin.core.masks import validate_keep_ratio
-from um_plugin.core.objective import validate_xi
+from um_plugin.core import MODES, FinetuneConfig
+from um_plugin.core.config import validate_keep_ratio, validate_xi
+from um_plugin.core.runs import RUNNERS
 from um_plugin.core.xi import estimate_xi
 
 from .. import scorers as scoring
@@ -212,7 +212,7 @@ def run(rc: ReproConfig) -> dict:
             fc = FinetuneConfig(mode=method, epochs=cfg["epochs"], lr=cfg["lr"],
                                 keep_ratio=cfg["keep_ratio"], progress=rc.progress)
             results.setdefault("finetune", {})[method] = asdict(fc)
-            (run_um if method == "um" else run_umap)(model, loader, xi, fc)
+            RUNNERS[method](model, loader, xi, fc)
         model.eval()
         results["methods"][method] = {}
         for s in rc.scores:

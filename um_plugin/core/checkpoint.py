@@ -28,8 +28,7 @@ from pathlib import Path
 
 import torch
 
-from .config import FinetuneConfig
-from .objective import validate_xi
+from .config import FinetuneConfig, validate_xi
 
 _MAGIC = b"um-plugin checkpoint "
 _HEADER = re.compile(rb"um-plugin checkpoint v2 sha256=([0-9a-f]{64}) bytes=(0|[1-9][0-9]{0,18})\n")

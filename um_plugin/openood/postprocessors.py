@@ -24,7 +24,8 @@ from openood.preprocessors.utils import get_preprocessor
 from openood.utils.config import Config, merge_configs
 from torch.utils.data import DataLoader
 
-from um_plugin.core import MODES, run_um, run_umap
+from um_plugin.core import MODES
+from um_plugin.core.runs import RUNNERS
 
 from .layout import is_method_name, known_postprocessor_names, original
 from .fit_check import prepare_xi
@@ -186,7 +187,7 @@ class UnleashingPostprocessor(BasePostprocessor):
         log_differences(self.options, f"postprocessor {self.name!r}", batch_size=batch_size)
         self.xi = prepare_xi(model, in_order, self.options.xi, data, where=_WHERE,
                              reference=id_loader_dict.get("val"))
-        (run_umap if self.mode == "umap" else run_um)(model, loader, self.xi, finetune)
+        RUNNERS[self.mode](model, loader, self.xi, finetune)
         net.eval()
         claim(model, Mark(self.mode, f"postprocessor {self.name!r}", self.token))
 
