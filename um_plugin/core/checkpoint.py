@@ -29,6 +29,7 @@ from pathlib import Path
 import torch
 
 from .config import FinetuneConfig, validate_xi
+from .paths import probe_write
 
 _MAGIC = b"um-plugin checkpoint "
 _HEADER = re.compile(rb"um-plugin checkpoint v2 sha256=([0-9a-f]{64}) bytes=(0|[1-9][0-9]{0,18})\n")
@@ -59,11 +60,7 @@ def check_writable(path) -> Path:
     if path.is_dir():
         raise ValueError(f"checkpoint path {str(path)!r} is a folder; pass a file path")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = _tmp_path(path)
-        with open(probe, "wb"):
-            pass
-        os.remove(probe)
+        probe_write(_tmp_path(path))
     except OSError as err:
         raise ValueError(f"checkpoint path {str(path)!r} is not writable ({err.strerror or err}); "
                          "pass a path in a writable folder") from None
