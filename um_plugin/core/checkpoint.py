@@ -128,17 +128,22 @@ def _payload(data: bytes, path: Path) -> memoryview | None:
     return payload
 
 
+def check_entries(state: dict, where: str, fix: str) -> None:
+    """Refuse a state that lacks any :data:`REQUIRED` entry, naming them, ``where`` and ``fix``."""
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"{where} lacks the {', '.join(map(repr, missing))} "
+                         f"entr{'y' if len(missing) == 1 else 'ies'} of a fine-tuning run's state "
+                         f"(one holds {', '.join(REQUIRED)}); {fix}")
+
+
 def check_state(state, path: Path) -> dict:
     """Refuse, naming ``path``, a state that is not a resumable run's (entries, config, ξ)."""
     where = _name(path)
     if not isinstance(state, dict):
         raise ValueError(f"{where} holds a {type(state).__name__}, not a fine-tuning run's state; "
                          f"pass {_VALID}")
-    missing = [k for k in REQUIRED if k not in state]
-    if missing:
-        raise ValueError(f"{where} lacks the {', '.join(map(repr, missing))} "
-                         f"entr{'y' if len(missing) == 1 else 'ies'} of a fine-tuning run's state "
-                         f"(one holds {', '.join(REQUIRED)}); pass {_VALID}")
+    check_entries(state, where, f"pass {_VALID}")
     config = state["config"]
     if not isinstance(config, dict):
         raise ValueError(f"{where} has a config of type {type(config).__name__}, not a dict of "

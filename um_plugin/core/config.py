@@ -8,7 +8,9 @@ ratio 0.8 with the weights frozen. The paper's text says "SGD with Nesterov mome
 never sets it. ``nesterov=True, lr_schedule="step"`` is the paper's wording with a per-step
 cosine (smoother for short runs), a named alternative, not the authors' setting. Every caller
 (core, OpenOOD adapter, benchmarks) builds a :class:`FinetuneConfig`; nobody retypes a default
-or re-validates a value.
+or re-validates a value. The rules of the values a run takes besides the config (``xi``, the
+keep ratio and threshold of a mask) live here too, so this module imports no other module of
+the core and every other module takes its rules from it.
 """
 from __future__ import annotations
 
@@ -46,9 +48,19 @@ def _number(name: str, value, rule: str, ok) -> float:
     return number
 
 
-def _integer(name: str, value, rule: str, ok) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+def check_integer(name: str, value, minimum: int | None = None) -> int:
+    """Return ``value``, or raise naming it: an int (not a bool), at least ``minimum`` if given."""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None
+                                                                 and value < minimum):
+        rule = "an integer" if minimum is None else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {rule}, got {value!r}")
+    return value
+
+
+def check_flag(name: str, value) -> bool:
+    """Return ``value``, or raise naming it: True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
     return value
 
 
@@ -112,14 +124,13 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
-        _integer("epochs", self.epochs, "a positive integer", lambda v: v >= 1)
+        check_integer("epochs", self.epochs, 1)
         self.lr = _number("lr", self.lr, "> 0", lambda v: v > 0)
         self.momentum = _number("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1)
         self.weight_decay = _number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0)
         self.min_lr = _number("min_lr", self.min_lr, "in [0, lr]", lambda v: 0 <= v <= self.lr)
         for name in ("nesterov", "freeze_weights", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            check_flag(name, getattr(self, name))
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0; set nesterov=False or a momentum "
                              "in (0, 1)")
@@ -128,7 +139,7 @@ class FinetuneConfig:
         validate_threshold(self.threshold)
         self.keep_ratio = validate_keep_ratio(self.keep_ratio)
         self.beta = validate_beta(self.beta)
-        _integer("seed", self.seed, "an integer", lambda v: True)
+        check_integer("seed", self.seed)
         check_choice("precision", self.precision, PRECISIONS)
 
     @classmethod

@@ -23,7 +23,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import check_labels, checked_logits, label_rule, unpack_batch, valid_labels
-from .checkpoint import REQUIRED, check_writable, loader_generators, save_checkpoint
+from .checkpoint import check_entries, check_writable, loader_generators, save_checkpoint
 from .config import FinetuneConfig, validate_xi
 from .distributed import is_distributed, is_main_process
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
@@ -337,11 +337,7 @@ class Finetuner:
         Everything is checked before anything changes, so a refused state leaves this run as it
         was; ``source`` names the state in errors (``load_checkpoint`` passes the file's path).
         """
-        missing = [k for k in REQUIRED if k not in state]
-        if missing:
-            raise ValueError(f"{source} lacks the {', '.join(map(repr, missing))} entr"
-                             f"{'y' if len(missing) == 1 else 'ies'} of a fine-tuning run's state "
-                             f"(one holds {', '.join(REQUIRED)}); pass what state_dict() returned")
+        check_entries(state, source, "pass what state_dict() returned")
         try:
             theirs = FinetuneConfig.from_saved(state["config"])
         except (TypeError, ValueError) as err:

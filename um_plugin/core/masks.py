@@ -6,7 +6,8 @@ methods of the model keep working, and :func:`bake_masks` leaves a plain model w
 ``state_dict`` (keys and their order) loads into a fresh instance of its class.
 
 The top-k itself (rounding, the stable-sort tie rule, the fast exact selection) lives in
-:mod:`.topk`; its public names are re-exported here.
+:mod:`.topk`; its public names are re-exported here. The keep-ratio and threshold rules are
+:mod:`.config`'s.
 """
 from __future__ import annotations
 

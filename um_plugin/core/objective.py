@@ -25,21 +25,12 @@ class LossConstraint(nn.Module):
         self.xi = xi
         self.beta = beta
 
-    @property
-    def xi(self) -> float:
-        return self._xi
-
-    @xi.setter
-    def xi(self, value) -> None:
-        self._xi = validate_xi(value)
-
-    @property
-    def beta(self) -> float:
-        return self._beta
-
-    @beta.setter
-    def beta(self, value) -> None:
-        self._beta = validate_beta(value)
+    xi = property(lambda self: self._xi,
+                  lambda self, value: setattr(self, "_xi", validate_xi(value)),
+                  doc="The loss constraint, checked by validate_xi on every assignment.")
+    beta = property(lambda self: self._beta,
+                    lambda self, value: setattr(self, "_beta", validate_beta(value)),
+                    doc="The loss scale, checked by validate_beta on every assignment.")
 
     def forward(self, logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         return constrain(F.cross_entropy(logits, targets), self._xi, self._beta)

@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from .batches import (batch_indices, check_labels, checked_logits, label_error, unpack_batch,
                       valid_labels)
-from .config import validate_keep_ratio, validate_threshold
+from .config import check_flag, check_integer, validate_keep_ratio, validate_threshold
 from .distributed import all_reduce_sum, is_distributed, is_main_process
 from .masks import (attach_score_masks, has_score_masks, iter_score_masks, masks_disabled,
                     remove_score_masks)
@@ -61,25 +61,12 @@ class XiEstimate:
 
 
 def _check_arguments(draws, top_n, seed, progress, report, threshold) -> None:
-    _validate_count("draws", draws, 1)
-    _validate_count("top_n", top_n, 0)
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise ValueError(f"seed must be an integer, got {seed!r}")
-    _validate_flag("progress", progress)
-    _validate_flag("report", report)
+    check_integer("draws", draws, 1)
+    check_integer("top_n", top_n, 0)
+    check_integer("seed", seed)
+    check_flag("progress", progress)
+    check_flag("report", report)
     validate_threshold(threshold)
-
-
-def _validate_count(name: str, value, minimum: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an integer >= {minimum}, got {value!r}")
-    return value
-
-
-def _validate_flag(name: str, value) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"{name} must be True or False, got {value!r}")
-    return value
 
 
 @torch.no_grad()
@@ -162,7 +149,7 @@ class _Columns:
     loss and correct count. The reduced vector appends the sample count and a flag."""
 
     def __init__(self, draws: int, report: bool):
-        self.draws, self.report = draws, report
+        self.report = report
         self.loss = slice(0, draws)
         self.correct = slice(draws, 2 * draws)
         self.bad_labels = 2 * draws

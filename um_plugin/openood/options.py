@@ -150,8 +150,7 @@ def _xi_options(section: dict, where: str) -> XiOptions:
 
 def _choice(section: dict, key: str, choices: tuple, where: str, default: str) -> str:
     value = section.get(key, default)
-    if value not in choices:
-        raise ValueError(f"{where}.{key} must be one of {choices}, got {value!r}")
+    check_choice(f"{where}.{key}", value, choices)
     return value
 
 
