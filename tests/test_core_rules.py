@@ -74,3 +74,14 @@ def test_tensor_and_number_settings_share_one_number_rule():
     assert FinetuneConfig(beta=torch.tensor(2.0)).beta == 2.0
     with pytest.raises(ValueError, match=r"^momentum must be a finite number in \[0, 1\), got 1.0$"):
         FinetuneConfig(momentum=1.0)
+
+
+def test_config_and_xi_share_the_integer_and_flag_rules():
+    with pytest.raises(ValueError, match=r"^epochs must be an integer >= 1, got 0$"):
+        FinetuneConfig(epochs=0)
+    with pytest.raises(ValueError, match=r"^draws must be an integer >= 1, got 0$"):
+        estimate_xi(TinyCNN(), loader(), draws=0)
+    with pytest.raises(ValueError, match=r"^progress must be True or False, got 1$"):
+        FinetuneConfig(progress=1)
+    with pytest.raises(ValueError, match=r"^report must be True or False, got 1$"):
+        estimate_xi(TinyCNN(), loader(), report=1)
