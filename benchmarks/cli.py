@@ -5,6 +5,8 @@ import argparse
 import sys
 from typing import List
 
+from .checks import BenchmarkError
+
 
 class OneLineParser(argparse.ArgumentParser):
     """argparse, but a bad argument prints only ``<prog>: error: ...`` (no usage block)."""
@@ -32,18 +34,18 @@ def fail(prog: str, message: str) -> int:
     return 2
 
 
-def run_main(prog: str, parser: argparse.ArgumentParser, argv, build, run, error) -> int:
+def run_main(prog: str, parser: argparse.ArgumentParser, argv, build, run) -> int:
     """A benchmark's entry point: parse, ``build`` the config, ``run`` it, print its table.
 
-    A bad argument, or an ``error`` raised while building or running, is one line
-    ``<prog>: error: ...`` and exit code 2.
+    A bad argument, or a :class:`BenchmarkError` raised while building or running, is one
+    line ``<prog>: error: ...`` and exit code 2.
     """
     args, code = parse(parser, argv)
     if args is None:
         return code
     try:
         result = run(build(args))
-    except error as exc:
+    except BenchmarkError as exc:
         return fail(prog, str(exc))
     print(result["table"])
     return 0

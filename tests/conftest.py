@@ -79,7 +79,7 @@ def quick_configs(checkout, tmp_path_factory):
 
     import yaml
 
-    from um_plugin.cli import configs_root
+    from um_plugin.shipped import configs_root
     root = tmp_path_factory.mktemp("quick_configs")
     shutil.copytree(os.path.join(checkout, "configs", "postprocessors"), root / "postprocessors")
     for mode, args in QUICK_POSTPROCESSOR_ARGS.items():

@@ -6,6 +6,7 @@ from openood_fixtures import need_openood
 
 from benchmarks.repro import pipeline
 from benchmarks import repro
+from benchmarks.checks import BenchmarkError
 
 
 pytestmark = pytest.mark.usefixtures("bench_extras")
@@ -30,7 +31,7 @@ def test_imagenet_suite_uses_the_papers_ood_sets_and_numbers(tmp_path):
     assert info["ood"]["far"]["datasets"] == ["inaturalist", "sun", "places", "texture"]
     assert info["ood"]["near"]["datasets"] == ["ssb_hard", "ninco"]
     assert repro.PAPER[("imagenet", "umap", "odin")]["average"] == (89.24, 40.94)
-    with pytest.raises(repro.ReproError, match="missing; download OpenOOD"):
+    with pytest.raises(BenchmarkError, match="missing; download OpenOOD"):
         repro.check_data(info, str(tmp_path))
     table = repro.side_by_side({"suite": "imagenet", "dry_run": False, "xi": 0.1, "methods": {
         "umap": {"odin": {"inaturalist": {"AUROC": 90.0, "FPR@95": 30.0}}}}})

@@ -5,7 +5,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from um_plugin.core.objective import XI_MAX, LossConstraint, constrain
+from um_plugin.core.config import XI_MAX
+from um_plugin.core.objective import LossConstraint, constrain
 
 
 @pytest.mark.parametrize("xi,beta", [(0.0, 1.0), (0.05, 1.0), (2.0, 1.0), (0.3, 0.5)])

@@ -22,7 +22,8 @@ def _cli(*args, cwd, timeout=420, expect=0):
 
 
 def test_configs_listing_and_install(oo, tmp_path):
-    from um_plugin.cli import install_configs, main, shipped_configs
+    from um_plugin.cli import main
+    from um_plugin.shipped import install_configs, shipped_configs
     assert shipped_configs() == ["postprocessors/um.yml", "postprocessors/umap.yml",
                                  "train_um.yml", "train_umap.yml"]
     written = install_configs(str(tmp_path))
@@ -50,7 +51,7 @@ def test_main_py_on_a_registered_offline_benchmark_with_the_written_dataset_yaml
     """Issue 9.5: Route 1 on an offline benchmark needed a dataset YAML rebuilt by hand from
     per-split overrides; `um-openood dataset-config` writes it, and main.py runs on it."""
     from openood.networks.lenet import LeNet
-    from um_plugin.cli import configs_root
+    from um_plugin.shipped import configs_root
 
     data = tmp_path / "data"
     make_tiny_benchmark(str(data), name="tinymnist", num_classes=10, size=28, per_split=20)
@@ -111,7 +112,7 @@ def test_umap_train_then_stock_eval_ood_script(oo, checkout, tmp_path):
     ResNet18_32x32 checkpoint, then the stock scripts/eval_ood.py (symlinked, so its ROOT_DIR
     is our temp tree) evaluates the saved best.ckpt with --postprocessor umap_ebo."""
     from openood.networks import ResNet18_32x32
-    from um_plugin.cli import install_configs
+    from um_plugin.shipped import install_configs
 
     tree = tmp_path / "OpenOOD"
     (tree / "scripts").mkdir(parents=True)
@@ -218,7 +219,7 @@ def test_route1_config_errors_stop_in_one_line_before_any_work(
     checks run first: one line, exit 2, no folder."""
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.chdir(tmp_path)
-    from um_plugin.cli import configs_root
+    from um_plugin.shipped import configs_root
     path = os.path.join(tmp_path if pipeline == "nosuch.yml" else configs_root(), pipeline)
     out = _one_line_error(capsys, _route1(checkout, tmp_path, path, extra=extra), says)
     assert not (tmp_path / "results").exists() and out == ""
@@ -226,7 +227,7 @@ def test_route1_config_errors_stop_in_one_line_before_any_work(
 
 def test_route1_bad_yaml_values_stop_in_one_line(oo, checkout, tmp_path, monkeypatch, capsys):
     """A bad value inside the YAML (trainer, or a um/umap postprocessor a test pipeline uses)."""
-    from um_plugin.cli import configs_root
+    from um_plugin.shipped import configs_root
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     monkeypatch.chdir(tmp_path)
     mine = tmp_path / "train_um.yml"

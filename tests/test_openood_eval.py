@@ -48,7 +48,7 @@ def _main_py_runs(runs, cwd):
 @pytest.fixture(scope="module")
 def trained(oo, checkout, tmp_path_factory):
     """A registered benchmark and its YAMLs; base LeNet s0/s1 by main.py, then UM and UMAP."""
-    from um_plugin.cli import configs_root
+    from um_plugin.shipped import configs_root
     from um_plugin.openood.benchmark_file import write_benchmark_file
     tmp = tmp_path_factory.mktemp("eval")
     kwargs = make_tiny_benchmark(str(tmp / "data"), name="evalbench", per_split=24)

@@ -74,7 +74,7 @@ def test_config_root_copy_overrides_packaged_yaml(oo, tiny_bench, checkout, tmp_
     import shutil
 
     from openood.evaluation_api.postprocessor import get_postprocessor
-    from um_plugin.cli import install_configs
+    from um_plugin.shipped import install_configs
     root = tmp_path / "configs"
     (root / "postprocessors").mkdir(parents=True)
     shutil.copy(os.path.join(checkout, "configs", "postprocessors", "msp.yml"), root / "postprocessors")

@@ -152,7 +152,7 @@ def _route2_config_root(checkout, tmp_path, mode, **args):
 
     import yaml
 
-    from um_plugin.cli import configs_root
+    from um_plugin.shipped import configs_root
     root = tmp_path / "configs"
     shutil.copytree(os.path.join(checkout, "configs", "postprocessors"), root / "postprocessors")
     with open(os.path.join(configs_root(), "postprocessors", f"{mode}.yml")) as f:

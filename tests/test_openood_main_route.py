@@ -73,7 +73,7 @@ def halves(oo, checkout, tmp_path_factory):
 
 
 def _main_py(checkout, halves, trainer, out, *extra, expect=0):
-    from um_plugin.cli import configs_root
+    from um_plugin.shipped import configs_root
     return _cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config", halves["yml"],
                 os.path.join(checkout, "configs/networks/lenet.yml"),
                 os.path.join(configs_root(), f"train_{trainer}.yml"),

@@ -47,7 +47,7 @@ def test_base_yaml_found_from_each_documented_place(oo, checkout, tmp_path, monk
     """Issue 9.5: with a config_root holding only um.yml, msp.yml came from nowhere. The base's
     YAML is looked up in config_root, $OPENOOD_CONFIG_ROOT, $UM_PLUGIN_OPENOOD_ROOT/configs."""
     from openood.evaluation_api.postprocessor import get_postprocessor
-    from um_plugin.cli import install_configs
+    from um_plugin.shipped import install_configs
     only_ours = tmp_path / "ours"
     only_ours.mkdir()
     install_configs(str(only_ours))  # um.yml / umap.yml, no OpenOOD YAMLs
@@ -62,7 +62,7 @@ def test_base_yaml_found_from_each_documented_place(oo, checkout, tmp_path, monk
 
 def test_missing_base_yaml_names_where_it_looked_and_the_three_ways(oo, tmp_path, monkeypatch):
     from openood.evaluation_api.postprocessor import get_postprocessor
-    import um_plugin.openood.postprocessors as ours
+    import um_plugin.openood.config_discovery as ours
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPENOOD_CONFIG_ROOT", raising=False)
     monkeypatch.delenv("UM_PLUGIN_OPENOOD_ROOT", raising=False)

@@ -124,7 +124,7 @@ def test_spawned_gpu_workers_register_first(oo):
     import pickle
 
     launch = importlib.import_module("openood.utils.launch")  # openood.utils.launch is also a function
-    from um_plugin.openood.register import original
+    from um_plugin.openood.wrapping import original
     from um_plugin.openood.spawn import registered_worker
     assert launch._distributed_worker is registered_worker
     assert pickle.loads(pickle.dumps(launch._distributed_worker)) is registered_worker  # by reference

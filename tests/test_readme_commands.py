@@ -67,7 +67,7 @@ def test_route1_commands_then_route2_snippet_run_as_written(oo, checkout, tmp_pa
                                                            capsys):
     from openood.networks import ResNet18_32x32
 
-    from um_plugin.cli import install_configs
+    from um_plugin.shipped import install_configs
     [block] = [b for b in _blocks("bash") if "main.py" in b and "eval_ood.py" in b]
     train, evaluate = _commands(block)
     tree = tmp_path / "OpenOOD"

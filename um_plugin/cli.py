@@ -18,62 +18,13 @@ from __future__ import annotations
 import argparse
 import os
 import runpy
-import shutil
 import sys
-from importlib import resources
 
 from um_plugin import cli_eval
+from um_plugin.cli_eval import positive_int
+from um_plugin.shipped import configs_root, install_configs, shipped_configs
 
 PROG = "um-openood"
-
-
-def configs_root() -> str:
-    """Folder of the shipped YAMLs (``train_*.yml``, ``postprocessors/*.yml``)."""
-    return str(resources.files("um_plugin").joinpath("openood", "configs"))
-
-
-def shipped_configs() -> list:
-    """Paths of the shipped YAMLs, relative to :func:`configs_root`."""
-    root = configs_root()
-    out = []
-    for folder, _, files in os.walk(root):
-        for name in sorted(files):
-            if name.endswith(".yml"):
-                out.append(os.path.relpath(os.path.join(folder, name), root))
-    return sorted(out)
-
-
-def openood_destination(rel: str) -> str:
-    """Where a shipped YAML goes in OpenOOD's tree: pipeline configs under pipelines/train/."""
-    if os.path.dirname(rel) == "" and os.path.basename(rel).startswith("train_"):
-        return os.path.join("pipelines", "train", rel)
-    return rel
-
-
-def install_configs(dest: str, force: bool = False) -> list:
-    """Copy the shipped YAMLs into an OpenOOD ``configs/`` tree; return the written paths.
-
-    ``train_um[ap].yml`` land in ``pipelines/train/``, ``um[ap].yml`` in ``postprocessors/``.
-
-    Refuses to overwrite a different existing file unless ``force`` (checked for every file
-    before any is written).
-    """
-    if not os.path.isdir(dest):
-        raise FileNotFoundError(f"{dest!r} is not a folder; pass OpenOOD's configs/ directory")
-    plan = []
-    for rel in shipped_configs():
-        src, target = os.path.join(configs_root(), rel), os.path.join(dest, openood_destination(rel))
-        if os.path.exists(target) and not force:
-            with open(src, "rb") as a, open(target, "rb") as b:
-                if a.read() == b.read():
-                    continue
-            raise FileExistsError(f"{target!r} exists and differs from the shipped {rel}; "
-                                  "pass --force to overwrite it")
-        plan.append((src, target))
-    for src, target in plan:
-        os.makedirs(os.path.dirname(target), exist_ok=True)
-        shutil.copyfile(src, target)
-    return [target for _, target in plan]
 
 
 def prepare_run(cpu: bool = False) -> None:
@@ -99,16 +50,6 @@ def run_script(script: str, args: list, cpu: bool = False) -> None:
         sys.argv, sys.path[:] = saved_argv, saved_path
 
 
-def _positive_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        value = 0
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be a positive integer, got {text!r}")
-    return value
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog=PROG, description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -130,10 +71,10 @@ def build_parser() -> argparse.ArgumentParser:
     ds.add_argument("name", help="the benchmark's name (dataset.name)")
     ds.add_argument("--data-root", required=True, help="folder holding benchmark_imglist/")
     ds.add_argument("--out", required=True, help="YAML file to write")
-    ds.add_argument("--num-classes", type=_positive_int, required=True)
-    ds.add_argument("--image-size", type=_positive_int, required=True,
+    ds.add_argument("--num-classes", type=positive_int, required=True)
+    ds.add_argument("--image-size", type=positive_int, required=True,
                     help="centre crop size (register_benchmark's image_size)")
-    ds.add_argument("--pre-size", type=_positive_int, default=None,
+    ds.add_argument("--pre-size", type=positive_int, default=None,
                     help="resize before the crop (default: image size)")
     ds.add_argument("--data-dir", default="images_classic/",
                     help="image folder relative to the data root (default: images_classic/)")
@@ -143,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
                              f"(default: benchmark_imglist/NAME/{split}_NAME.txt)")
     ds.add_argument("--normalization", default="default", metavar="TYPE",
                     help="'default' (mean = std = 0.5) or a name in OpenOOD's normalization_dict")
-    ds.add_argument("--batch-size", type=_positive_int, default=128, help="training batch size")
+    ds.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
     cli_eval.add_parsers(sub)  # eval, gate; dataset-config's --benchmark-out
     return parser
 

@@ -25,7 +25,8 @@ DEFAULT_NETWORK = {"cifar10": "resnet18_32x32", "cifar100": "resnet18_32x32",
                    "imagenet200": "resnet18_224x224", "imagenet": "resnet50"}
 
 
-def _positive_int(text):
+def positive_int(text):
+    """argparse type: an integer >= 1."""
     try:
         value = int(text)
     except ValueError:
@@ -71,11 +72,11 @@ def add_parsers(sub) -> None:
     ev.add_argument("--network", default=None, metavar="NAME",
                     help="OpenOOD network name (lenet, resnet18_32x32, ...) or module:Class "
                          "(default: eval_ood.py's for cifar10/cifar100/imagenet200/imagenet)")
-    ev.add_argument("--num-classes", type=_positive_int, default=None,
+    ev.add_argument("--num-classes", type=positive_int, default=None,
                     help="network's classes (default: the benchmark's)")
     ev.add_argument("--checkpoint-name", default="best.ckpt",
                     help="checkpoint file in each s* folder (default best.ckpt)")
-    ev.add_argument("--batch-size", type=_positive_int, default=200)
+    ev.add_argument("--batch-size", type=positive_int, default=200)
     ev.add_argument("--num-workers", type=int, default=4, help="data loader workers (default 4)")
     ev.add_argument("--data-root", default=None,
                     help="folder holding benchmark_imglist/ (default: --benchmark's, else ./data)")

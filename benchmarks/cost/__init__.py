@@ -6,7 +6,7 @@ host-device synchronisations per training step, and writes ``cost.json`` / ``cos
 ``--mask-only`` runs just the mask selection against the official sort (the one mask-timing
 measurement; it replaces the former ``benchmarks/mask_timing.py``).
 """
-from .measure import MODELS, CostError
+from .measure import MODELS
 from .run import TARGETS, main, markdown, run
 
-__all__ = ["MODELS", "TARGETS", "CostError", "main", "markdown", "run"]
+__all__ = ["MODELS", "TARGETS", "main", "markdown", "run"]

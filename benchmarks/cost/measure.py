@@ -15,10 +15,12 @@ from typing import Callable, Dict, List
 import torch
 from torch import nn
 
-from um_plugin.core.finetune import FinetuneConfig, Finetuner
+from um_plugin.core.config import FinetuneConfig
+from um_plugin.core.finetune import Finetuner
 from um_plugin.core.masks import attach_score_masks, iter_score_masks, num_kept, score_parameters
 from um_plugin.core.xi import estimate_xi
 
+from ..checks import BenchmarkError
 from ..models import LeNet
 
 MODELS = ("lenet", "resnet18")
@@ -29,10 +31,6 @@ BIG_LAYER = (512, 512, 3)
 VARIANTS = (("plain", "um", 0.0), ("um", "um", XI), ("umap", "umap", XI))
 
 
-class CostError(Exception):
-    """A bad argument, reported as one line."""
-
-
 def build_model(name: str, num_classes: int = 10):
     """(model, input shape): the benchmarks' LeNet (28x28) or OpenOOD's ResNet18_32x32 (32x32)."""
     if name == "lenet":
@@ -41,10 +39,10 @@ def build_model(name: str, num_classes: int = 10):
         try:
             from openood.networks import ResNet18_32x32  # optional dependency
         except ImportError:
-            raise CostError("model 'resnet18' is OpenOOD's ResNet18_32x32; install OpenOOD "
+            raise BenchmarkError("model 'resnet18' is OpenOOD's ResNet18_32x32; install OpenOOD "
                             "or use --models lenet") from None
         return ResNet18_32x32(num_classes=num_classes), (3, 32, 32)
-    raise CostError(f"unknown model {name!r}; valid: {list(MODELS)}")
+    raise BenchmarkError(f"unknown model {name!r}; valid: {list(MODELS)}")
 
 
 def sync(device: torch.device) -> None:

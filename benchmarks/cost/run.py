@@ -8,11 +8,11 @@ from typing import List
 
 import torch
 
-from um_plugin.core.finetune import OFFICIAL_UMAP_KEEP_RATIO
-from um_plugin.core.masks import validate_keep_ratio
+from um_plugin.core.config import OFFICIAL_UMAP_KEEP_RATIO, validate_keep_ratio
 
+from ..checks import BenchmarkError, core_rule, writable_folder
 from ..cli import OneLineParser, comma_list, run_main
-from .measure import (MODELS, CostError, build_model, inference, mask_selection, training_steps,
+from .measure import (MODELS, build_model, inference, mask_selection, training_steps,
                       xi_throughput)
 
 PROG = "python -m benchmarks.cost"
@@ -56,30 +56,22 @@ class CostConfig:
     def validate(self) -> "CostConfig":
         bad = [m for m in self.models if m not in MODELS]
         if bad or not self.models:
-            raise CostError(f"unknown model(s) {bad}; valid: {list(MODELS)}")
+            raise BenchmarkError(f"unknown model(s) {bad}; valid: {list(MODELS)}")
         for name in ("rounds", "round_steps", "xi_images"):
             if getattr(self, name) < 1:
-                raise CostError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+                raise BenchmarkError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if not self.batches or any(b < 1 for b in self.batches):
-            raise CostError(f"--batches must be integers >= 1, got {self.batches}")
+            raise BenchmarkError(f"--batches must be integers >= 1, got {self.batches}")
         if self.warmup < 0 or self.threads < 0:
-            raise CostError(f"--warmup and --threads must be >= 0, got {self.warmup}, {self.threads}")
-        try:
-            validate_keep_ratio(self.keep_ratio)
-        except ValueError as exc:
-            raise CostError(f"--keep-ratio: {exc}") from None
+            raise BenchmarkError(f"--warmup and --threads must be >= 0, got {self.warmup}, {self.threads}")
+        core_rule("keep_ratio", validate_keep_ratio, self.keep_ratio)
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"
         if self.device not in ("cpu", "cuda") or (self.device == "cuda" and not torch.cuda.is_available()):
-            raise CostError(f"--device must be 'auto', 'cpu' or 'cuda' (with a GPU), got {self.device!r}")
+            raise BenchmarkError(f"--device must be 'auto', 'cpu' or 'cuda' (with a GPU), got {self.device!r}")
         if "resnet18" in self.models and not self.mask_only:
             build_model("resnet18")  # a missing OpenOOD stops here, before any timing
-        try:
-            os.makedirs(self.out, exist_ok=True)
-            open(os.path.join(self.out, ".write-test"), "w").close()
-            os.remove(os.path.join(self.out, ".write-test"))
-        except OSError as exc:
-            raise CostError(f"--out folder {self.out!r} is not writable ({exc.strerror})") from None
+        writable_folder("out", self.out)
         return self
 
 
@@ -193,4 +185,4 @@ def config_from_args(a) -> CostConfig:
 
 def main(argv=None) -> int:
     """Entry point: one line and exit code 2 for a bad argument, before any timing."""
-    return run_main(PROG, build_parser(), argv, config_from_args, run, CostError)
+    return run_main(PROG, build_parser(), argv, config_from_args, run)

@@ -6,6 +6,6 @@ on the core engine) -> ``protocol`` (per seed: train, fine-tune, choose ξ) -> `
 results they pass along. Run it with ``python -m benchmarks.embedded --out results/``.
 """
 from .cli import main
-from .config import BenchConfig, BenchError
+from .config import BenchConfig
 
-__all__ = ["BenchConfig", "BenchError", "main"]
+__all__ = ["BenchConfig", "main"]

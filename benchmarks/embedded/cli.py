@@ -10,7 +10,8 @@ import os
 import sys
 
 from ..cli import OneLineParser, comma_list, fail, parse
-from .config import BACKENDS, QUICK, SWEEP, BenchConfig, BenchError, defaults
+from ..checks import BenchmarkError
+from .config import BACKENDS, QUICK, SWEEP, BenchConfig, defaults
 from .datasets import MissingDataPackage
 from .protocol import run
 
@@ -64,7 +65,7 @@ def main(argv=None) -> int:
     cfg = config_from_args(args)
     try:
         result = run(cfg)  # validates every field before any work
-    except (BenchError, MissingDataPackage) as exc:
+    except (BenchmarkError, MissingDataPackage) as exc:
         return fail(PROG, str(exc))
     except KeyboardInterrupt:
         print(f"\n{PROG}: interrupted; results so far are in {os.path.abspath(cfg.out)}",

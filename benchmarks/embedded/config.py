@@ -5,16 +5,15 @@ and the optimiser settings of base training and fine-tuning are fixed protocol c
 """
 from __future__ import annotations
 
-import math
 import os
 from dataclasses import dataclass, field, fields
 from typing import List, Optional
 
 from um_plugin.core import MODES, OFFICIAL_UMAP_KEEP_RATIO
-from um_plugin.core.masks import THRESHOLDS, validate_keep_ratio
-from um_plugin.core.objective import validate_xi
+from um_plugin.core.config import THRESHOLDS, validate_keep_ratio, validate_xi
 from um_plugin.core.xi import OFFICIAL_ESTIMATE_KEEP_RATIO
 
+from ..checks import BenchmarkError, core_rule, count, is_int, known, positive, writable_folder
 from ..scorers import SCORES, check_scores
 from .datasets import ALL_OOD_SETS
 
@@ -41,10 +40,6 @@ FINETUNE_OPTIM = dict(momentum=0.9, weight_decay=1e-4, nesterov=False, lr_schedu
 QUICK = dict(seeds=[0], epochs=2, ft_epochs=1, n_ood=100, n_val_ood=50, xi_draws=1,
              xi_keeps=list(DEFAULT_XI_KEEPS), xi_fixed=list(DEFAULT_XI_FIXED))
 SWEEP = dict(xi_keeps=list(SWEEP_XI_KEEPS), xi_fixed=list(SWEEP_XI_FIXED))
-
-
-class BenchError(Exception):
-    """A bad argument or environment, reported as one line."""
 
 
 def _help(text: str) -> dict:
@@ -88,48 +83,42 @@ class BenchConfig:
     quick: bool = False
 
     def validate(self) -> "BenchConfig":
-        """Check every field before any work; raise BenchError naming the value and the rule."""
-        self.methods = _known("method", self.methods, METHODS)
+        """Check every field before any work; raise BenchmarkError naming the value and the rule."""
+        self.methods = known("method", self.methods, METHODS)
         if "baseline" not in self.methods:
             self.methods = ["baseline"] + self.methods
-        self.sets = _known("OOD set", self.sets, ALL_OOD_SETS)
+        self.sets = known("OOD set", self.sets, ALL_OOD_SETS)
         if not self.sets:
-            raise BenchError(f"no OOD sets chosen; valid: {list(ALL_OOD_SETS)}")
+            raise BenchmarkError(f"no OOD sets chosen; valid: {list(ALL_OOD_SETS)}")
         try:
             self.scores = list(dict.fromkeys(check_scores(self.scores)))
         except ValueError as exc:
-            raise BenchError(str(exc)) from None
+            raise BenchmarkError(str(exc)) from None
         if not self.scores:
-            raise BenchError(f"no scores chosen; valid: {list(SCORES)}")
+            raise BenchmarkError(f"no scores chosen; valid: {list(SCORES)}")
         if self.backend not in BACKENDS:
-            raise BenchError(f"unknown backend {self.backend!r}; valid: {list(BACKENDS)}")
+            raise BenchmarkError(f"unknown backend {self.backend!r}; valid: {list(BACKENDS)}")
         if not self.seeds:
-            raise BenchError("need at least one seed")
-        if any(_not_int(s) or s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
-            raise BenchError(f"--seeds must be distinct integers >= 0, got {list(self.seeds)}")
+            raise BenchmarkError("need at least one seed")
+        if any(not is_int(s) or s < 0 for s in self.seeds) or len(set(self.seeds)) != len(self.seeds):
+            raise BenchmarkError(f"--seeds must be distinct integers >= 0, got {list(self.seeds)}")
         for name in ("epochs", "ft_epochs", "batch_size", "xi_draws", "n_ood", "n_val_ood"):
-            value = getattr(self, name)
-            if _not_int(value) or value < 1:
-                raise BenchError(f"{_flag(name)} must be an integer >= 1, got {value!r}")
-        if _not_int(self.threads) or self.threads < 0:
-            raise BenchError(f"--threads must be an integer >= 0 (0: torch's default), got {self.threads!r}")
+            count(name, getattr(self, name))
+        count("threads", self.threads, 0, " (0: torch's default)")
         for name in ("lr", "um_lr", "umap_lr"):
-            value = getattr(self, name)
-            if not (isinstance(value, (int, float)) and math.isfinite(value) and value > 0):
-                raise BenchError(f"{_flag(name)} must be a finite number > 0, got {value!r}")
-        for name, check in (("keep_ratio", validate_keep_ratio),):
-            _core(name, check, getattr(self, name))
+            positive(name, getattr(self, name))
+        core_rule("keep_ratio", validate_keep_ratio, self.keep_ratio)
         for k in self.xi_keeps:
-            _core("xi_keeps", validate_keep_ratio, k)
+            core_rule("xi_keeps", validate_keep_ratio, k)
         for v in self.xi_fixed:
-            _core("xi_fixed", validate_xi, v)
+            core_rule("xi_fixed", validate_xi, v)
         if not self.xi_keeps and not self.xi_fixed and set(MODES) & set(self.methods):
-            raise BenchError("UM/UMAP need at least one ξ candidate (--xi-keeps or --xi-fixed)")
-        _writable_dir("--out", self.out)
+            raise BenchmarkError("UM/UMAP need at least one ξ candidate (--xi-keeps or --xi-fixed)")
+        writable_folder("out", self.out)
         if self.data_root is not None:
-            _writable_dir("--data-root", self.data_root)
+            writable_folder("data_root", self.data_root)
         if self.checkpoint is not None and not os.path.isfile(self.checkpoint):
-            raise BenchError(f"checkpoint {self.checkpoint!r} does not exist")
+            raise BenchmarkError(f"checkpoint {self.checkpoint!r} does not exist")
         return self
 
 
@@ -137,37 +126,3 @@ def defaults() -> dict:
     """Each field's default value (the one place they are written) and its help text."""
     return {f.name: (f.default_factory() if callable(f.default_factory) else f.default,
                      f.metadata.get("help", "")) for f in fields(BenchConfig)}
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def _not_int(value) -> bool:
-    return isinstance(value, bool) or not isinstance(value, int)
-
-
-def _known(what: str, values, valid) -> list:
-    values = list(dict.fromkeys(values))  # a repeated name is one entry, not two runs
-    bad = [v for v in values if v not in valid]
-    if bad:
-        raise BenchError(f"unknown {what}(s) {bad}; valid: {list(valid)}")
-    return values
-
-
-def _core(name: str, check, value) -> None:
-    """Apply one of the core's validators; its message names the rule, we name the flag."""
-    try:
-        check(value)
-    except ValueError as exc:
-        raise BenchError(f"{_flag(name)}: {exc}") from None
-
-
-def _writable_dir(flag: str, path: str) -> None:
-    try:
-        os.makedirs(path, exist_ok=True)
-        probe = os.path.join(path, ".write-test")
-        open(probe, "w").close()
-        os.remove(probe)
-    except OSError as exc:
-        raise BenchError(f"{flag} folder {path!r} is not writable ({exc.strerror})") from None

@@ -22,7 +22,8 @@ from um_plugin.core import MODES
 from um_plugin.core.xi import estimate_xi
 
 from . import datasets as emb
-from .config import BenchConfig, BenchError
+from ..checks import BenchmarkError
+from .config import BenchConfig
 from .records import (BenchResult, Candidate, DataSizes, ModelResult, OpenOODResult, SeedResult,
                       StagePoint, StageScore, XiEstimateRecord)
 from .report import write_outputs
@@ -63,7 +64,7 @@ def run(cfg: BenchConfig) -> BenchResult:
     missing = openood_missing() if cfg.backend != "plugin" else None
     use_openood = cfg.backend == "openood" or (cfg.backend == "auto" and missing is None)
     if cfg.backend == "openood" and missing is not None:
-        raise BenchError("backend 'openood' needs OpenOOD installed (and um_plugin.openood)")
+        raise BenchmarkError("backend 'openood' needs OpenOOD installed (and um_plugin.openood)")
     if cfg.checkpoint:
         load_checkpoint_model(cfg.checkpoint)  # a wrong file stops here, before any work
     if cfg.backend == "auto" and missing is not None:

@@ -14,10 +14,12 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from um_plugin.core import FinetuneConfig, Finetuner, run_um, run_umap
+from um_plugin.core import FinetuneConfig, Finetuner
+from um_plugin.core.runs import RUNNERS
 
 from ..models import LeNet
-from .config import BASE_OPTIM, FINETUNE_OPTIM, BenchConfig, BenchError
+from ..checks import BenchmarkError
+from .config import BASE_OPTIM, FINETUNE_OPTIM, BenchConfig
 from .records import EpochLog, FinetuneRecord
 
 
@@ -30,16 +32,16 @@ def make_model(seed: int) -> nn.Module:
 def load_checkpoint_model(path: str) -> nn.Module:
     """A LeNet from a state_dict file; one clear error for any other architecture."""
     if not os.path.isfile(path):
-        raise BenchError(f"checkpoint {path!r} does not exist")
+        raise BenchmarkError(f"checkpoint {path!r} does not exist")
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        raise BenchError(f"checkpoint {path!r} is not a torch state_dict file ({exc.__class__.__name__})") from None
+        raise BenchmarkError(f"checkpoint {path!r} is not a torch state_dict file ({exc.__class__.__name__})") from None
     if isinstance(state, dict) and "model" in state and isinstance(state["model"], dict):
         state = state["model"]
     model = make_model(0)
     if not isinstance(state, dict):
-        raise BenchError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state_dict")
+        raise BenchmarkError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state_dict")
     state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
     try:
         model.load_state_dict(state)
@@ -48,7 +50,7 @@ def load_checkpoint_model(path: str) -> nn.Module:
         diff = sorted(set(state) ^ set(want))[:3] or [
             f"{k}: {tuple(state[k].shape)} vs {tuple(want[k].shape)}" for k in want
             if k in state and state[k].shape != want[k].shape][:3]
-        raise BenchError(f"checkpoint {path!r} is not a LeNet(num_classes=10, num_channel=3) "
+        raise BenchmarkError(f"checkpoint {path!r} is not a LeNet(num_classes=10, num_channel=3) "
                          f"state_dict (first differences: {diff})") from None
     return model
 
@@ -113,5 +115,5 @@ def finetune(mode: str, base: nn.Module, loader, xi: float, cfg: BenchConfig,
             tuner.train_epoch(loader, desc=f"ce epoch {tuner.epoch + 1}/{config.epochs}")
         hist = tuner.history
     else:
-        hist = (run_umap if mode == "umap" else run_um)(model, loader, xi, config)
+        hist = RUNNERS[config.mode](model, loader, xi, config)
     return model, FinetuneRecord(list(hist.loss), list(hist.acc), xi)

@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import json
-import math
 import os
 import sys
 import tempfile
@@ -30,14 +29,15 @@ import torch
 import torchvision
 import torchvision.transforms as T
 
-from um_plugin.core import MODES, FinetuneConfig, run_um, run_umap
-from um_plugin.core.masks import validate_keep_ratio
-from um_plugin.core.objective import validate_xi
+from um_plugin.core import MODES, FinetuneConfig
+from um_plugin.core.config import validate_keep_ratio, validate_xi
+from um_plugin.core.runs import RUNNERS
 from um_plugin.core.xi import estimate_xi
 
 from .. import scorers as scoring
+from ..checks import BenchmarkError, core_rule, count, known, positive, writable_folder
 from ..cli import OneLineParser, comma_list, run_main
-from .suites import (DEFAULTS, METHODS, PAPER, SUITES, ReproError, _openood_data_info,
+from .suites import (DEFAULTS, METHODS, PAPER, SUITES, _openood_data_info,
                      check_data, register_suite, suite_info, write_dry_run_data)
 
 PROG = "python -m benchmarks.repro"
@@ -53,17 +53,17 @@ def build_net(suite: str, checkpoint: Optional[str], dry_run: bool):
         net = torchvision.models.resnet50()
     if checkpoint:
         if not os.path.isfile(checkpoint):
-            raise ReproError(f"checkpoint {checkpoint!r} does not exist")
+            raise BenchmarkError(f"checkpoint {checkpoint!r} does not exist")
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
         state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:
-            raise ReproError(f"checkpoint {checkpoint!r} does not fit {type(net).__name__} "
+            raise BenchmarkError(f"checkpoint {checkpoint!r} does not fit {type(net).__name__} "
                              f"for {suite}: {str(exc).splitlines()[0]}") from None
     elif not dry_run:
-        raise ReproError(f"--checkpoint is required for {suite} (OpenOOD's "
+        raise BenchmarkError(f"--checkpoint is required for {suite} (OpenOOD's "
                          f"{'ResNet-18 s0/best.ckpt' if suite != 'imagenet' else 'ResNet-50'} weights)")
     return net
 
@@ -112,47 +112,37 @@ class ReproConfig:
     progress: bool = True
 
     def validate(self) -> "ReproConfig":
-        """Every value checked before any work; ReproError names the value and the rule."""
+        """Every value checked before any work; BenchmarkError names the value and the rule."""
         if self.suite not in SUITES:
-            raise ReproError(f"unknown suite {self.suite!r}; valid: {list(SUITES)}")
+            raise BenchmarkError(f"unknown suite {self.suite!r}; valid: {list(SUITES)}")
         imagenet = self.suite == "imagenet"
         self.methods = list(dict.fromkeys(self.methods or (
             ["baseline", "umap"] if imagenet else list(METHODS))))
-        bad = [m for m in self.methods if m not in METHODS]
-        if bad or not self.methods:
-            raise ReproError(f"unknown method(s) {bad}; valid: {list(METHODS)}")
+        self.methods = known("method", self.methods, METHODS)
         self.scores = self.scores or (["odin"] if imagenet else ["msp", "odin", "ebo"])
         try:
             self.scores = list(dict.fromkeys(scoring.check_scores(self.scores)))
-            if self.xi is not None:
-                validate_xi(self.xi)
-            if self.keep_ratio is not None:
-                validate_keep_ratio(self.keep_ratio)
         except ValueError as exc:
-            raise ReproError(str(exc)) from None
+            raise BenchmarkError(str(exc)) from None
+        if self.xi is not None:
+            core_rule("xi", validate_xi, self.xi)
+        if self.keep_ratio is not None:
+            core_rule("keep_ratio", validate_keep_ratio, self.keep_ratio)
         for name in ("epochs", "batch", "xi_draws"):
-            value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                raise ReproError(f"--{name.replace('_', '-')} must be an integer >= 1, got {value!r}")
-        if isinstance(self.workers, bool) or not isinstance(self.workers, int) or self.workers < 0:
-            raise ReproError(f"--workers must be an integer >= 0, got {self.workers!r}")
-        if self.lr is not None and not (math.isfinite(self.lr) and self.lr > 0):
-            raise ReproError(f"--lr must be a finite number > 0, got {self.lr!r}")
+            if getattr(self, name) is not None:
+                count(name, getattr(self, name))
+        count("workers", self.workers, 0)
+        if self.lr is not None:
+            positive("lr", self.lr)
         if not self.dry_run and not self.data_root:
-            raise ReproError("--data-root is required (OpenOOD's data folder with benchmark_imglist/)")
+            raise BenchmarkError("--data-root is required (OpenOOD's data folder with benchmark_imglist/)")
         if self.checkpoint is not None and not os.path.isfile(self.checkpoint):
-            raise ReproError(f"checkpoint {self.checkpoint!r} does not exist")
-        try:
-            os.makedirs(self.out, exist_ok=True)
-            probe = os.path.join(self.out, ".write-test")
-            open(probe, "w").close()
-            os.remove(probe)
-        except OSError as exc:
-            raise ReproError(f"--out folder {self.out!r} is not writable ({exc.strerror})") from None
+            raise BenchmarkError(f"checkpoint {self.checkpoint!r} does not exist")
+        writable_folder("out", self.out)
         try:
             import openood  # noqa: F401  (optional dependency)
         except ImportError:
-            raise ReproError("the reproduction runs through OpenOOD; install it first") from None
+            raise BenchmarkError("the reproduction runs through OpenOOD; install it first") from None
         return self
 
     def schedule(self) -> dict:
@@ -212,7 +202,7 @@ def run(rc: ReproConfig) -> dict:
             fc = FinetuneConfig(mode=method, epochs=cfg["epochs"], lr=cfg["lr"],
                                 keep_ratio=cfg["keep_ratio"], progress=rc.progress)
             results.setdefault("finetune", {})[method] = asdict(fc)
-            (run_um if method == "um" else run_umap)(model, loader, xi, fc)
+            RUNNERS[method](model, loader, xi, fc)
         model.eval()
         results["methods"][method] = {}
         for s in rc.scores:
@@ -281,4 +271,4 @@ def config_from_args(a) -> ReproConfig:
 
 def main(argv=None) -> int:
     """Entry point: one line and exit code 2 for any bad argument, before any work."""
-    return run_main(PROG, build_parser(), argv, config_from_args, run, ReproError)
+    return run_main(PROG, build_parser(), argv, config_from_args, run)

@@ -11,6 +11,8 @@ import numpy as np
 
 from um_plugin.core import OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig
 
+from ..checks import BenchmarkError
+
 SUITES = ("cifar10", "cifar100", "imagenet")
 METHODS = ("baseline", "um", "umap")
 _CORE = FinetuneConfig()  # the core's defaults are the authors' code
@@ -35,10 +37,6 @@ DEFAULTS = {
     # not stated in the material we could read; a short schedule that fits one GPU-day
     "imagenet": dict(_OFFICIAL, epochs=5),
 }
-
-
-class ReproError(Exception):
-    """A bad argument or missing file, reported as one line."""
 
 
 # ----------------------------------------------------------------------------- data
@@ -112,7 +110,7 @@ def check_data(info: dict, data_root: str) -> None:
     for _, imglist, _ in _leaves(info):
         path = os.path.join(data_root, imglist)
         if not os.path.isfile(path):
-            raise ReproError(f"{path} is missing; download OpenOOD's benchmark data "
+            raise BenchmarkError(f"{path} is missing; download OpenOOD's benchmark data "
                              "(scripts/download/download.sh in OpenOOD) into --data-root")
 
 

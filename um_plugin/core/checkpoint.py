@@ -28,8 +28,8 @@ from pathlib import Path
 
 import torch
 
-from .config import FinetuneConfig
-from .objective import validate_xi
+from .config import FinetuneConfig, validate_xi
+from .paths import probe_write
 
 _MAGIC = b"um-plugin checkpoint "
 _HEADER = re.compile(rb"um-plugin checkpoint v2 sha256=([0-9a-f]{64}) bytes=(0|[1-9][0-9]{0,18})\n")
@@ -60,11 +60,7 @@ def check_writable(path) -> Path:
     if path.is_dir():
         raise ValueError(f"checkpoint path {str(path)!r} is a folder; pass a file path")
     try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        probe = _tmp_path(path)
-        with open(probe, "wb"):
-            pass
-        os.remove(probe)
+        probe_write(_tmp_path(path))
     except OSError as err:
         raise ValueError(f"checkpoint path {str(path)!r} is not writable ({err.strerror or err}); "
                          "pass a path in a writable folder") from None
@@ -132,17 +128,22 @@ def _payload(data: bytes, path: Path) -> memoryview | None:
     return payload
 
 
+def check_entries(state: dict, where: str, fix: str) -> None:
+    """Refuse a state that lacks any :data:`REQUIRED` entry, naming them, ``where`` and ``fix``."""
+    missing = [k for k in REQUIRED if k not in state]
+    if missing:
+        raise ValueError(f"{where} lacks the {', '.join(map(repr, missing))} "
+                         f"entr{'y' if len(missing) == 1 else 'ies'} of a fine-tuning run's state "
+                         f"(one holds {', '.join(REQUIRED)}); {fix}")
+
+
 def check_state(state, path: Path) -> dict:
     """Refuse, naming ``path``, a state that is not a resumable run's (entries, config, ξ)."""
     where = _name(path)
     if not isinstance(state, dict):
         raise ValueError(f"{where} holds a {type(state).__name__}, not a fine-tuning run's state; "
                          f"pass {_VALID}")
-    missing = [k for k in REQUIRED if k not in state]
-    if missing:
-        raise ValueError(f"{where} lacks the {', '.join(map(repr, missing))} "
-                         f"entr{'y' if len(missing) == 1 else 'ies'} of a fine-tuning run's state "
-                         f"(one holds {', '.join(REQUIRED)}); pass {_VALID}")
+    check_entries(state, where, f"pass {_VALID}")
     config = state["config"]
     if not isinstance(config, dict):
         raise ValueError(f"{where} has a config of type {type(config).__name__}, not a dict of "

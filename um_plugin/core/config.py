@@ -8,7 +8,9 @@ ratio 0.8 with the weights frozen. The paper's text says "SGD with Nesterov mome
 never sets it. ``nesterov=True, lr_schedule="step"`` is the paper's wording with a per-step
 cosine (smoother for short runs), a named alternative, not the authors' setting. Every caller
 (core, OpenOOD adapter, benchmarks) builds a :class:`FinetuneConfig`; nobody retypes a default
-or re-validates a value.
+or re-validates a value. The rules of the values a run takes besides the config (``xi``, the
+keep ratio and threshold of a mask) live here too, so this module imports no other module of
+the core and every other module takes its rules from it.
 """
 from __future__ import annotations
 
@@ -16,28 +18,88 @@ import math
 from dataclasses import asdict, dataclass, fields
 from numbers import Real
 
-from .masks import THRESHOLDS, validate_keep_ratio
-from .objective import validate_beta
+import torch
 
 MODES = ("um", "umap")
+THRESHOLDS = ("layer", "global")  # one top-k per layer (the authors'), or one over all layers
 OFFICIAL_UMAP_KEEP_RATIO = 0.8
 PRECISIONS = ("fp32", "bf16", "fp16")
 # 'epoch': the authors' cosine_lr, the lr set once at the start of each epoch;
 # 'step': the same cosine evaluated at every optimisation step (OpenOOD's trainers do this)
 LR_SCHEDULES = ("epoch", "step")
+# The loss is float32 (autocast computes cross-entropy in float32 too): with xi above half its
+# largest value, |beta * CE - xi| + xi overflows to inf, so no step could ever be taken.
+XI_MAX = float(torch.finfo(torch.float32).max) / 2
 
 
 def _number(name: str, value, rule: str, ok) -> float:
-    if isinstance(value, bool) or not isinstance(value, Real) or not math.isfinite(value) \
-            or not ok(value):
-        raise ValueError(f"{name} must be {rule}, got {value!r}")
-    return float(value)
+    """``value`` as a float, or a ValueError saying ``name must be a finite number <rule>``; a
+    tensor must hold a single such number."""
+    if isinstance(value, torch.Tensor) and (value.numel() != 1 or value.dtype == torch.bool
+                                            or value.dtype.is_complex):
+        shown = f" {value.tolist()}" if value.numel() <= 8 else ""
+        raise ValueError(f"{name} must be a single finite number {rule}, got a {value.dtype} "
+                         f"tensor of shape {tuple(value.shape)}{shown}")
+    if isinstance(value, bool) or not isinstance(value, (Real, torch.Tensor)):
+        raise ValueError(f"{name} must be a finite number {rule}, got {value!r}")
+    number = float(value)
+    if not math.isfinite(number) or not ok(number):
+        raise ValueError(f"{name} must be a finite number {rule}, got {number!r}")
+    return number
 
 
-def _integer(name: str, value, rule: str, ok) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not ok(value):
+def check_integer(name: str, value, minimum: int | None = None) -> int:
+    """Return ``value``, or raise naming it: an int (not a bool), at least ``minimum`` if given."""
+    if isinstance(value, bool) or not isinstance(value, int) or (minimum is not None
+                                                                 and value < minimum):
+        rule = "an integer" if minimum is None else f"an integer >= {minimum}"
         raise ValueError(f"{name} must be {rule}, got {value!r}")
     return value
+
+
+def check_flag(name: str, value) -> bool:
+    """Return ``value``, or raise naming it: True or False."""
+    if not isinstance(value, bool):
+        raise ValueError(f"{name} must be True or False, got {value!r}")
+    return value
+
+
+def check_choice(name: str, value, choices: tuple, meaning: str = "") -> None:
+    """Refuse ``value`` unless it is one of ``choices``, naming ``name`` and the choices."""
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {choices}{meaning}, got {value!r}")
+
+
+def validate_threshold(threshold) -> str:
+    """Return ``threshold``, or raise naming it: one of :data:`THRESHOLDS`."""
+    check_choice("threshold", threshold, THRESHOLDS)
+    return threshold
+
+
+def validate_keep_ratio(keep_ratio) -> float:
+    """Return the keep ratio as a float, or raise naming it: it must lie in (0, 1]."""
+    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, Real):
+        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
+    value = float(keep_ratio)
+    if not (0.0 < value <= 1.0):
+        raise ValueError(f"keep_ratio must be in (0, 1] (fraction of weights kept), got {value!r}")
+    return value
+
+
+def validate_xi(xi) -> float:
+    """Return ``xi`` as a float, or raise naming it: a finite number in ``[0, XI_MAX]``.
+
+    ``XI_MAX`` (about 1.7e38) is half of float32's largest value: beyond it the objective
+    ``|beta * CE - xi| + xi``, computed in float32, is inf whatever the model does.
+    """
+    return _number("loss constraint xi", xi,
+                   f">= 0 and <= {XI_MAX:.4g} (beyond that the float32 loss "
+                   "|beta*CE - xi| + xi overflows)", lambda v: 0 <= v <= XI_MAX)
+
+
+def validate_beta(beta) -> float:
+    """Return ``beta`` as a float, or raise naming it: beta must be a finite number > 0."""
+    return _number("loss scale beta", beta, "> 0", lambda v: v > 0)
 
 
 @dataclass
@@ -61,32 +123,24 @@ class FinetuneConfig:
     progress: bool = True
 
     def __post_init__(self):
-        if self.mode not in MODES:
-            raise ValueError(f"mode must be one of {MODES}, got {self.mode!r}")
-        _integer("epochs", self.epochs, "a positive integer", lambda v: v >= 1)
-        self.lr = _number("lr", self.lr, "a finite number > 0", lambda v: v > 0)
-        self.momentum = _number("momentum", self.momentum, "a number in [0, 1)",
-                                lambda v: 0 <= v < 1)
-        self.weight_decay = _number("weight_decay", self.weight_decay, "a finite number >= 0",
-                                    lambda v: v >= 0)
-        self.min_lr = _number("min_lr", self.min_lr, "a finite number in [0, lr]",
-                              lambda v: 0 <= v <= self.lr)
+        check_choice("mode", self.mode, MODES)
+        check_integer("epochs", self.epochs, 1)
+        self.lr = _number("lr", self.lr, "> 0", lambda v: v > 0)
+        self.momentum = _number("momentum", self.momentum, "in [0, 1)", lambda v: 0 <= v < 1)
+        self.weight_decay = _number("weight_decay", self.weight_decay, ">= 0", lambda v: v >= 0)
+        self.min_lr = _number("min_lr", self.min_lr, "in [0, lr]", lambda v: 0 <= v <= self.lr)
         for name in ("nesterov", "freeze_weights", "progress"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"{name} must be True or False, got {getattr(self, name)!r}")
+            check_flag(name, getattr(self, name))
         if self.nesterov and self.momentum == 0:
             raise ValueError("nesterov=True needs momentum > 0; set nesterov=False or a momentum "
                              "in (0, 1)")
-        if self.lr_schedule not in LR_SCHEDULES:
-            raise ValueError(f"lr_schedule must be one of {LR_SCHEDULES} ('epoch': the authors' "
-                             f"per-epoch cosine; 'step': per step), got {self.lr_schedule!r}")
-        if self.threshold not in THRESHOLDS:
-            raise ValueError(f"threshold must be one of {THRESHOLDS}, got {self.threshold!r}")
+        check_choice("lr_schedule", self.lr_schedule, LR_SCHEDULES,
+                     " ('epoch': the authors' per-epoch cosine; 'step': per step)")
+        validate_threshold(self.threshold)
         self.keep_ratio = validate_keep_ratio(self.keep_ratio)
         self.beta = validate_beta(self.beta)
-        _integer("seed", self.seed, "an integer", lambda v: True)
-        if self.precision not in PRECISIONS:
-            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        check_integer("seed", self.seed)
+        check_choice("precision", self.precision, PRECISIONS)
 
     @classmethod
     def from_saved(cls, values: dict) -> "FinetuneConfig":

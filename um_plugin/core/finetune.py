@@ -22,13 +22,13 @@ import torch.distributed as dist
 from torch import nn
 from tqdm.auto import tqdm
 
-from .batches import unpack_batch
-from .checkpoint import REQUIRED, check_writable, loader_generators, save_checkpoint
-from .config import MODES, OFFICIAL_UMAP_KEEP_RATIO, FinetuneConfig  # noqa: F401  (re-exported)
+from .batches import check_labels, checked_logits, label_rule, unpack_batch, valid_labels
+from .checkpoint import check_entries, check_writable, loader_generators, save_checkpoint
+from .config import FinetuneConfig, validate_xi
 from .distributed import is_distributed, is_main_process
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
                     mask_settings, restore_requires_grad)
-from .objective import LossConstraint, validate_xi
+from .objective import LossConstraint
 
 GradHook = Callable[[list], None]
 
@@ -180,15 +180,11 @@ class Finetuner:
         """Refuse labels outside ``[0, C)``; -100 (``ignore_index``) would be skipped silently."""
         if y.numel() == 0:
             raise ValueError("a batch has no samples; drop empty batches from the loader")
-        rule = (f"labels must be class indices in [0, {num_classes - 1}] for a model with "
-                f"{num_classes} outputs")
         if y.device.type == "cpu" or first:  # CPU labels cost no device sync
-            lo, hi = int(y.min()), int(y.max())
-            if lo < 0 or hi >= num_classes:
-                raise ValueError(f"{rule}, got labels in [{lo}, {hi}] (-100, PyTorch's "
-                                 "ignore_index, is refused too: it would be skipped silently)")
+            check_labels(y, num_classes)
         else:
-            torch._assert_async(((y >= 0) & (y < num_classes)).all(), rule)
+            torch._assert_async(valid_labels(y, num_classes).all(),
+                                f"labels {label_rule(num_classes)}")
 
     def _finite_value(self, loss: torch.Tensor, epoch: int, index: int) -> float:
         """The loss as a float, or stop every rank (buffers rolled back) if any is non-finite."""
@@ -220,11 +216,7 @@ class Finetuner:
         if self._backup:
             torch._foreach_copy_(self._backup, self._buffers)
         with self._autocast():
-            logits = self.model(x)
-            if not isinstance(logits, torch.Tensor) or logits.dim() != 2:
-                raise TypeError(f"{type(self.model).__name__} must return logits of shape "
-                                f"(batch, classes), got {type(logits).__name__}"
-                                f"{tuple(logits.shape) if isinstance(logits, torch.Tensor) else ''}")
+            logits = checked_logits(self.model(x), x.shape[0], self.model)
             self._check_labels(labels, logits.shape[1], first=index == 0)
             loss = self.criterion(logits, y)
         value = self._finite_value(loss, epoch, index)
@@ -345,11 +337,7 @@ class Finetuner:
         Everything is checked before anything changes, so a refused state leaves this run as it
         was; ``source`` names the state in errors (``load_checkpoint`` passes the file's path).
         """
-        missing = [k for k in REQUIRED if k not in state]
-        if missing:
-            raise ValueError(f"{source} lacks the {', '.join(map(repr, missing))} entr"
-                             f"{'y' if len(missing) == 1 else 'ies'} of a fine-tuning run's state "
-                             f"(one holds {', '.join(REQUIRED)}); pass what state_dict() returned")
+        check_entries(state, source, "pass what state_dict() returned")
         try:
             theirs = FinetuneConfig.from_saved(state["config"])
         except (TypeError, ValueError) as err:

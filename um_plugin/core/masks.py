@@ -6,7 +6,8 @@ methods of the model keep working, and :func:`bake_masks` leaves a plain model w
 ``state_dict`` (keys and their order) loads into a fresh instance of its class.
 
 The top-k itself (rounding, the stable-sort tie rule, the fast exact selection) lives in
-:mod:`.topk`; its public names are re-exported here.
+:mod:`.topk`; its public names are re-exported here. The keep-ratio and threshold rules are
+:mod:`.config`'s.
 """
 from __future__ import annotations
 
@@ -19,12 +20,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .config import validate_keep_ratio, validate_threshold
 from .popup import SignBuffer, masked_weight
 from .topk import (TopKSelector, num_kept, sorted_reference_mask,  # noqa: F401  (re-exported)
-                   topk_mask_, validate_keep_ratio)
+                   topk_mask_)
 
 MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
-THRESHOLDS = ("layer", "global")
 
 
 class ScoreParameter(nn.Parameter):
@@ -197,8 +198,7 @@ def attach_score_masks(model: nn.Module, keep_ratio: float, *, include=None,
     the official code (each layer applies its own).
     """
     keep_ratio = validate_keep_ratio(keep_ratio)
-    if threshold not in THRESHOLDS:
-        raise ValueError(f"threshold must be one of {THRESHOLDS}, got {threshold!r}")
+    validate_threshold(threshold)
     if has_score_masks(model):
         raise RuntimeError(f"{type(model).__name__} already has score masks; call bake_masks() "
                            "or remove_score_masks() before masking it again")

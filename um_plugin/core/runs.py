@@ -13,10 +13,9 @@ import torch
 from torch import nn
 
 from .checkpoint import check_writable, read_state
-from .config import FinetuneConfig
+from .config import FinetuneConfig, validate_xi
 from .finetune import Finetuner, GradHook, History
 from .masks import has_score_masks, remove_score_masks
-from .objective import validate_xi
 
 
 def load_checkpoint(model: nn.Module, path, *, grad_hook: Optional[GradHook] = None) -> Finetuner:
@@ -93,3 +92,6 @@ def run_umap(model: nn.Module, loader, xi: float, config: Optional[FinetuneConfi
     comes back unmasked, with its weights, buffers and ``requires_grad`` flags as before.
     """
     return _run("umap", model, loader, xi, config, checkpoint_path, grad_hook)
+
+
+RUNNERS = {"um": run_um, "umap": run_umap}  # a FinetuneConfig mode -> its one-shot run

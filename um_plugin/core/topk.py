@@ -11,7 +11,6 @@ are the tied weights with the highest indices. Every device and dtype gives the 
 from __future__ import annotations
 
 import math
-from numbers import Real
 from typing import Sequence
 
 import torch
@@ -21,16 +20,6 @@ from .thresholds import _HINT_MIN, _threshold_host, _threshold_sync_free
 
 _ROW = 128  # magnitudes per row when the CPU path looks for the threshold's neighbours
 _SORT_MIN = 100_000  # off the CPU, from this size on one sort beats kthvalue's single block
-
-
-def validate_keep_ratio(keep_ratio) -> float:
-    """Return the keep ratio as a float, or raise naming it: it must lie in (0, 1]."""
-    if isinstance(keep_ratio, bool) or not isinstance(keep_ratio, Real):
-        raise ValueError(f"keep_ratio must be a number in (0, 1], got {keep_ratio!r}")
-    value = float(keep_ratio)
-    if not (0.0 < value <= 1.0):
-        raise ValueError(f"keep_ratio must be in (0, 1] (fraction of weights kept), got {value!r}")
-    return value
 
 
 def num_kept(numel: int, keep_ratio: float) -> int:

@@ -24,8 +24,8 @@ import torch
 from openood.evaluation_api import datasets as oo_datasets
 from openood.evaluation_api import postprocessor as eval_pp
 
-from .layout import is_method_name, known_postprocessor_names
-from .postprocessors import base_config_candidates, config_roots, split_name
+from .config_discovery import base_config_candidates, config_roots
+from .names import is_method_name, known_postprocessor_names, split_name
 
 CHECKPOINT = "best.ckpt"  # what main.py's recorder saves and eval_ood.py reads
 

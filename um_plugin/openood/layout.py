@@ -1,9 +1,9 @@
-"""What this adapter needs from OpenOOD, checked once, and the names it claims there.
+"""What this adapter needs from OpenOOD: that it imports, and that its registries are where
+we hook them, checked once before anything is changed.
 
-A leaf module (it imports no other module of the adapter), so ``register``, the trainers,
-the postprocessors and ``spawn`` can all use it without importing each other. OpenOOD itself
-is imported inside the functions: it is the optional dependency whose absence
-:func:`require_openood` reports in one line.
+A leaf module (it imports no other module of the adapter). OpenOOD itself is imported inside
+the functions: it is the optional dependency whose absence :func:`require_openood` reports in
+one line.
 """
 from __future__ import annotations
 
@@ -11,8 +11,6 @@ import importlib
 import types
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
-
-from um_plugin.core import MODES
 
 INSTALL_HINT = ("install OpenOOD v1.5 next to the plug-in: `pip install "
                 "git+https://github.com/Jingkang50/OpenOOD` (or `pip install -e <OpenOOD checkout>`), "
@@ -33,7 +31,6 @@ LAYOUT = (
     ("openood.utils.launch", "_distributed_worker", types.FunctionType),
     ("openood.recorders.utils", "get_recorder", types.FunctionType),
 )
-WRAPPED = "__um_plugin_wraps__"  # attribute on our wrappers pointing at OpenOOD's original
 
 
 class OpenOODNotInstalledError(ImportError):
@@ -84,38 +81,3 @@ def load_layout() -> dict:
                 f"({module_name.replace('.', '/')}.py)")
         modules[module_name] = module
     return modules
-
-
-def original(func):
-    """OpenOOD's own function behind one of our wrappers (or ``func`` itself)."""
-    return getattr(func, WRAPPED, func)
-
-
-def literal_names(func) -> set:
-    """String constants of a function: the keys of the registry dict literal inside it."""
-    names, stack = set(), [original(func).__code__]
-    while stack:
-        code = stack.pop()
-        consts = list(code.co_consts)
-        while consts:
-            const = consts.pop()
-            if isinstance(const, str) and const.isidentifier():
-                names.add(const)
-            elif isinstance(const, (tuple, frozenset)):  # keys of a small dict literal
-                consts.extend(const)
-            elif isinstance(const, types.CodeType):
-                stack.append(const)
-    return names
-
-
-def is_method_name(name) -> bool:
-    """Whether ``name`` is ours: ``um``, ``umap``, ``um_<base>`` or ``umap_<base>``."""
-    return isinstance(name, str) and (name in MODES or name.startswith(tuple(m + "_" for m in MODES)))
-
-
-def known_postprocessor_names() -> list:
-    """Every base postprocessor name OpenOOD knows, from both registries."""
-    from openood.evaluation_api import postprocessor as eval_pp
-    from openood.postprocessors import utils as pp_utils
-    names = set(eval_pp.postprocessors) | literal_names(pp_utils.get_postprocessor)
-    return sorted(n for n in names if not is_method_name(n))

@@ -17,8 +17,7 @@ from dataclasses import dataclass, field
 from typing import Mapping, Optional
 
 from um_plugin.core import MODES, FinetuneConfig
-from um_plugin.core.masks import validate_keep_ratio
-from um_plugin.core.objective import validate_xi
+from um_plugin.core.config import check_choice, validate_keep_ratio, validate_xi
 
 PREPROCESSING = ("train", "test")  # images xi and fine-tuning use: augmented (the authors) or not
 FIT_CHECKS = ("stop", "warn")      # what a model that does not fit those images does to the run
@@ -151,8 +150,7 @@ def _xi_options(section: dict, where: str) -> XiOptions:
 
 def _choice(section: dict, key: str, choices: tuple, where: str, default: str) -> str:
     value = section.get(key, default)
-    if value not in choices:
-        raise ValueError(f"{where}.{key} must be one of {choices}, got {value!r}")
+    check_choice(f"{where}.{key}", value, choices)
     return value
 
 
@@ -185,15 +183,10 @@ def _section(section: Optional[Mapping], valid: tuple, where: str) -> dict:
     return section
 
 
-def _check_mode(mode) -> None:
-    if mode not in MODES:
-        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
-
-
 def postprocessor_options(section: Optional[Mapping], mode: str,
                           where: str = "postprocessor.postprocessor_args") -> MethodOptions:
     """Typed options of the ``um`` / ``umap`` postprocessors (all in ``postprocessor_args``)."""
-    _check_mode(mode)
+    check_choice("mode", mode, MODES)
     section = _section(section, POSTPROCESSOR_KEYS, where)
     xi = _xi_options(section, where)
     names = _SHARED_FINETUNE_KEYS + _POSTPROCESSOR_FINETUNE_KEYS
@@ -206,7 +199,7 @@ def trainer_options(config, mode: str) -> MethodOptions:
     """Typed options of the ``um`` / ``umap`` trainers: ``trainer.trainer_args`` plus
     OpenOOD's ``optimizer:`` section (num_epochs, lr, momentum, weight_decay, nesterov, min_lr,
     lr_schedule)."""
-    _check_mode(mode)
+    check_choice("mode", mode, MODES)
     where = "trainer.trainer_args"
     section = _section(config.trainer.get("trainer_args"), TRAINER_KEYS, where)
     xi = _xi_options(section, where)

@@ -17,15 +17,16 @@ from openood.trainers import utils as trainer_utils
 
 from um_plugin.core import MODES
 
+from . import lookups
 from . import postprocessors as ours_pp
 from . import recorder as ours_rec
 from . import trainers as ours_tr
-from .layout import (WRAPPED, OpenOODLayoutError, OpenOODNotInstalledError, is_method_name,
-                     literal_names, load_layout, openood_where, original, require_openood)
+from .layout import load_layout, openood_where, require_openood
+from .names import is_method_name, literal_names
 from .spawn import registered_worker
+from .wrapping import WRAPPED, original
 
-__all__ = ["register", "is_registered", "RegistrationError", "OpenOODLayoutError",
-           "OpenOODNotInstalledError", "original", "require_openood"]
+__all__ = ["register", "is_registered", "RegistrationError"]
 
 
 class RegistrationError(RuntimeError):
@@ -88,9 +89,9 @@ def register() -> None:
     _hook(modules["openood.trainers.utils"], "get_trainer", ours_tr.make_get_trainer)
     _hook(modules["openood.recorders.utils"], "get_recorder", ours_rec.make_get_recorder)
     _hook(modules["openood.postprocessors.utils"], "get_postprocessor",
-          ours_pp.make_pipeline_get_postprocessor)
+          lookups.make_pipeline_get_postprocessor)
     _hook(modules["openood.evaluation_api.postprocessor"], "get_postprocessor",
-          ours_pp.make_evaluator_get_postprocessor)
+          lookups.make_evaluator_get_postprocessor)
     modules["openood.evaluation_api.postprocessor"].postprocessors.update(ours)
     _hook_spawned_workers(modules["openood.utils.launch"])
 

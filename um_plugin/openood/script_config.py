@@ -15,9 +15,8 @@ import sys
 
 from um_plugin.core import MODES
 
-from .layout import is_method_name
+from .names import is_method_name, split_name
 from .options import postprocessor_options, trainer_options
-from .postprocessors import split_name
 
 
 def reads_config(script: str) -> bool:
