@@ -69,7 +69,7 @@ def halves(oo, checkout, tmp_path_factory):
         net.classifier1.bias.mul_(hi)
     ckpt = root / "base.ckpt"
     torch.save(net.state_dict(), ckpt)
-    return {"yml": yml, "ckpt": str(ckpt), "root": root}
+    return {"yml": yml, "ckpt": str(ckpt), "root": root, "bench": bench}
 
 
 def _main_py(checkout, halves, trainer, out, *extra, expect=0):
@@ -150,3 +150,25 @@ def test_another_recorder_for_um_is_refused_in_one_line(oo):
     with pytest.raises(RouteStop, match=r"^recorder.name: the um trainer needs recorder 'base' .*"
                                         r"got 'cider'$"):
         get_recorder(config)
+
+
+def test_eval_with_um_stops_in_one_line_when_the_base_does_not_fit_the_augmented_images(
+        oo, halves, tmp_path, capsys):
+    from um_plugin.cli import main
+    from um_plugin.openood.benchmark_file import write_benchmark_file
+    ood = halves["bench"]["id_test"]  # the fit check runs before any OOD set is read
+    bench = write_benchmark_file({**halves["bench"], "name": "halvesfit", "ood_val": ood,
+                                  "near_ood": {"near": ood}, "far_ood": {"far": ood}},
+                                 str(tmp_path / "bench.yml"))
+    try:
+        code = main(["eval", "--cpu", "--benchmark", bench, "--network", "lenet",
+                     "--num-classes", "2", "--root", halves["ckpt"], "--postprocessor", "um_msp",
+                     "--num-workers", "0", "--out", str(tmp_path / "board")])
+    finally:
+        from um_plugin.openood.benchmarks import _OURS
+        if "halvesfit" in _OURS:
+            oo.unregister_benchmark("halvesfit")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1].startswith("um-openood: error: the model's accuracy on the "
+                                            "training images with train-time preprocessing")
+    assert "Traceback" not in "\n".join(err)

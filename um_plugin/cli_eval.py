@@ -334,4 +334,8 @@ def main(args, error) -> int:
         prepared = prepare(args)
     except (ValueError, OSError, RuntimeError, ImportError) as exc:
         return error(str(exc))
-    return execute(prepared)
+    from um_plugin.openood.options import RouteStop
+    try:
+        return execute(prepared)
+    except RouteStop as exc:  # e.g. um_ebo's fit check: stopped before fine-tuning
+        return error(str(exc))
