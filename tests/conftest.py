@@ -24,6 +24,14 @@ def need_bench(*modules):
                      BENCH_ENV, "the benchmark tests")
 
 
+@pytest.fixture(scope="module")
+def base():
+    """The base model the core tests fine-tune or estimate ξ on (a TinyCNN trained on the
+    separable data); one per test module, which copies it where a test changes it."""
+    from core_helpers import trained_model
+    return trained_model()
+
+
 @pytest.fixture
 def bench_extras():
     """Every package the embedded benchmark's data and plots come from."""
