@@ -57,7 +57,8 @@ def test_run_with_existing_checkpoint_resumes_instead_of_restarting(base, tmp_pa
     path = tmp_path / "run.pt"
     model = fresh_copy(base)
     with pytest.raises(KeyboardInterrupt):  # dies in epoch 2, after epoch 1 was saved
-        run_um(model, CountingLoader(seeded_loader(), stop_at=4), 0.15, config, checkpoint_path=path)
+        run_um(model, CountingLoader(seeded_loader(), stop_at=4), 0.15, config,
+               checkpoint_path=path)
     assert state_equal(model, base)
     assert read_state(path)["epoch"] == 1
     run_um(model, seeded_loader(), 0.15, config, checkpoint_path=path)
