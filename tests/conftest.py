@@ -7,7 +7,7 @@ import pytest
 
 sys.path.insert(0, os.path.dirname(__file__))
 from openood_fixtures import (_missing, make_tiny_benchmark, need_openood,  # noqa: E402,F401
-                              openood_checkout)
+                              openood_checkout, write_config_root)
 
 
 BENCH_ENV = "UM_PLUGIN_REQUIRE_BENCH"
@@ -22,6 +22,14 @@ def need_bench(*modules):
         except ImportError as exc:
             _missing(f"this test needs {name} ({exc}); pip install '.[bench]' (from the checkout)",
                      BENCH_ENV, "the benchmark tests")
+
+
+@pytest.fixture(scope="module")
+def base():
+    """The base model the core tests fine-tune or estimate ξ on (a TinyCNN trained on the
+    separable data); one per test module, which copies it where a test changes it."""
+    from core_helpers import trained_model
+    return trained_model()
 
 
 @pytest.fixture
@@ -39,10 +47,7 @@ def sklearn_extra():
 @pytest.fixture(scope="session")
 def oo():
     """OpenOOD, with um/umap registered; skips (or fails, under the env switch) without it."""
-    try:
-        importlib.import_module("openood")
-    except ImportError as exc:
-        _missing(f"OpenOOD is not importable ({exc})")
+    need_openood()
     return importlib.import_module("um_plugin.openood")
 
 
@@ -75,20 +80,9 @@ QUICK_COMMON_ARGS = dict(preprocessing="test", batch_size=None, nesterov=True, l
 @pytest.fixture(scope="session")
 def quick_configs(checkout, tmp_path_factory):
     """A ``configs/`` root: OpenOOD's postprocessor YAMLs plus quick ``um.yml`` / ``umap.yml``."""
-    import shutil
-
-    import yaml
-
-    from um_plugin.shipped import configs_root
-    root = tmp_path_factory.mktemp("quick_configs")
-    shutil.copytree(os.path.join(checkout, "configs", "postprocessors"), root / "postprocessors")
-    for mode, args in QUICK_POSTPROCESSOR_ARGS.items():
-        with open(os.path.join(configs_root(), "postprocessors", f"{mode}.yml")) as f:
-            config = yaml.safe_load(f)
-        config["postprocessor"]["postprocessor_args"].update(QUICK_COMMON_ARGS, **args)
-        with open(root / "postprocessors" / f"{mode}.yml", "w") as f:
-            yaml.safe_dump(config, f)
-    return str(root)
+    return write_config_root(checkout, tmp_path_factory.mktemp("quick_configs"),
+                             {mode: {**QUICK_COMMON_ARGS, **args}
+                              for mode, args in QUICK_POSTPROCESSOR_ARGS.items()})
 
 
 @pytest.fixture(autouse=True)

@@ -47,6 +47,34 @@ def loader(n=96, batch_size=32, shuffle=False, seed=0, dict_batches=False, flip=
     return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=shuffle)
 
 
+def seeded_loader(seed=5, batch_size=32):
+    """The separable data shuffled by a loader-owned generator, as a restart rebuilds it."""
+    x, y = separable_data(96)
+    return DataLoader(TensorDataset(x, y), batch_size=batch_size, shuffle=True,
+                      generator=torch.Generator().manual_seed(seed))
+
+
+class CountingLoader:
+    """Wraps a loader (len, generator, sampler... pass through): counts the batches drawn in
+    ``seen``, and raises ``exc`` when batch ``stop_at`` (counted over all epochs) is asked for."""
+
+    def __init__(self, inner, stop_at=None, exc=KeyboardInterrupt):
+        self.inner, self.stop_at, self.exc, self.seen = inner, stop_at, exc, 0
+
+    def __len__(self):
+        return len(self.inner)
+
+    def __getattr__(self, name):
+        return getattr(self.inner, name)
+
+    def __iter__(self):
+        for batch in self.inner:
+            if self.seen == self.stop_at:
+                raise self.exc()
+            self.seen += 1
+            yield batch
+
+
 def trained_model(epochs=60, seed=0):
     torch.manual_seed(seed)
     model = TinyCNN()

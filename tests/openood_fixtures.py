@@ -10,10 +10,14 @@ from __future__ import annotations
 import importlib
 import importlib.util
 import os
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRE_ENV = "UM_PLUGIN_REQUIRE_OPENOOD"
 CHECKOUT_ENV = "UM_PLUGIN_OPENOOD_ROOT"
 
@@ -54,6 +58,57 @@ def openood_checkout():
                 os.path.isdir(os.path.join(path, "configs", "postprocessors")):
             return path
     return None
+
+
+def checkout_env(**extra):
+    """This environment, with the checkout first on PYTHONPATH, so a child process imports this
+    copy of ``um_plugin`` (and ``benchmarks``)."""
+    path = os.pathsep.join(filter(None, [REPO, os.environ.get("PYTHONPATH")]))
+    return dict(os.environ, PYTHONPATH=path, **extra)
+
+
+def run_cli(*args, cwd, expect=0, timeout=420):
+    """``um-openood *args`` in a process of its own, for runs where a real process is the point
+    (OpenOOD's main.py and scripts redirect stdout and loggers, and exit); it must exit ``expect``."""
+    proc = subprocess.run([sys.executable, "-m", "um_plugin.cli", *map(str, args)], cwd=cwd,
+                          env=checkout_env(), capture_output=True, text=True, timeout=timeout)
+    assert proc.returncode == expect, \
+        f"{list(args)}: exit {proc.returncode}\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}"
+    return proc
+
+
+def run_python(code, timeout=300):
+    """``code`` in a fresh interpreter (import-time behaviour, reloads, what a spawned worker
+    sees); the finished process."""
+    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=checkout_env(),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def write_config_root(checkout, root, args_by_mode):
+    """A ``configs/`` root at ``root``: OpenOOD's postprocessor YAMLs, and for each mode in
+    ``args_by_mode`` our shipped ``<mode>.yml`` with those postprocessor args over it."""
+    import shutil
+
+    import yaml
+
+    from um_plugin.shipped import configs_root
+    shutil.copytree(os.path.join(checkout, "configs", "postprocessors"),
+                    os.path.join(root, "postprocessors"))
+    for mode, args in args_by_mode.items():
+        with open(os.path.join(configs_root(), "postprocessors", f"{mode}.yml")) as f:
+            config = yaml.safe_load(f)
+        config["postprocessor"]["postprocessor_args"].update(args)
+        with open(os.path.join(root, "postprocessors", f"{mode}.yml"), "w") as f:
+            yaml.safe_dump(config, f)
+    return str(root)
+
+
+def lenet(num_classes=3):
+    """OpenOOD's LeNet for 3-channel images, seeded so every call is the same network."""
+    import torch
+    from openood.networks.lenet import LeNet
+    torch.manual_seed(0)
+    return LeNet(num_classes=num_classes, num_channel=3)
 
 
 def write_images(data_root, data_dir, rel_folder, n, size, num_classes, seed, ood=False):

@@ -4,6 +4,7 @@ import json
 
 import pytest
 
+from bench_helpers import one_line_error
 from benchmarks import cost
 from benchmarks.cost import measure
 
@@ -71,9 +72,8 @@ def test_plain_step_is_the_engine_at_xi_zero_and_equals_cross_entropy_sgd():
 ])
 def test_bad_arguments_get_one_line(argv, message, tmp_path, capsys):
     assert cost.main(argv + ["--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("python -m benchmarks.cost: error: ") \
-        and message in err, err
+    err = one_line_error(capsys, "python -m benchmarks.cost")
+    assert message in err, err
 
 
 def test_sync_counter_counts_cuda_sync_warnings_and_restores_the_mode(monkeypatch):

@@ -5,6 +5,7 @@ import os
 import numpy as np
 import pytest
 import torch
+from bench_helpers import forbid_work, one_line_error
 from openood_fixtures import need_openood
 
 from benchmarks.embedded import cli, protocol, scoring
@@ -74,12 +75,10 @@ def test_quick_mode_writes_every_output(tmp_path, capsys):
     (["--nosuch"], "unrecognized arguments: --nosuch"),
 ])
 def test_bad_arguments_get_one_line_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
-    def no_work(*a, **k):
-        raise AssertionError("work started before the arguments were validated")
-    monkeypatch.setattr(emb, "build_embedded", no_work)
+    forbid_work(monkeypatch, emb, "build_embedded")
     assert cli.main(argv + ["--out", str(tmp_path)]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith(f"{cli.PROG}: error: ") and message in err, err
+    err = one_line_error(capsys, cli.PROG)
+    assert message in err, err
 
 
 @pytest.mark.parametrize("argv, field, want", [
@@ -141,7 +140,7 @@ def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path, capsys):
     data = emb.build_embedded(n_ood=40, n_val_ood=20)
     scorer = scoring.OpenOODScorer(data, str(tmp_path / "oo"), id_name="mnist5k_parity",
                                    progress=True)
-    err = capsys.readouterr().err  # its setup's stages, each with progress (issue 17)
+    err = capsys.readouterr().err  # its setup's stages, each with progress
     for stage in ("write images", "build the Evaluator", "read the test images"):
         assert f"OpenOOD: {stage}" in err
     try:
@@ -165,7 +164,8 @@ def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path, capsys):
 
 
 def test_auto_backend_without_openood_says_so_in_one_line(tmp_path, capsys, monkeypatch):
-    """Issue 17: without OpenOOD the run fell back to the plug-in's scorers silently."""
+    """Without OpenOOD, --backend auto says in one line that it uses the plug-in's scorers
+    (it does not fall back silently)."""
     class Stop(Exception):
         pass
 
@@ -190,7 +190,8 @@ def test_auto_backend_without_openood_says_so_in_one_line(tmp_path, capsys, monk
 
 
 def test_ce_control_has_its_own_bar_and_is_run_um_at_xi_0(capsys):
-    """Issue 17: the plain-CE control's bar read 'um epoch'. Same numbers as run_um at ξ 0."""
+    """The plain-CE control's progress bar is not labelled 'um epoch'; same numbers as run_um
+    at ξ 0."""
     import copy
     from benchmarks.embedded.training import finetune, finetune_config, make_loader
     from um_plugin.core import run_um
@@ -210,7 +211,7 @@ def test_ce_control_has_its_own_bar_and_is_run_um_at_xi_0(capsys):
 
 
 def test_openood_scoring_shows_progress(capsys):
-    """Issue 17: OpenOOD scoring (30-70 s a seed) showed no progress."""
+    """OpenOOD scoring (30-70 s a seed) shows progress."""
     from benchmarks.embedded.records import ScoreMetrics
     x = torch.rand(8, 3, 28, 28)
 
@@ -233,7 +234,7 @@ def test_openood_scoring_shows_progress(capsys):
 
 
 def test_stage_plot_labels_do_not_overlap(tmp_path, monkeypatch):
-    """Issue 17: stage_auroc.png drew the best/final labels of close curves on top of one another."""
+    """stage_auroc.png keeps the best/final labels of close curves apart."""
     from benchmarks.embedded import plots
     from benchmarks.embedded.records import BenchResult, SeedResult, StagePoint, StageScore
     finals = {"nearood": 77.7, "farood": 97.4, "letters": 76.5, "animals": 78.8,

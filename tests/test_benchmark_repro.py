@@ -2,6 +2,7 @@
 import json
 
 import pytest
+from bench_helpers import forbid_work, one_line_error
 from openood_fixtures import need_openood
 
 from benchmarks.repro import pipeline
@@ -61,15 +62,11 @@ def test_repro_errors_are_one_line(tmp_path, capsys):
     (["cifar10", "--epochs", "x"], "argument --epochs: invalid int value: 'x'"),
 ])
 def test_bad_arguments_get_one_line_before_any_work(argv, message, tmp_path, capsys, monkeypatch):
-    def no_work(*a, **k):
-        raise AssertionError("work started before the arguments were validated")
-    monkeypatch.setattr(pipeline, "write_dry_run_data", no_work)
-    monkeypatch.setattr(pipeline, "register_suite", no_work)
+    forbid_work(monkeypatch, pipeline, "write_dry_run_data", "register_suite")
     data = [] if "--data-root" in argv or argv == ["cifar10"] else ["--data-root", str(tmp_path)]
     assert repro.main(argv + data + ["--out", str(tmp_path / "o")]) == 2
-    err = capsys.readouterr().err
-    assert err.count("\n") == 1 and err.startswith("python -m benchmarks.repro: error: ") \
-        and message in err, err
+    err = one_line_error(capsys, "python -m benchmarks.repro")
+    assert message in err, err
 
 
 def test_unwritable_output_folder_gets_one_line(tmp_path, capsys):

@@ -1,48 +1,21 @@
 """Checkpoint files: a checksum over their content, so a damaged, truncated or zero-filled file is
 refused in one line naming it (and never resumed from), while the last good one still resumes
 bit-exactly; every other checkpoint error names the path, the fault and what would be valid."""
+import os
 import re
+import stat
 import warnings
 
 import pytest
 import torch
-from torch.utils.data import DataLoader, TensorDataset
 
-from core_helpers import TinyCNN, fresh_copy, separable_data, state_equal, trained_model
+from core_helpers import (CountingLoader, TinyCNN, fresh_copy, loader, seeded_loader,
+                          state_equal)
 from um_plugin.core import (FinetuneConfig, Finetuner, load_checkpoint, run_um, run_umap,
                             save_checkpoint)
 from um_plugin.core.checkpoint import UnverifiedCheckpointWarning, read_state, write_state
 
 CONFIG = FinetuneConfig(epochs=3, lr=0.05, progress=False)
-
-
-@pytest.fixture(scope="module")
-def base():
-    return trained_model(epochs=20)
-
-
-def seeded_loader(seed=5):
-    x, y = separable_data(96)
-    return DataLoader(TensorDataset(x, y), batch_size=32, shuffle=True,
-                      generator=torch.Generator().manual_seed(seed))
-
-
-class Counted:
-    """A loader that counts the batches drawn from it (a refused resume must draw none)."""
-
-    def __init__(self, inner):
-        self.inner, self.seen = inner, 0
-
-    def __len__(self):
-        return len(self.inner)
-
-    def __getattr__(self, name):
-        return getattr(self.inner, name)
-
-    def __iter__(self):
-        for batch in self.inner:
-            self.seen += 1
-            yield batch
 
 
 def one_line_error(call, *patterns):
@@ -99,7 +72,7 @@ def test_damaged_checkpoints_are_refused_and_the_last_good_one_resumes_bit_exact
         bad.write_bytes(data)
         one_line_error(lambda: load_checkpoint(fresh_copy(base), bad), re.escape(str(bad)),
                        "cannot be read", "earlier checkpoint")
-        model, data_loader = fresh_copy(base), Counted(seeded_loader())
+        model, data_loader = fresh_copy(base), CountingLoader(seeded_loader())
         one_line_error(lambda: run_um(model, data_loader, 0.15, CONFIG, checkpoint_path=bad),
                        re.escape(str(bad)))
         assert data_loader.seen == 0, what  # a resume never starts from it
@@ -118,6 +91,15 @@ def test_damaged_checkpoints_are_refused_and_the_last_good_one_resumes_bit_exact
     assert state_equal(model, whole)
 
 
+def test_truncated_checkpoint_names_the_file(base, tmp_path):
+    tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=1, progress=False), 1)
+    path = save_checkpoint(tuner, tmp_path / "run.pt")
+    data = path.read_bytes()
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(ValueError, match=r"run\.pt.*cannot be read"):
+        load_checkpoint(fresh_copy(base), path)
+
+
 def test_zero_filled_checkpoint_names_the_path(base, tmp_path):
     path = save_checkpoint(Finetuner(fresh_copy(base), 0.1, CONFIG, 3), tmp_path / "run.pt")
     path.write_bytes(bytes(path.stat().st_size))
@@ -130,6 +112,15 @@ def test_folder_as_checkpoint_is_called_a_folder(base, tmp_path):
                    "is a folder, not a checkpoint file", "save_checkpoint")
     one_line_error(lambda: load_checkpoint(fresh_copy(base), tmp_path / "none.pt"),
                    "none.pt' does not exist")
+
+
+def test_a_file_that_is_not_a_checkpoint_says_so(base, tmp_path):
+    path = tmp_path / "notes.txt"
+    path.write_text("hello")
+    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
+                   "is not a um-plugin checkpoint", "save_checkpoint")
+    path = write_state([1, 2], tmp_path / "list.pt")
+    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), "holds a list")
 
 
 @pytest.mark.parametrize("edit,patterns", [
@@ -200,6 +191,13 @@ def test_another_architectures_file_names_the_path_and_the_entry(base, tmp_path,
                        "architecture it was saved from")
 
 
+def test_another_architectures_file_is_refused_by_load_checkpoint(base, tmp_path):
+    tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=1, progress=False), 1)
+    path = save_checkpoint(tuner, tmp_path / "a.pt")
+    with pytest.raises(ValueError, match="does not fit Wider"):
+        load_checkpoint(Wider(), path)
+
+
 def test_pre_checksum_checkpoint_loads_with_a_warning_and_the_next_save_adds_one(base, tmp_path):
     torch.manual_seed(3)
     whole = fresh_copy(base)
@@ -220,10 +218,31 @@ def test_pre_checksum_checkpoint_loads_with_a_warning_and_the_next_save_adds_one
         assert read_state(path)["epoch"] == 3
 
 
-def test_a_file_that_is_not_a_checkpoint_says_so(base, tmp_path):
-    path = tmp_path / "notes.txt"
-    path.write_text("hello")
-    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
-                   "is not a um-plugin checkpoint", "save_checkpoint")
-    path = write_state([1, 2], tmp_path / "list.pt")
-    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), "holds a list")
+def test_unwritable_checkpoint_path_fails_before_training(base, tmp_path):
+    blocker = tmp_path / "a_file"
+    blocker.write_text("x")
+    counted = CountingLoader(loader())
+    with pytest.raises(ValueError, match="not writable"):
+        run_um(fresh_copy(base), counted, 0.1, FinetuneConfig(epochs=1, progress=False),
+               checkpoint_path=blocker / "run.pt")
+    assert counted.seen == 0
+
+
+def test_saves_leave_no_temporary_files_and_respect_the_umask(base, tmp_path, monkeypatch):
+    tuner = Finetuner(fresh_copy(base), 0.1, FinetuneConfig(epochs=1, progress=False), 1)
+    (tmp_path / ".run.pt.tmp").write_bytes(b"stale, as a killed save leaves it")
+    path = save_checkpoint(tuner, tmp_path / "run.pt")
+    assert sorted(os.listdir(tmp_path)) == ["run.pt"]
+    umask = os.umask(0)
+    os.umask(umask)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o666 & ~umask
+
+    good = path.read_bytes()
+
+    def broken_save(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", broken_save)
+    with pytest.raises(OSError, match="disk full"):
+        save_checkpoint(tuner, path)
+    assert sorted(os.listdir(tmp_path)) == ["run.pt"] and path.read_bytes() == good

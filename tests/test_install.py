@@ -11,8 +11,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def test_every_folder_with_installed_files_is_a_declared_package(monkeypatch):
-    """Issue 17: `pip install -e .` printed ~180 setuptools warnings: the YAML folders were
-    package data of um_plugin.openood without being packages themselves."""
+    """`pip install -e .` stays quiet: a folder of package data that is not a package makes
+    setuptools warn (about 180 lines for the YAML folders)."""
     from setuptools.config.setupcfg import read_configuration
     monkeypatch.chdir(ROOT)
     options = read_configuration("setup.cfg")["options"]
@@ -34,7 +34,8 @@ def _section(title):
 
 
 def test_readme_install_brings_pytest_and_a_cpu_torch():
-    """Issue 17: Install never installed pytest, and plain `pip install torch` pulls the CUDA build."""
+    """Install gets pytest (the test extra) and the CPU torch build (plain `pip install torch`
+    pulls the CUDA one)."""
     install = _section("Install")
     assert 'pip install ".[test]"' in install
     assert "pip install torch torchvision --index-url https://download.pytorch.org/whl/cpu" in install

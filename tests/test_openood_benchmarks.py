@@ -60,7 +60,8 @@ def test_dataset_config_names_the_normalization_main_py_knows(oo, tmp_path):
     ("ood_val", "{img} 7", r"line 2 .*label 7 is not a class.*label < 3 \(-1 for OOD images\)"),
 ])
 def test_refuses_list_lines_without_a_usable_label(oo, tmp_path, split, line, says):
-    """Issue 17: such a line was accepted; OpenOOD then failed much later with IndexError."""
+    """Refused when the benchmark is registered, naming the line: OpenOOD would fail much later
+    with an IndexError."""
     kwargs = make_tiny_benchmark(str(tmp_path), name="labelbench")
     path = os.path.join(kwargs["data_root"], kwargs[split])
     with open(path) as f:

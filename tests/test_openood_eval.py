@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from openood_fixtures import make_tiny_benchmark
-
-MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from openood_fixtures import checkout_env, make_tiny_benchmark
 
 # One interpreter imports OpenOOD once and forks a child per main.py run (each as
 # `um-openood run --cpu main.py ...`): the same runs as separate commands, without paying the
@@ -39,9 +37,8 @@ for argv in json.loads(sys.argv[1]):
 
 def _main_py_runs(runs, cwd):
     import json
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(runs)], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=600)
+    proc = subprocess.run([sys.executable, "-c", _DRIVER, json.dumps(runs)], cwd=cwd,
+                          env=checkout_env(), capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
 
 

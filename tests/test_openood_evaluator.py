@@ -5,11 +5,7 @@ import urllib.request
 import pytest
 import torch
 
-
-def _lenet():
-    from openood.networks.lenet import LeNet
-    torch.manual_seed(0)
-    return LeNet(num_classes=3, num_channel=3)
+from openood_fixtures import lenet
 
 
 def _no_download(*args, **kwargs):
@@ -24,7 +20,7 @@ def test_evaluator_runs_method_and_returns_metrics(oo, tiny_bench, quick_configs
     import gdown
     monkeypatch.setattr(gdown, "download", _no_download)
 
-    net = _lenet()
+    net = lenet()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     config_root = quick_configs
     with oo.enable_cpu_fallback():
@@ -86,11 +82,12 @@ def test_config_root_copy_overrides_packaged_yaml(oo, tiny_bench, checkout, tmp_
 
 
 def test_second_method_on_the_same_network_is_refused(oo, tiny_bench, quick_configs):
-    """Issue 9.3: um_msp then umap_msp on one network printed UM's table under UMAP's name."""
+    """um_msp then umap_msp on one network is refused: the second would fine-tune the first's
+    result and print it under its own name."""
     import copy
 
     from openood.evaluation_api import Evaluator
-    net = _lenet()
+    net = lenet()
     pristine = copy.deepcopy(net)
     kwargs = dict(id_name=tiny_bench["name"], data_root=tiny_bench["data_root"],
                   config_root=quick_configs, batch_size=8, num_workers=0)

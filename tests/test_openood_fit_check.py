@@ -16,7 +16,7 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from openood_fixtures import make_halves_benchmark
+from openood_fixtures import make_halves_benchmark, write_config_root
 
 
 class HalvesNet(nn.Module):
@@ -146,23 +146,6 @@ def halves_bench(oo, tmp_path):
     oo.unregister_benchmark("halvesbench")
 
 
-def _route2_config_root(checkout, tmp_path, mode, **args):
-    """OpenOOD's postprocessor YAMLs plus our ``mode``.yml with ``args`` over the shipped one."""
-    import shutil
-
-    import yaml
-
-    from um_plugin.shipped import configs_root
-    root = tmp_path / "configs"
-    shutil.copytree(os.path.join(checkout, "configs", "postprocessors"), root / "postprocessors")
-    with open(os.path.join(configs_root(), "postprocessors", f"{mode}.yml")) as f:
-        config = yaml.safe_load(f)
-    config["postprocessor"]["postprocessor_args"].update(args)
-    with open(root / "postprocessors" / f"{mode}.yml", "w") as f:
-        yaml.safe_dump(config, f)
-    return str(root)
-
-
 @pytest.mark.parametrize("mode", ["um", "umap"])
 def test_route2_default_fine_tunes_on_augmented_images_and_stops_a_model_that_does_not_fit_them(
         oo, halves_bench, checkout, tmp_path, mode):
@@ -190,8 +173,8 @@ def test_route2_train_preprocessing_feeds_augmented_images_and_test_feeds_the_ev
                   postprocessor_name="um_msp", batch_size=8, num_workers=0)
     runs = {}
     for preprocessing in ("train", "test"):
-        root = _route2_config_root(checkout, tmp_path / preprocessing, "um", epochs=1, lr=0.01,
-                                   preprocessing=preprocessing, fit_check="warn")
+        root = write_config_root(checkout, tmp_path / preprocessing / "configs", {"um": dict(
+            epochs=1, lr=0.01, preprocessing=preprocessing, fit_check="warn")})
         model = HalvesNet()
         seen = _images_seen(model)
         with oo.enable_cpu_fallback(), warnings.catch_warnings():

@@ -5,7 +5,7 @@ import os
 import pytest
 import torch
 
-from openood_fixtures import make_tiny_benchmark
+from openood_fixtures import lenet, make_tiny_benchmark
 
 
 def _row(model="um", pp="msp", near=90.0, far=95.0, fpr=20.0):
@@ -89,14 +89,12 @@ def test_malformed_csvs_end_in_one_line_and_exit_2(oo, tmp_path, capsys, text, s
 @pytest.fixture
 def eval_setup(oo, checkout, tmp_path):
     """A benchmark YAML and a run folder with two LeNet seeds (no training: arguments only)."""
-    from openood.networks.lenet import LeNet
     from um_plugin.openood.benchmark_file import write_benchmark_file
     kwargs = make_tiny_benchmark(str(tmp_path / "data"), name="argbench", per_split=6)
     bench = write_benchmark_file(kwargs, str(tmp_path / "bench.yml"))
     for seed in ("s0", "s1"):
         (tmp_path / "run" / seed).mkdir(parents=True)
-        torch.save(LeNet(num_classes=3, num_channel=3).state_dict(),
-                   tmp_path / "run" / seed / "best.ckpt")
+        torch.save(lenet().state_dict(), tmp_path / "run" / seed / "best.ckpt")
     yield tmp_path, bench
     from um_plugin.openood.benchmarks import _OURS
     if "argbench" in _OURS:

@@ -7,30 +7,17 @@ half of them into the other class.
 """
 import glob
 import os
-import subprocess
-import sys
 
 import pytest
 import torch
 
-from openood_fixtures import make_halves_benchmark
-
-MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _cli(*args, cwd, expect=0):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "um_plugin.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=300)
-    assert proc.returncode == expect, f"exit {proc.returncode}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc
+from openood_fixtures import lenet, make_halves_benchmark, run_cli, run_python
 
 
 @pytest.fixture(scope="module")
 def halves(oo, checkout, tmp_path_factory):
     """The halves benchmark's dataset YAML and a LeNet checkpoint that fits its plain images."""
     from openood.datasets import get_dataloader
-    from openood.networks.lenet import LeNet
     from openood.preprocessors.test_preprocessor import TestStandardPreProcessor
     from openood.utils import Config
 
@@ -46,8 +33,7 @@ def halves(oo, checkout, tmp_path_factory):
     train = get_dataloader(cfg)["train"]
     plain = like(train, test_time_dataset(train, cfg, "test"), "test", shuffle=True)
     assert isinstance(plain.dataset.transform_image, TestStandardPreProcessor)
-    torch.manual_seed(0)
-    net = LeNet(num_classes=2, num_channel=3)
+    net = lenet(2)
     opt = torch.optim.SGD(net.parameters(), lr=0.05, momentum=0.9)
     for _ in range(30):
         for batch in plain:
@@ -74,13 +60,13 @@ def halves(oo, checkout, tmp_path_factory):
 
 def _main_py(checkout, halves, trainer, out, *extra, expect=0):
     from um_plugin.shipped import configs_root
-    return _cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config", halves["yml"],
-                os.path.join(checkout, "configs/networks/lenet.yml"),
-                os.path.join(configs_root(), f"train_{trainer}.yml"),
-                os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
-                "--network.checkpoint", halves["ckpt"],
-                "--num_workers", "0", "--output_dir", str(out), *extra,
-                cwd=halves["root"], expect=expect)
+    return run_cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config", halves["yml"],
+                   os.path.join(checkout, "configs/networks/lenet.yml"),
+                   os.path.join(configs_root(), f"train_{trainer}.yml"),
+                   os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
+                   "--network.checkpoint", halves["ckpt"],
+                   "--num_workers", "0", "--output_dir", str(out), *extra,
+                   cwd=halves["root"], expect=expect)
 
 
 def test_a_base_that_does_not_fit_the_augmented_images_stops_main_py_in_one_line(
@@ -123,21 +109,19 @@ def test_spawned_workers_get_the_final_model_recorder_too(oo):
     """num_gpus > 1: OpenOOD's launch spawns fresh interpreters, which unpickle our worker
     (importing um_plugin.openood.spawn, hence registering); the recorder the train pipeline
     builds there is ours. Checked in a fresh interpreter doing just that import."""
-    probe = (
-        "import pickle, um_plugin.openood.spawn as s\n"
-        "worker = pickle.loads(pickle.dumps(s.registered_worker))\n"
-        "import openood.pipelines.train_pipeline as tp\n"
-        "from openood.utils import Config\n"
-        "from um_plugin.openood.recorder import FinalModelRecorder\n"
-        "config = Config({'trainer': {'name': 'umap'}, 'recorder': {'name': 'base'},\n"
-        "                 'output_dir': '.'})\n"
-        "assert isinstance(tp.get_recorder(config), FinalModelRecorder)\n"
-        "config.trainer.name = 'base'\n"
-        "assert type(tp.get_recorder(config)).__name__ == 'BaseRecorder'\n"
-        "print('ok')\n")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-c", probe], env=env, capture_output=True, text=True,
-                          timeout=120)
+    proc = run_python("""
+        import pickle, um_plugin.openood.spawn as s
+        worker = pickle.loads(pickle.dumps(s.registered_worker))
+        import openood.pipelines.train_pipeline as tp
+        from openood.utils import Config
+        from um_plugin.openood.recorder import FinalModelRecorder
+        config = Config({'trainer': {'name': 'umap'}, 'recorder': {'name': 'base'},
+                         'output_dir': '.'})
+        assert isinstance(tp.get_recorder(config), FinalModelRecorder)
+        config.trainer.name = 'base'
+        assert type(tp.get_recorder(config)).__name__ == 'BaseRecorder'
+        print('ok')
+    """, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", proc.stderr[-3000:]
 
 

@@ -44,8 +44,8 @@ def test_bad_postprocessor_args(oo, checkout, monkeypatch):
 
 
 def test_base_yaml_found_from_each_documented_place(oo, checkout, tmp_path, monkeypatch):
-    """Issue 9.5: with a config_root holding only um.yml, msp.yml came from nowhere. The base's
-    YAML is looked up in config_root, $OPENOOD_CONFIG_ROOT, $UM_PLUGIN_OPENOOD_ROOT/configs."""
+    """With a config_root holding only um.yml, the base's YAML (msp.yml) is looked up in
+    config_root, $OPENOOD_CONFIG_ROOT, then $UM_PLUGIN_OPENOOD_ROOT/configs."""
     from openood.evaluation_api.postprocessor import get_postprocessor
     from um_plugin.shipped import install_configs
     only_ours = tmp_path / "ours"

@@ -1,22 +1,11 @@
 """Registration reaches every OpenOOD lookup site, is idempotent, and never shadows OpenOOD."""
-import os
-import subprocess
-import sys
-import textwrap
-
 import pytest
 
-MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-
-
-def _python(code):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
-    return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=env,
-                          capture_output=True, text=True, timeout=300)
+from openood_fixtures import REPO, run_python
 
 
 def test_import_um_plugin_never_imports_openood():
-    proc = _python("""
+    proc = run_python("""
         import sys, um_plugin, um_plugin.core, um_plugin.cli
         assert not any(m == 'openood' or m.startswith('openood.') for m in sys.modules), 'openood imported'
     """)
@@ -24,7 +13,7 @@ def test_import_um_plugin_never_imports_openood():
 
 
 def test_missing_openood_says_how_to_install():
-    proc = _python("""
+    proc = run_python("""
         import sys
         sys.modules['openood'] = None  # as if not installed
         try:
@@ -36,7 +25,7 @@ def test_missing_openood_says_how_to_install():
 
 
 def test_copies_imported_before_and_after_registration(oo):
-    proc = _python("""
+    proc = run_python("""
         import openood.pipelines.train_pipeline as before_tr
         import openood.evaluation_api.evaluator as before_ev
         import um_plugin.openood as u
@@ -65,10 +54,10 @@ def test_register_twice_is_harmless(oo):
 
 
 def test_register_after_reloading_the_plug_in_replaces_its_stale_entries(oo):
-    """Issue 17: after importlib.reload, register() blamed OpenOOD for the plug-in's own stale
-    classes. Now it replaces them (a process of its own: reloading would leave this one's
-    classes stale)."""
-    proc = _python("""
+    """After importlib.reload, register() replaces the plug-in's own stale classes instead of
+    blaming OpenOOD for them (a process of its own: reloading would leave this one's classes
+    stale)."""
+    proc = run_python("""
         import importlib, sys
         import um_plugin.openood as u
         import openood.evaluation_api.postprocessor as ep
@@ -136,7 +125,7 @@ def _adapter_imports():
     import ast
     import pathlib
     out = {}
-    for path in sorted((pathlib.Path(MAIN) / "um_plugin" / "openood").glob("*.py")):
+    for path in sorted((pathlib.Path(REPO) / "um_plugin" / "openood").glob("*.py")):
         tree = ast.parse(path.read_text())
         top, inner = set(), []
         for node in tree.body:
@@ -156,8 +145,8 @@ def _adapter_imports():
 
 
 def test_adapter_has_no_import_circle_and_imports_at_the_top():
-    """Issue 11: register <-> postprocessors <-> spawn were circles hidden in function-level
-    imports. Now only the optional dependency (OpenOOD) is imported inside functions."""
+    """No import circle hides in function-level imports: only the optional dependency
+    (OpenOOD) is imported inside functions."""
     imports = _adapter_imports()
     assert {"register", "postprocessors", "trainers", "spawn"} <= set(imports)
     for module, (_, inner) in imports.items():

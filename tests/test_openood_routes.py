@@ -1,7 +1,7 @@
 """Every route is the core engine: same data order, seed and ξ give bit-identical weights.
 
-Issue 9.1 (the trainer had a loop of its own, with other defaults) and 9.2 (the Evaluator
-route fine-tuned in dataset order, i.e. on single-class batches of a class-sorted list).
+The trainer has no loop or defaults of its own, and the Evaluator route fine-tunes on shuffled
+batches (not in dataset order, i.e. on single-class batches of a class-sorted list).
 """
 import os
 
@@ -9,18 +9,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from openood_fixtures import colour_classes, make_tiny_benchmark
-
-
-def _lenet():
-    from openood.networks.lenet import LeNet
-    torch.manual_seed(0)
-    return LeNet(num_classes=3, num_channel=3)
-
-
-def _run(mode):
-    from um_plugin.core import run_um, run_umap
-    return {"um": run_um, "umap": run_umap}[mode]
+from openood_fixtures import colour_classes, lenet, make_tiny_benchmark
 
 
 def _same_weights(a, b):
@@ -35,6 +24,7 @@ def test_trainer_route_gives_the_core_engines_weights(oo, mode):
     from openood.utils import Config
 
     from um_plugin.core import FinetuneConfig
+    from um_plugin.core.runs import RUNNERS
     x = torch.randn(24, 3, 28, 28, generator=torch.Generator().manual_seed(1))
     y = torch.arange(24) % 3
     data = [{"data": a, "label": b} for a, b in zip(x, y)]
@@ -47,14 +37,14 @@ def test_trainer_route_gives_the_core_engines_weights(oo, mode):
     config = Config({"trainer": {"name": mode, "trainer_args": args},
                      "optimizer": {"name": "sgd", "num_epochs": 2, "lr": 0.05, "momentum": 0.9,
                                    "weight_decay": 0.0005}})
-    trainer = get_trainer(_lenet(), loader(), None, config)
+    trainer = get_trainer(lenet(), loader(), None, config)
     for epoch in (1, 2):
         out, _ = trainer.train_epoch(epoch)
 
-    core = _lenet()
-    _run(mode)(core, loader(), 0.3, FinetuneConfig(mode=mode, epochs=2, lr=0.05, momentum=0.9,
-                                                   weight_decay=0.0005, keep_ratio=0.8,
-                                                   progress=False))
+    core = lenet()
+    finetune = FinetuneConfig(mode=mode, epochs=2, lr=0.05, momentum=0.9, weight_decay=0.0005,
+                              keep_ratio=0.8, progress=False)
+    RUNNERS[mode](core, loader(), 0.3, finetune)
     assert _same_weights(out, core) == []
     assert _same_weights(trainer.net, core) == []  # the original network, masks baked
 
@@ -63,13 +53,15 @@ def test_trainer_route_gives_the_core_engines_weights(oo, mode):
 def test_evaluator_fine_tunes_on_shuffled_batches_of_a_sorted_list(oo, quick_configs, tmp_path,
                                                                   name):
     from openood.evaluation_api import Evaluator
+
+    from um_plugin.core.runs import RUNNERS
     kwargs = make_tiny_benchmark(str(tmp_path), name="sortedbench", sort_train=True)
     with open(os.path.join(kwargs["data_root"], kwargs["id_train"])) as f:
         labels = [int(line.split()[1]) for line in f]
     assert labels == sorted(labels) and len(set(labels)) == 3  # sorted by class
     oo.register_benchmark(**kwargs)
     try:
-        net = _lenet()
+        net = lenet()
         batches = []
         hook = net.register_forward_pre_hook(
             lambda module, args: batches.append(colour_classes(args[0])) if module.training else None)
@@ -87,8 +79,8 @@ def test_evaluator_fine_tunes_on_shuffled_batches_of_a_sorted_list(oo, quick_con
         dataset = evaluator.dataloader_dict["id"]["train"].dataset
         loader = DataLoader(dataset, batch_size=8, shuffle=True,
                             generator=torch.Generator().manual_seed(finetune.seed))
-        core = _lenet()
-        _run(pp.mode)(core, loader, pp.xi, finetune)
+        core = lenet()
+        RUNNERS[pp.mode](core, loader, pp.xi, finetune)
         assert _same_weights(net, core) == []
     finally:
         oo.unregister_benchmark("sortedbench")

@@ -3,6 +3,8 @@ import pytest
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from openood_fixtures import lenet
+
 
 class _Dicts(Dataset):
     """OpenOOD-style dict samples."""
@@ -30,16 +32,10 @@ def _config(name, epochs=2, **trainer_args):
                                  "weight_decay": 0.0005}})
 
 
-def _lenet():
-    from openood.networks.lenet import LeNet
-    torch.manual_seed(0)
-    return LeNet(num_classes=3, num_channel=3)
-
-
 @pytest.mark.parametrize("name", ["um", "umap"])
 def test_trainer_contract_and_plain_checkpoint(oo, name):
     from openood.trainers import get_trainer
-    net = _lenet()
+    net = lenet()
     loader = DataLoader(_Dicts(), batch_size=8, shuffle=True)
     trainer = get_trainer(net, loader, None, _config(name))
     assert type(trainer).__name__ == {"um": "UMTrainer", "umap": "UMAPTrainer"}[name]
@@ -51,7 +47,7 @@ def test_trainer_contract_and_plain_checkpoint(oo, name):
         assert set(metrics) >= {"epoch_idx", "loss"} and metrics["epoch_idx"] == epoch
         assert metrics["loss"] > 0 and metrics["xi"] == trainer.xi
     assert lrs[1] < lrs[0] < 0.05  # per-step cosine schedule from optimizer.lr
-    fresh = _lenet().__class__(num_classes=3, num_channel=3)
+    fresh = lenet().__class__(num_classes=3, num_channel=3)
     fresh.load_state_dict(out.state_dict(), strict=True)  # what the recorder saves
     x = torch.randn(4, 3, 28, 28)
     out.eval(), fresh.eval()
@@ -64,29 +60,29 @@ def test_trainer_contract_and_plain_checkpoint(oo, name):
 def test_fixed_xi_and_bad_args(oo):
     from openood.trainers import get_trainer
     loader = DataLoader(_Dicts(8), batch_size=4)
-    trainer = get_trainer(_lenet(), loader, None, _config("um", loss_constraint="0.25"))
+    trainer = get_trainer(lenet(), loader, None, _config("um", loss_constraint="0.25"))
     assert trainer.xi == 0.25
     with pytest.raises(ValueError, match=r"^trainer.trainer_args.loss_constraint: .*'lots'"):
-        get_trainer(_lenet(), loader, None, _config("um", loss_constraint="lots"))
+        get_trainer(lenet(), loader, None, _config("um", loss_constraint="lots"))
     with pytest.raises(ValueError, match=r"^trainer.trainer_args.keep_ratio: keep_ratio .*1.5"):
-        get_trainer(_lenet(), loader, None, _config("umap", keep_ratio=1.5))
+        get_trainer(lenet(), loader, None, _config("umap", keep_ratio=1.5))
     with pytest.raises(ValueError, match=r"unknown keys \['keep_rato'\]; valid keys are"):
-        get_trainer(_lenet(), loader, None, _config("umap", keep_rato=0.5))
+        get_trainer(lenet(), loader, None, _config("umap", keep_rato=0.5))
     with pytest.raises(ValueError, match=r"^trainer.trainer_args.threshold: .*\('layer', 'global'\)"):
-        get_trainer(_lenet(), loader, None, _config("umap", threshold="model"))
+        get_trainer(lenet(), loader, None, _config("umap", threshold="model"))
     bad_optimizer = _config("um", loss_constraint=0.1)
     bad_optimizer.optimizer.num_epochs = 0
     with pytest.raises(ValueError, match=r"^optimizer.num_epochs: epochs .*0"):
-        get_trainer(_lenet(), loader, None, bad_optimizer)
+        get_trainer(lenet(), loader, None, bad_optimizer)
     bad_optimizer.optimizer.update(num_epochs=1, name="adam")
     with pytest.raises(ValueError, match=r"^optimizer.name: .*SGD.*'adam'"):
-        get_trainer(_lenet(), loader, None, bad_optimizer)
+        get_trainer(lenet(), loader, None, bad_optimizer)
 
 
 def test_other_trainers_still_reach_openood(oo):
     from openood.trainers import get_trainer
     from openood.trainers.base_trainer import BaseTrainer
-    trainer = get_trainer(_lenet(), DataLoader(_Dicts(8), batch_size=4), None, _config("base"))
+    trainer = get_trainer(lenet(), DataLoader(_Dicts(8), batch_size=4), None, _config("base"))
     assert type(trainer) is BaseTrainer
 
 
@@ -107,7 +103,7 @@ def test_two_rank_gloo_same_xi_and_masks(oo, tmp_path):
         r0, r1 = (torch.load(tmp_path / f"{name}_rank{r}.pt", weights_only=False) for r in (0, 1))
         assert set(r0["shard"]).isdisjoint(r1["shard"])  # each rank saw its own half
         assert r0["xi"] == r1["xi"]
-        single = get_trainer(_lenet(), DataLoader(data, batch_size=4), None, _config(name, epochs=2))
+        single = get_trainer(lenet(), DataLoader(data, batch_size=4), None, _config(name, epochs=2))
         assert r0["xi"] == pytest.approx(single.xi, rel=1e-5), name
         assert r0["masks"].keys() == r1["masks"].keys()
         assert bool(r0["masks"]) == (name == "umap")
@@ -115,7 +111,7 @@ def test_two_rank_gloo_same_xi_and_masks(oo, tmp_path):
             assert torch.equal(r0["masks"][k], r1["masks"][k]), k
             # different shards, same gradients: the scores moved, and identically
             assert torch.equal(r0["scores"][k], r1["scores"][k]), k
-        assert not torch.equal(r0["state"]["fc.weight"], _lenet().state_dict()["fc.weight"])
+        assert not torch.equal(r0["state"]["fc.weight"], lenet().state_dict()["fc.weight"])
         for k in r0["state"]:
             assert torch.equal(r0["state"][k], r1["state"][k]), (name, k)
         assert r0["type"] == "LeNet" and r0["metrics"]["loss"] == r1["metrics"]["loss"]
@@ -124,7 +120,7 @@ def test_two_rank_gloo_same_xi_and_masks(oo, tmp_path):
 def test_umap_trainer_can_train_weights_too(oo):
     """freeze_weights: false (the official CIFAR-100 UMAP setting) learns scores and weights."""
     from openood.trainers import get_trainer
-    net = _lenet()
+    net = lenet()
     before = net.fc.weight.detach().clone()
     trainer = get_trainer(net, DataLoader(_Dicts(16), batch_size=8), None,
                           _config("umap", epochs=1, freeze_weights=False, loss_constraint=0.01))
@@ -137,8 +133,8 @@ def test_umap_trainer_can_train_weights_too(oo):
 
 
 def test_nan_loss_stops_with_batchnorm_statistics_rolled_back(oo):
-    """Issue 9.1: the old trainer's own loop left BatchNorm's running_mean NaN while its error
-    promised the model was as after the last finite step; the core engine rolls it back."""
+    """A NaN batch leaves the model as after the last finite step, BatchNorm's running
+    statistics included, as the error says: the core engine rolls it back."""
     import copy
 
     from openood.trainers import get_trainer
@@ -162,7 +158,7 @@ def test_nan_loss_stops_with_batchnorm_statistics_rolled_back(oo):
 
 
 def test_nan_on_one_rank_stops_every_rank(oo, tmp_path):
-    """Issue 9.6: only rank 1 meets a NaN batch. Both ranks must raise the same
+    """Only rank 1 meets a NaN batch. Both ranks must raise the same
     NonFiniteLossError with BatchNorm statistics rolled back; none may hang in an all-reduce."""
     import time
 
@@ -188,18 +184,18 @@ def test_nan_on_one_rank_stops_every_rank(oo, tmp_path):
 
 
 def test_trainer_refuses_a_network_already_fine_tuned(oo):
-    """Issue 9.3, trainer side: a network carrying a UM/UMAP mark or score masks is refused."""
+    """A network carrying a UM/UMAP mark or score masks is refused by the trainer too."""
     from openood.trainers import get_trainer
 
     from um_plugin.core.masks import attach_score_masks
     loader = DataLoader(_Dicts(8), batch_size=4)
-    net = _lenet()
+    net = lenet()
     trainer = get_trainer(net, loader, None, _config("um", epochs=1, loss_constraint=0.1))
     out, _ = trainer.train_epoch(1)
     with pytest.raises(RuntimeError, match=r"already fine-tuned by trainer 'um'.*deepcopy") as caught:
         get_trainer(out, loader, None, _config("umap", loss_constraint=0.1))
     assert isinstance(caught.value, oo.NetworkReuseError)
-    masked = _lenet()
+    masked = lenet()
     attach_score_masks(masked, 0.5)
     with pytest.raises(RuntimeError, match=r"carries score masks"):
         get_trainer(masked, loader, None, _config("umap", loss_constraint=0.1))

@@ -14,11 +14,11 @@ import time
 
 import yaml
 
-MAIN = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+from openood_fixtures import REPO, checkout_env
 
 
 def readme_job():
-    with open(os.path.join(MAIN, "README.md")) as f:
+    with open(os.path.join(REPO, "README.md")) as f:
         text = f.read()
     section = text[text.index("### CI: leaderboard rows and a gate"):]
     block = re.search(r"```yaml\n(.*?)```", section, re.S).group(1)
@@ -35,11 +35,10 @@ def test_readme_ci_job_runs_as_written_and_its_gate_passes(oo, checkout, tmp_pat
     tree.mkdir()
     os.symlink(os.path.join(checkout, "main.py"), tree / "main.py")
     shutil.copytree(os.path.join(checkout, "configs"), tree / "configs")
-    env = dict(os.environ, OOD=str(tree), T=str(tmp_path / "ci"),
-               PYTHONPATH=os.pathsep.join(filter(None, [MAIN, os.environ.get("PYTHONPATH")])))
+    env = checkout_env(OOD=str(tree), T=str(tmp_path / "ci"))
     start = time.monotonic()
     proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c",
-                           steps[0]["run"]], cwd=MAIN, env=env, capture_output=True, text=True,
+                           steps[0]["run"]], cwd=REPO, env=env, capture_output=True, text=True,
                           timeout=300)
     took = time.monotonic() - start
     assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"

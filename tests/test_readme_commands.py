@@ -12,17 +12,14 @@ import os
 import re
 import shlex
 import shutil
-import subprocess
-import sys
 
 import pytest
 import torch
 
 from core_helpers import TinyCNN, loader
-from openood_fixtures import make_openood_layout, make_tiny_benchmark
+from openood_fixtures import REPO, make_openood_layout, make_tiny_benchmark, run_cli
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-README = open(os.path.join(ROOT, "README.md"), encoding="utf-8").read()
+README = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
 
 
 def _blocks(language):
@@ -36,14 +33,6 @@ def _commands(text):
             if line.strip() and not line.lstrip().startswith("#")]
 
 
-def _cli(args, cwd):
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [ROOT, os.environ.get("PYTHONPATH")])))
-    proc = subprocess.run([sys.executable, "-m", "um_plugin.cli", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=420)
-    assert proc.returncode == 0, f"{args}\n{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
-    return proc.stdout
-
-
 def test_the_method_snippet_runs(capsys):
     [snippet] = [b for b in _blocks("python") if "from um_plugin import" in b]
     torch.manual_seed(0)
@@ -52,15 +41,17 @@ def test_the_method_snippet_runs(capsys):
     assert "xi =" in capsys.readouterr().out
 
 
-def test_dataset_config_command_runs_as_written(oo, tmp_path):
+def test_dataset_config_command_runs_as_written(oo, tmp_path, monkeypatch, capsys):
+    from um_plugin.cli import main
     [command] = [c for c in re.findall(r"`(um-openood dataset-config[^`]*)`", README, flags=re.S)]
     args = shlex.split(command.replace("\n", " "))[1:]
     data = tmp_path / "data"
     make_tiny_benchmark(str(data), name="mybench", num_classes=10)
     args = [str(data) if a == "/data" else a for a in args]
     assert "/data" in command and str(data) in args
-    out = _cli(args, cwd=tmp_path)
-    assert out.strip() == "mybench.yml" and (tmp_path / "mybench.yml").is_file()
+    monkeypatch.chdir(tmp_path)
+    assert main(args) == 0
+    assert capsys.readouterr().out.strip() == "mybench.yml" and (tmp_path / "mybench.yml").is_file()
 
 
 def test_route1_commands_then_route2_snippet_run_as_written(oo, checkout, tmp_path, monkeypatch,
@@ -86,11 +77,11 @@ def test_route1_commands_then_route2_snippet_run_as_written(oo, checkout, tmp_pa
     assert train[:3] == ["um-openood", "run", "main.py"] and str(base.relative_to(tree)) in train
     root = evaluate[evaluate.index("--root") + 1]
     fast = ["--optimizer.num_epochs", "2", "--exp_name", f"{os.path.basename(root)}/s0"]
-    out = _cli(["run", "--cpu", *train[2:], "--num_workers", "0", *fast], cwd=tree)
+    out = run_cli("run", "--cpu", *train[2:], "--num_workers", "0", *fast, cwd=tree).stdout
     assert "the umap trainer differs from the authors' setting in: epochs 2 (authors: 100)" in out
     assert "best.ckpt holds the final epoch's model (epoch 2" in out
     assert evaluate[:3] == ["um-openood", "run", "scripts/eval_ood.py"]
-    out = _cli(["run", "--cpu", *evaluate[2:]], cwd=tree)
+    out = run_cli("run", "--cpu", *evaluate[2:], cwd=tree).stdout
     table = out[out.rindex("FPR@95"):]
     assert "farood" in table and "nan" not in table.lower()
 
