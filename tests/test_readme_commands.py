@@ -13,7 +13,6 @@ import re
 import shlex
 import shutil
 
-import pytest
 import torch
 
 from core_helpers import TinyCNN, loader
