@@ -5,6 +5,7 @@ import pytest
 import torch
 
 from core_helpers import TinyCNN
+from um_plugin.core import topk
 from um_plugin.core.masks import (TopKSelector, attach_score_masks, iter_score_masks, num_kept,
                                   score_parameters, sorted_reference_mask, topk_mask_)
 
@@ -23,6 +24,15 @@ def scores_of(kind, n, dtype, seed=0):
     else:  # "coarse": random values rounded hard, ties at any threshold
         s = torch.round(torch.randn(n, generator=g) * 16) / 16
     return s.to(dtype)
+
+
+def spy_bands(monkeypatch):
+    """Record ``(lo, hi)`` of every band selected among: both finite when a missed cut was
+    mended in its band's rows, an infinite one for a selection over a whole side."""
+    bands, select = [], topk._select_band_
+    monkeypatch.setattr(topk, "_select_band_",
+                        lambda *a: bands.append((a[4][0], a[5][0])) or select(*a))
+    return bands
 
 
 def reference(scores_list, keep_ratio):
@@ -132,10 +142,7 @@ def test_nan_scores_rank_last_as_in_the_sort(path, n):
 def test_first_selection_of_a_large_layer_is_one_kthvalue_over_everything(dtype, kind,
                                                                          monkeypatch):
     """Without a last cut the CPU path's bracket is the whole range. Exact in every case."""
-    from um_plugin.core import topk
-    bands, select = [], topk._select_band_
-    monkeypatch.setattr(topk, "_select_band_",
-                        lambda *a: bands.append((a[4][0], a[5][0])) or select(*a))
+    bands = spy_bands(monkeypatch)
     n = 400_003
     scores = scores_of(kind, n, dtype)
     mask = torch.empty(n, dtype=dtype)

@@ -10,7 +10,7 @@ from core_helpers import TinyCNN
 from um_plugin.core import topk
 from um_plugin.core.masks import (TopKSelector, attach_score_masks, iter_score_masks, num_kept,
                                   sorted_reference_mask)
-from test_core_masks_select import DTYPES, scores_of
+from test_core_masks_select import DTYPES, scores_of, spy_bands
 
 
 def moved(scores, step, size, g):
@@ -21,15 +21,6 @@ def moved(scores, step, size, g):
     if step % 7 == 6:
         s[::13] = float("nan")
     return s.to(scores.dtype)
-
-
-def spy_bands(monkeypatch):
-    """Record ``(lo, hi)`` of every band selected among: both finite when a missed cut was
-    mended in its band's rows, an infinite one for a selection over a whole side."""
-    bands, select = [], topk._select_band_
-    monkeypatch.setattr(topk, "_select_band_",
-                        lambda *a: bands.append((a[4][0], a[5][0])) or select(*a))
-    return bands
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

@@ -6,7 +6,8 @@ with the smallest ``|score|`` are dropped, so ``n - int((1 - k) * n)`` are kept.
 Tie rule: the mask is exactly the one a *stable* ascending sort of ``|scores|`` gives (the
 official code with ``sort(stable=True)``, :func:`sorted_reference_mask`): among weights whose
 ``|score|`` equals the threshold, the lower flat indices are dropped first, so the kept ones
-are the tied weights with the highest indices. A NaN score ranks largest.
+are the tied weights with the highest indices. A NaN score ranks largest (above +inf, as in
+the sort; only the sync-free path's selections under :data:`SORT_MIN` rank the two as equals).
 
 How the CPU finds the threshold, the same way for one layer and for the concatenation of all
 layers (``threshold="global"``): scores move little per optimizer step, so the last *cut* (a
