@@ -107,10 +107,10 @@ class TopKSelector:
             for s, size in zip(scores, sizes):
                 torch.abs(s.detach().reshape(-1), out=mag[offset:offset + size])
                 offset += size
-            mag[n:].fill_(math.nan)  # padding: never counted, never in a band
             if sync_free:
                 _drop_sync_free_(ind[:n], mag[:n], n - keep)
             else:
+                mag[n:].fill_(math.nan)  # the last row's padding: never counted nor in a band
                 self._drop_(ind.view(-1, ROW), mag.view(-1, ROW), n, n - keep, key)
             offset = 0
             for m, size in zip(masks, sizes):
@@ -131,12 +131,8 @@ class TopKSelector:
         counted = _count(mag2d, cut, ind2d)
         if counted[2] == drop:  # exactly ``drop`` entries up to the cut: no tie straddles it
             return
-        lo = hi = None
-        if counted[2] > drop:
-            hi = counted
-        else:
-            lo = counted
-        up = lo is not None  # the threshold lies above the cut
+        up = counted[2] < drop  # the threshold lies above the cut
+        lo, hi = (counted, None) if up else (None, counted)
         for bound in _bounds(cut, gap, abs(counted[2] - drop), up):
             counted = _count(mag2d, bound, ind2d)
             if counted[2] == drop:  # the bound is itself an exact cut
