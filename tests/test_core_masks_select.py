@@ -1,8 +1,11 @@
 """The fast top-k selection equals the official full sort (stable, ties by index) everywhere."""
+import math
+
 import pytest
 import torch
 
 from core_helpers import TinyCNN
+from um_plugin.core import topk
 from um_plugin.core.masks import (TopKSelector, attach_score_masks, iter_score_masks, num_kept,
                                   score_parameters, sorted_reference_mask, topk_mask_)
 
@@ -21,6 +24,15 @@ def scores_of(kind, n, dtype, seed=0):
     else:  # "coarse": random values rounded hard, ties at any threshold
         s = torch.round(torch.randn(n, generator=g) * 16) / 16
     return s.to(dtype)
+
+
+def spy_bands(monkeypatch):
+    """Record ``(lo, hi)`` of every band selected among: both finite when a missed cut was
+    mended in its band's rows, an infinite one for a selection over a whole side."""
+    bands, select = [], topk._select_band_
+    monkeypatch.setattr(topk, "_select_band_",
+                        lambda *a: bands.append((a[4][0], a[5][0])) or select(*a))
+    return bands
 
 
 def reference(scores_list, keep_ratio):
@@ -127,22 +139,33 @@ def test_nan_scores_rank_last_as_in_the_sort(path, n):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["random", "coarse", "equal"])
-def test_first_selection_of_a_large_layer_narrows_its_sampled_bracket(dtype, kind, monkeypatch):
-    """Without a last threshold the CPU path brackets it from a sample; a bracket too wide to
-    extract is narrowed by interpolation first. Exact in every case, the narrowing included."""
-    from um_plugin.core import thresholds
-    results = []
-    near = thresholds._threshold_near
-
-    def spy(*args, **kwargs):
-        results.append(near(*args, **kwargs))
-        return results[-1]
-    monkeypatch.setattr(thresholds, "_threshold_near", spy)
+def test_first_selection_of_a_large_layer_is_one_kthvalue_over_everything(dtype, kind,
+                                                                         monkeypatch):
+    """Without a last cut the CPU path's bracket is the whole range. Exact in every case."""
+    bands = spy_bands(monkeypatch)
     n = 400_003
     scores = scores_of(kind, n, dtype)
     mask = torch.empty(n, dtype=dtype)
     topk_mask_(mask, scores, num_kept(n, 0.8), TopKSelector(sync_free=False))
     assert torch.equal(mask, sorted_reference_mask(scores, 0.8).to(dtype))
-    if kind == "random" and dtype == torch.float32:
-        assert isinstance(results[0], thresholds._Counts)  # the sampled bracket was too wide
-        assert results[1] is not None and not isinstance(results[1], thresholds._Counts)  # narrowed
+    assert bands == [(-math.inf, math.inf)]
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("n", [240, 100_003])
+def test_infinite_and_nan_scores_rank_as_in_the_sort(path, n):
+    """+inf ranks below NaN (the CPU path; the sync-free ``kthvalue`` of small selections
+    treats NaN as +inf), and more NaN than kept entries drops the first NaN by index."""
+    scores = scores_of("random", n, torch.float32)
+    scores[::5] = float("nan")
+    scores[1::5] = float("inf")
+    for keep_ratio in (0.3, 0.1):
+        mask = torch.empty(n)
+        topk_mask_(mask, scores, num_kept(n, keep_ratio), TopKSelector(PATHS[path]))
+        if path == "host" or n >= 100_000:
+            assert torch.equal(mask, sorted_reference_mask(scores, keep_ratio))
+    mostly_nan = scores_of("random", n, torch.float32)
+    mostly_nan[n // 10:] = float("nan")
+    mask = torch.empty(n)
+    topk_mask_(mask, mostly_nan, num_kept(n, 0.5), TopKSelector(PATHS[path]))
+    assert torch.equal(mask, sorted_reference_mask(mostly_nan, 0.5))

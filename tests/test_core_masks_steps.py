@@ -7,10 +7,10 @@ import pytest
 import torch
 
 from core_helpers import TinyCNN
-from um_plugin.core import cuts, topk
+from um_plugin.core import topk
 from um_plugin.core.masks import (TopKSelector, attach_score_masks, iter_score_masks, num_kept,
                                   sorted_reference_mask)
-from test_core_masks_select import DTYPES, scores_of
+from test_core_masks_select import DTYPES, scores_of, spy_bands
 
 
 def moved(scores, step, size, g):
@@ -25,14 +25,11 @@ def moved(scores, step, size, g):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["random", "coarse"])
-# kthvalue below _HINT_MIN; rows of 128 and of 126 above; 8_209 (prime): no row length
+# rows of 128: 48_000 fills 375 of them, the others end in a padded row; 8_209 is prime
 @pytest.mark.parametrize("n", [450, 2_400, 48_000, 10_080, 8_209])
 @pytest.mark.parametrize("size", [1e-6, 1e-3, 0.3])  # cut mostly kept / often missed / useless
 def test_layer_selection_equals_the_sort_at_every_step(dtype, kind, n, size, monkeypatch):
-    calls, bands = [], []
-    host, band = topk._threshold_host, topk._rewrite_band_
-    monkeypatch.setattr(topk, "_threshold_host", lambda *a, **k: calls.append(1) or host(*a, **k))
-    monkeypatch.setattr(topk, "_rewrite_band_", lambda *a: bands.append(band(*a)) or bands[-1])
+    bands = spy_bands(monkeypatch)
     g = torch.Generator().manual_seed(n)
     scores = scores_of(kind, n, dtype)
     mask = torch.empty(n, dtype=dtype)
@@ -47,11 +44,30 @@ def test_layer_selection_equals_the_sort_at_every_step(dtype, kind, n, size, mon
             assert torch.equal(mask, sorted_reference_mask(scores, keep_ratio).to(dtype)), step
         scores = moved(scores, step, size, g)
     if size == 1e-6 and kind == "random" and dtype == torch.float32:
-        assert len(calls) < selections  # the cut certified some masks without a selection
-    if size == 1e-3 and kind == "random" and n in (48_000, 10_080):
-        # missed cuts were mended in their band's rows alone (a keep switch or a NaN selects
-        # from scratch): those masks were checked against the sort above too
-        assert sum(b is not None for b in bands) >= 5, bands
+        assert len(bands) < selections  # the cut certified some masks without a selection
+    if size == 1e-3 and kind == "random" and n in (48_000, 10_080, 8_209):
+        # missed cuts were mended in their band's rows alone: those masks were checked
+        # against the sort above too
+        assert sum(math.isfinite(lo) and math.isfinite(hi) for lo, hi in bands) >= 5, bands
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [1e-6, 1e-3, 0.3])
+def test_global_selection_equals_the_sort_at_every_step(dtype, size, monkeypatch):
+    """``threshold="global"``: one cut over the concatenated layers, reused and mended alike."""
+    bands = spy_bands(monkeypatch)
+    g = torch.Generator().manual_seed(3)
+    parts = [scores_of("random", n, dtype, seed=i) for i, n in enumerate((9_000, 150, 30_001))]
+    masks = [torch.empty_like(p) for p in parts]
+    selector = TopKSelector(sync_free=False)
+    keep = num_kept(sum(p.numel() for p in parts), 0.8)
+    for step in range(10):
+        selector.select_(masks, parts, keep)
+        got = torch.cat([m.flatten() for m in masks])
+        assert torch.equal(got, sorted_reference_mask(torch.cat(parts), 0.8).to(dtype)), step
+        parts = [moved(p, step, size, g) for p in parts]
+    if size == 1e-3 and dtype == torch.float32:
+        assert sum(math.isfinite(lo) and math.isfinite(hi) for lo, hi in bands) >= 3, bands
 
 
 def test_a_cut_that_no_longer_fits_is_never_used():
@@ -81,33 +97,48 @@ def test_mask_is_not_a_buffer_and_follows_its_scores_across_dtypes():
 
 
 def _band_case():
-    """1,024 distinct magnitudes in 8 rows of 128; a cut that keeps 810 where 800 are wanted."""
-    mag2d = (torch.randperm(1024, generator=torch.Generator().manual_seed(0)).float() / 1024)
-    mag2d = mag2d.view(8, 128)
-    cut = 213.5 / 1024  # 810 magnitudes (214..1023) lie above it
-    out2d = (mag2d > cut).float()
-    return mag2d, torch.empty(8, 128), out2d, out2d.sum(1), cut
+    """1,024 distinct magnitudes; a last cut that keeps 810 where 800 are wanted."""
+    mag = (torch.randperm(1024, generator=torch.Generator().manual_seed(0)).float() / 1024)
+    return mag, 213.5 / 1024  # 810 magnitudes (214..1023) lie above the cut
+
+
+def _spy_counts(monkeypatch):
+    bounds, count = [], topk._count
+    monkeypatch.setattr(topk, "_count", lambda m, b, i: bounds.append(b) or count(m, b, i))
+    return bounds
 
 
 @pytest.mark.parametrize("gap_scale, widenings", [(1.0, 0), (1 / 40, 2)])
-def test_a_missed_cut_is_bracketed_and_its_band_rows_rewritten(gap_scale, widenings):
+def test_a_missed_cut_is_bracketed_and_its_band_rows_rewritten(gap_scale, widenings,
+                                                               monkeypatch):
     """The threshold moved up past 10 entries: one comparison that far away brackets it (or a
     widened one, when the last gap per entry was too small); the band's rows are rewritten
     and the mask is the sort's. With the bound landing exactly on a cut, that bound is kept."""
-    mag2d, ind2d, out2d, rows, cut = _band_case()
-    spacing = gap_scale * (10 / 1024) / (10 + 3 * math.sqrt(10) + 8)  # reaches 223.5 / 1024
-    found = cuts._rewrite_band_(out2d, mag2d, ind2d, rows, 810, 800, cut, spacing)
-    assert found is not None
-    assert torch.equal(out2d.view(-1), sorted_reference_mask(mag2d.view(-1), 800 / 1024))
-    next_cut = found[0]
-    assert int((mag2d > next_cut).sum()) == 800  # the next step's cut certifies this mask
+    mag, cut = _band_case()
+    gap = gap_scale * (10 / 1024) / (10 + 3 * math.sqrt(10) + 8)  # reaches 223.5 / 1024
+    bounds, bands = _spy_counts(monkeypatch), spy_bands(monkeypatch)
+    selector, mask = TopKSelector(sync_free=False), torch.empty(1024)
+    selector._cuts[0] = (cut, gap)
+    selector.select_layer_(mask, mag, 800, key=0)
+    assert torch.equal(mask, sorted_reference_mask(mag, 800 / 1024))
+    assert len(bounds) == 2 + widenings  # the cut, then the bound(s) on the moved side
+    next_cut = selector._cuts[0][0]
+    assert int((mag > next_cut).sum()) == 800  # the next step's cut certifies this mask
     if widenings == 0:
-        assert next_cut == cut + 10 / 1024  # the bound itself was exact: the mask is its own
+        assert next_cut == cut + 10 / 1024 and not bands  # the bound was exact: no selection
+    else:
+        assert len(bands) == 1 and all(map(math.isfinite, bands[0]))
 
 
-def test_a_band_too_far_is_given_up_for_a_selection_from_scratch():
-    mag2d, ind2d, out2d, rows, cut = _band_case()
-    assert cuts._rewrite_band_(out2d, mag2d, ind2d, rows, 810, 800, cut, 1e-12) is None
+def test_a_band_too_far_is_selected_over_the_whole_moved_side(monkeypatch):
+    """Every widened bound misses: the infinite one brackets the threshold; still exact."""
+    mag, cut = _band_case()
+    bands = spy_bands(monkeypatch)
+    selector, mask = TopKSelector(sync_free=False), torch.empty(1024)
+    selector._cuts[0] = (cut, 1e-12)
+    selector.select_layer_(mask, mag, 800, key=0)
+    assert torch.equal(mask, sorted_reference_mask(mag, 800 / 1024))
+    assert bands == [(bands[0][0], math.inf)] and bands[0][0] > cut
 
 
 def test_the_first_stale_layer_refreshes_every_stale_mask(monkeypatch):

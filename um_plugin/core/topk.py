@@ -6,7 +6,18 @@ with the smallest ``|score|`` are dropped, so ``n - int((1 - k) * n)`` are kept.
 Tie rule: the mask is exactly the one a *stable* ascending sort of ``|scores|`` gives (the
 official code with ``sort(stable=True)``, :func:`sorted_reference_mask`): among weights whose
 ``|score|`` equals the threshold, the lower flat indices are dropped first, so the kept ones
-are the tied weights with the highest indices. Every device and dtype gives the same mask.
+are the tied weights with the highest indices. A NaN score ranks largest (above +inf, as in
+the sort; only the sync-free path's selections under :data:`SORT_MIN` rank the two as equals).
+
+How the CPU finds the threshold, the same way for one layer and for the concatenation of all
+layers (``threshold="global"``): scores move little per optimizer step, so the last *cut* (a
+value between the last dropped and the first kept magnitude) usually still separates the two
+sets. The dropped entries are those ``<= cut``; their count certifies the mask. When it is
+off by ``m`` entries, the threshold moved past about ``m`` entries, so one comparison about
+``m`` entry gaps away, on the side the count says, brackets it; only the rows holding
+entries between the two bounds are selected among (``kthvalue``) and rewritten. Magnitudes
+are viewed as rows of :data:`ROW` so that one row-sum per comparison locates those rows. A
+first call has no cut: its bracket is the whole range, i.e. a plain ``kthvalue``.
 """
 from __future__ import annotations
 
@@ -15,11 +26,20 @@ from typing import Sequence
 
 import torch
 
-from .cuts import _rewrite_band_, _row_length, _spacing_guess
-from .thresholds import _HINT_MIN, _threshold_host, _threshold_sync_free
-
-_ROW = 128  # magnitudes per row when the CPU path looks for the threshold's neighbours
-_SORT_MIN = 100_000  # off the CPU, from this size on one sort beats kthvalue's single block
+# Entries per row. A row's count of 0/1 indicators is exact in float32, and a narrow band
+# touches few rows, so the selection gathers a small fraction of the magnitudes; rows much
+# shorter cost more row-sum overhead, much longer gather more needless neighbours.
+ROW = 128
+# A bound ``moved + SPREAD * sqrt(moved) + SLACK`` entry gaps from the cut brackets a threshold
+# that moved past ``moved`` entries: the gaps vary (about Poisson), and a few entries of slack
+# keep a tiny move from needing a second try.
+SPREAD, SLACK = 3, 8
+# A bound that fails is tried WIDEN times farther, TRIES times in all; then the infinite bound
+# (a selection over the whole moved side) is taken. Three tries reach 256x the expected gap.
+WIDEN, TRIES = 16, 3
+# Off the CPU (no host sync), from this size on one stable sort beats ``kthvalue``, which
+# runs one thread block per slice.
+SORT_MIN = 100_000
 
 
 def num_kept(numel: int, keep_ratio: float) -> int:
@@ -28,105 +48,32 @@ def num_kept(numel: int, keep_ratio: float) -> int:
 
 
 class TopKSelector:
-    """Exact top-k ``|score|`` masks with reused buffers; see the module docstring for ties.
+    """Exact top-k ``|score|`` masks with reused scratch; see the module docstring.
 
-    Two paths give the same mask. On a CUDA/other device (or with ``sync_free=True``) the
-    mask is built from tensor ops only: no host-device synchronisation. Large selections
-    take one stable radix sort (torch's own ``topk`` prefers a sort for one slice this
-    large: ``kthvalue`` runs one thread block per slice), smaller ones ``kthvalue`` and one
-    ``cumsum`` for the ties. On the CPU, where reading a count costs nothing, what the last
-    selection of the same ``key`` learnt is reused: scores move little per step, so the new
-    threshold is found by counting around the old one and selecting among its few
-    neighbours (:meth:`select_layer_` says how), falling back to an exact ``kthvalue`` when
-    the neighbourhood misses. ``sync_free=False`` forces that path. Every reused value is
-    only a guess: a mask is kept only when a count over all entries certifies it.
+    On the CPU (or with ``sync_free=False``) each ``key``'s last cut is reused, as the module
+    docstring says; reading a count costs nothing there. Elsewhere (or with
+    ``sync_free=True``) the mask comes from tensor ops alone, without a host sync: a stable
+    sort for large selections, ``kthvalue`` and one ``cumsum`` for the ties below that.
     """
 
     def __init__(self, sync_free: bool | None = None):
         if sync_free not in (None, True, False):
             raise ValueError(f"sync_free must be None (auto), True or False, got {sync_free!r}")
         self.sync_free = sync_free
-        self._mag: torch.Tensor | None = None
-        self._ind: torch.Tensor | None = None
-        self._hints: dict = {}
-        self._cuts: dict = {}  # key -> a value between the last dropped and first kept magnitude
-        self._spacing: dict = {}  # key -> magnitude gap per entry near the last threshold
-
-    def _buffers(self, padded: int, like: torch.Tensor, counts: bool):
-        """Magnitudes (``like``'s dtype) and, for the CPU path, float32 indicators to count."""
-        mag, ind = self._mag, self._ind
-        if (mag is None or mag.numel() < padded or mag.device != like.device
-                or mag.dtype != like.dtype):
-            self._mag = mag = torch.empty(padded, device=like.device, dtype=like.dtype)
-            self._ind = ind = None
-        if counts and (ind is None or ind.numel() < padded):
-            self._ind = ind = torch.empty(padded, device=like.device, dtype=torch.float32)
-        return mag, ind
+        self._mag: torch.Tensor | None = None  # magnitudes, NaN past the last row's end
+        self._ind: torch.Tensor | None = None  # float32 indicators of the dropped entries
+        self._cuts: dict = {}  # key -> (cut, magnitude gap per entry near the threshold)
 
     def select_layer_(self, mask: torch.Tensor, scores: torch.Tensor, keep: int, key) -> None:
-        """:meth:`select_` for one layer, with the least work per call (the per-step path).
-
-        On the CPU path the mask is first written against the last cut of ``key`` and
-        certified by its count (one pass over ``|scores|`` to compare, one to count, one to
-        rule out NaN). When scores crossed the cut, one more comparison on the side they
-        moved brackets the new threshold, and only the rows of 128-odd entries holding the
-        band are selected among and rewritten. Other cases go through :meth:`select_`.
-        """
-        n = scores.numel()
-        if (not 0 < keep < n or self.sync_free
-                or (self.sync_free is None and scores.device.type != "cpu")
-                or not mask.is_contiguous()):
-            return self.select_([mask], [scores], keep, key)
-        row = (_row_length(n) if n >= _HINT_MIN else None) or 1
-        mag, ind = self._buffers(n, scores, counts=True)
-        mag2d, ind2d, out2d = mag[:n].view(-1, row), ind[:n].view(-1, row), mask.view(-1, row)
-        with torch.no_grad():
-            torch.abs(scores.detach().reshape(-1, row), out=mag2d)
-            cut = self._cuts.get(key)
-            if row == 1 or cut is None:  # a small layer (or no row length), or a first call
-                torch.nan_to_num_(mag2d, nan=math.inf, posinf=math.inf)  # NaN ranks largest
-                if cut is not None:  # the fewest ops: one comparison, one count
-                    torch.gt(mag2d, cut, out=out2d)
-                    if int(out2d.sum(dtype=torch.float32)) == keep:
-                        return
-                return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
-            torch.gt(mag2d, cut, out=out2d)
-            rows_cut = out2d.sum(1)  # exact in any float dtype: a row holds <= 256 ones
-            kept, total = torch.stack((rows_cut.sum(dtype=torch.float64),
-                                       mag2d.sum().double())).tolist()
-            if total != total:  # a NaN score: it ranks largest, which a comparison cannot see
-                torch.nan_to_num_(mag2d, nan=math.inf, posinf=math.inf)
-                return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
-            if kept == keep:  # exactly ``keep`` above the cut: no tie straddles it
-                return
-            found = _rewrite_band_(out2d, mag2d, ind2d, rows_cut, int(kept), keep, cut,
-                                   self._spacing.get(key) or _spacing_guess(cut, n))
-            if found is None:
-                return self._exact_layer_(out2d, mag2d, ind2d, keep, key)
-            self._cuts[key], self._spacing[key] = found
-
-    def _exact_layer_(self, out2d, mag2d, ind2d, keep, key) -> None:
-        """Select from scratch (NaN already ranked largest); remember the cut for next time."""
-        n = mag2d.numel()
-        info: dict = {}
-        t, extra, hint = _threshold_host(mag2d, ind2d, n, n - keep, self._hints.get(key), info)
-        self._hints[key] = hint
-        out = out2d.view(-1)
-        torch.gt(mag2d.view(-1), t, out=out)
-        if extra is not None:
-            out.index_fill_(0, extra, 1)
-        # next time, first try halfway between the last dropped and the first kept entry (the
-        # threshold itself when that is unknown, or when ties straddle it: then the band
-        # search next time brackets the ties and resolves them)
-        above = info.get("next")
-        self._cuts[key] = hint[0] if extra is not None or above is None else (hint[0] + above) / 2
+        """:meth:`select_` for one layer."""
+        self.select_([mask], [scores], keep, key)
 
     def select_(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], keep: int,
                 key=0) -> None:
         """Fill ``masks`` with 1 at the ``keep`` largest ``|score|`` over all of ``scores``.
 
         One threshold over the concatenation (pass one pair for a per-layer mask); ``key``
-        names the threshold whose previous value the CPU path may reuse.
+        names the threshold whose last cut the CPU path reuses.
         """
         sizes = [s.numel() for s in scores]
         if len(masks) != len(scores) or any(
@@ -137,64 +84,123 @@ class TopKSelector:
         n = sum(sizes)
         if not 0 <= keep <= n:
             raise ValueError(f"keep must be in [0, {n}], got {keep!r}")
-        if keep == n:
+        if keep in (0, n):
             for m in masks:
-                m.fill_(1)
-            return
-        if keep == 0:
-            for m in masks:
-                m.zero_()
+                m.fill_(keep == n)
             return
         first = scores[0]
         sync_free = self.sync_free if self.sync_free is not None else first.device.type != "cpu"
-        padded = -(-n // _ROW) * _ROW
-        mag, ind = self._buffers(padded, first, counts=not sync_free)
+        mag, ind = self._scratch(-(-n // ROW) * ROW, first)
         offset = 0
         with torch.no_grad():
             for s, size in zip(scores, sizes):
                 torch.abs(s.detach().reshape(-1), out=mag[offset:offset + size])
                 offset += size
-            # a NaN score ranks with the largest, as in the sort (and the count stays exact)
-            torch.nan_to_num_(mag[:n], nan=math.inf, posinf=math.inf)
-            mag[n:padded].fill_(math.inf)  # padding is never below a finite threshold
-            drop = n - keep
-            if sync_free and n >= _SORT_MIN:
-                kept = torch.sort(mag[:n], stable=True).indices[drop:]
-                flat = masks[0].view(-1) if len(masks) == 1 else _flat_like(n, masks[0])
-                flat.zero_().index_fill_(0, kept, 1)
-                if len(masks) > 1:
-                    _split_into(flat, masks)
-                return
             if sync_free:
-                t, extra = _threshold_sync_free(mag[:n], drop)
+                _drop_sync_free_(ind[:n], mag[:n], n - keep)
             else:
-                t, extra, hint = _threshold_host(mag[:padded].view(-1, _ROW),
-                                                 ind[:padded].view(-1, _ROW), n, drop,
-                                                 self._hints.get(key))
-                self._hints[key] = hint
+                mag[n:].fill_(math.nan)  # the last row's padding: never counted nor in a band
+                self._drop_(ind.view(-1, ROW), mag.view(-1, ROW), n, n - keep, key)
             offset = 0
             for m, size in zip(masks, sizes):
-                out = m.view(-1)
-                torch.gt(mag[offset:offset + size], t, out=out)
-                if sync_free:
-                    out.masked_fill_(extra[offset:offset + size], 1)
-                elif extra is not None:
-                    local = extra[(extra >= offset) & (extra < offset + size)] - offset
-                    if local.numel():
-                        out.index_fill_(0, local, 1)
+                torch.eq(ind[offset:offset + size], 0, out=m.view(-1))
                 offset += size
 
+    def _scratch(self, padded: int, like: torch.Tensor):
+        """Magnitudes in ``like``'s dtype and indicators, ``padded`` long, shared by all keys."""
+        if (self._mag is None or self._mag.numel() < padded or self._mag.device != like.device
+                or self._mag.dtype != like.dtype):
+            self._mag = torch.empty(padded, device=like.device, dtype=like.dtype)
+            self._ind = torch.empty(padded, device=like.device, dtype=torch.float32)
+        return self._mag[:padded], self._ind[:padded]
 
-def _flat_like(n: int, mask: torch.Tensor) -> torch.Tensor:
-    """A flat temporary mask for several tensors at once."""
-    return torch.empty(n, dtype=mask.dtype, device=mask.device)
+    def _drop_(self, ind2d, mag2d, n: int, drop: int, key) -> None:
+        """Set ``ind2d`` to 1 at the ``drop`` smallest magnitudes (ties: lowest indices)."""
+        cut, gap = self._cuts.get(key, (-math.inf, None))  # a first call: bracket everything
+        counted = _count(mag2d, cut, ind2d)
+        if counted[2] == drop:  # exactly ``drop`` entries up to the cut: no tie straddles it
+            return
+        up = counted[2] < drop  # the threshold lies above the cut
+        lo, hi = (counted, None) if up else (None, counted)
+        for bound in _bounds(cut, gap, abs(counted[2] - drop), up):
+            counted = _count(mag2d, bound, ind2d)
+            if counted[2] == drop:  # the bound is itself an exact cut
+                self._cuts[key] = (bound, gap)
+                return
+            if counted[2] > drop:
+                hi = counted
+            else:
+                lo = counted
+            if (counted[2] > drop) == up:
+                break
+        else:  # more NaN than kept entries: every number is dropped, then NaN by index
+            nan = torch.nonzero(torch.isnan(mag2d.view(-1)[:n])).view(-1)
+            ind2d.view(-1).index_fill_(0, nan[:drop - counted[2]], 1)
+            self._cuts.pop(key, None)
+            return
+        self._cuts[key] = _select_band_(ind2d, mag2d, n, drop, lo, hi)
 
 
-def _split_into(flat: torch.Tensor, masks: Sequence[torch.Tensor]) -> None:
-    offset = 0
-    for m in masks:
-        m.view(-1).copy_(flat[offset:offset + m.numel()])
-        offset += m.numel()
+def _count(mag2d, bound: float, ind2d):
+    """Mark the entries ``<= bound`` in ``ind2d``; return ``(bound, rows' counts, count)``."""
+    torch.le(mag2d, bound, out=ind2d)
+    rows = ind2d.sum(1)
+    return bound, rows, int(rows.sum(dtype=torch.float64))
+
+
+def _bounds(cut: float, gap, moved: int, up: bool):
+    """Candidate bounds on the side the threshold moved to, nearest first, infinity last."""
+    sign = 1 if up else -1
+    if gap is not None and math.isfinite(cut):
+        width = (moved + SPREAD * math.sqrt(moved) + SLACK) * gap
+        for i in range(TRIES):
+            bound = cut + sign * width * WIDEN ** i
+            if math.isfinite(bound):
+                yield bound
+    yield sign * math.inf
+
+
+def _select_band_(ind2d, mag2d, n: int, drop: int, lo, hi):
+    """Rewrite the rows of ``ind2d`` holding entries in ``(lo, hi]``; return the next cut.
+
+    ``lo`` and ``hi`` are :func:`_count` results with fewer and more than ``drop`` entries
+    up to them; ``ind2d`` holds one of the two comparisons, right outside those rows.
+    """
+    (low, rows_lo, below), (high, rows_hi, _) = lo, hi
+    rows = torch.nonzero(rows_lo != rows_hi).view(-1)
+    near = mag2d.index_select(0, rows)
+    flat = near.view(-1)
+    band = flat[(flat > low) & (flat <= high)]
+    t = torch.kthvalue(band, drop - below).values
+    dropped = torch.le(near, t).float()
+    kept_ties = below + int(torch.count_nonzero(band <= t)) - drop
+    if kept_ties:  # tied entries straddle t: the stable sort keeps the highest indices
+        tied = torch.nonzero(flat == t).view(-1)
+        dropped.view(-1)[tied[tied.numel() - kept_ties:]] = 0
+    ind2d.index_copy_(0, rows, dropped)
+    value = float(t)
+    gap = (high - low) / band.numel()
+    if not math.isfinite(gap):  # a selection from scratch: as if spread evenly over [0, 2t]
+        gap = 2 * value / n
+    gap = max(gap, math.ulp(value))
+    above = band[band > t]  # every entry above the band exceeds ``high``
+    following = float(above.min()) if above.numel() else high
+    if kept_ties or not math.isfinite(following):
+        return value, gap
+    return (value + following) / 2, gap  # halfway to the next entry: room for small moves
+
+
+def _drop_sync_free_(ind: torch.Tensor, mag: torch.Tensor, drop: int) -> None:
+    """Set ``ind`` to 1 at the ``drop`` smallest of ``mag``, from tensor ops only."""
+    if mag.numel() >= SORT_MIN:
+        ind.zero_().index_fill_(0, torch.sort(mag, stable=True).indices[:drop], 1)
+        return
+    torch.nan_to_num_(mag, nan=math.inf, posinf=math.inf)  # NaN ranks largest
+    t = torch.kthvalue(mag, drop).values
+    tied = mag == t
+    torch.lt(mag, t, out=ind)
+    # the first ``drop - #(< t)`` tied entries (by index) are dropped
+    ind.masked_fill_(tied & (tied.cumsum(0) <= drop - torch.count_nonzero(ind)), 1)
 
 
 def topk_mask_(mask: torch.Tensor, scores: torch.Tensor, keep: int,
@@ -203,7 +209,7 @@ def topk_mask_(mask: torch.Tensor, scores: torch.Tensor, keep: int,
 
     Equal to :func:`sorted_reference_mask` (ties as in the module docstring) on every device
     and dtype, without a host sync off the CPU. Pass a :class:`TopKSelector` to reuse its
-    buffers and, on the CPU, its last threshold across calls.
+    scratch and, on the CPU, its last cut across calls.
     """
     (selector or TopKSelector()).select_([mask], [scores], keep)
     return mask
