@@ -16,7 +16,7 @@ from .measure import (MODELS, build_model, inference, mask_selection, training_s
                       xi_throughput)
 
 PROG = "python -m benchmarks.cost"
-# ratio name -> (comparison, target), from issue 12
+# ratio name -> (comparison, target): the project's cost targets (benchmarks/README.md §3)
 TARGETS = {"ratio_umap_vs_plain": ("<=", 1.05), "ratio_sort_vs_fast": (">=", 20.0),
            "ratio_baked_vs_base_inference": ("~", 1.00)}
 INFERENCE_TOLERANCE = 0.05  # "~ 1.00" means within 5%

@@ -1,10 +1,11 @@
 """Exact top-k ``|score|`` selection: the one threshold op behind every score mask.
 
-Rounding follows the official code (``GetSubnet``): of ``n`` weights, ``int((1 - k) * n)``
+Rounding follows the authors' code (``GetSubnet``): of ``n`` weights, ``int((1 - k) * n)``
 with the smallest ``|score|`` are dropped, so ``n - int((1 - k) * n)`` are kept.
 
 Tie rule: the mask is exactly the one a *stable* ascending sort of ``|scores|`` gives (the
-official code with ``sort(stable=True)``, :func:`sorted_reference_mask`): among weights whose
+authors' ``GetSubnet`` sorts without ``stable``, which leaves ties to the sort's kernel; we fix
+them as ``sort(stable=True)`` does, :func:`sorted_reference_mask`): among weights whose
 ``|score|`` equals the threshold, the lower flat indices are dropped first, so the kept ones
 are the tied weights with the highest indices. A NaN score ranks largest (above +inf, as in
 the sort; only the sync-free path's selections under :data:`SORT_MIN` rank the two as equals).
@@ -43,7 +44,7 @@ SORT_MIN = 100_000
 
 
 def num_kept(numel: int, keep_ratio: float) -> int:
-    """How many of ``numel`` weights a mask keeps, rounded as the official code does."""
+    """How many of ``numel`` weights a mask keeps, rounded as the authors' code does."""
     return numel - int((1 - keep_ratio) * numel)
 
 
@@ -216,7 +217,7 @@ def topk_mask_(mask: torch.Tensor, scores: torch.Tensor, keep: int,
 
 
 def sorted_reference_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
-    """The official full-sort mask (stable sort), the reference the fast path is tested against."""
+    """The authors' full-sort mask, made stable, the reference the fast path is tested against."""
     flat = scores.detach().abs().flatten()
     out = torch.empty_like(flat)
     idx = flat.sort(stable=True).indices
