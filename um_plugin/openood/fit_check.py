@@ -66,24 +66,23 @@ def prepare_xi(model: nn.Module, loader, xi: XiOptions, data: DataOptions, *, wh
 
     ``where`` names the config section (``trainer.trainer_args``) in every message.
     """
-    if xi.value is not None:
+    if xi.value is not None:  # no reference: nothing to check, the loader's RNG left alone
         value, source = xi.value, f"xi = {xi.value:.6g} (from {where}.loss_constraint)"
-        if reference is None:  # nothing to check against: leave the loader's RNG untouched
-            log(f"[um-plugin] loss constraint {source}; no ID validation loader, so the fit "
-                "check is skipped")
-            return value
-        fit = accuracy(model, loader, f"the {data.preprocessing!r} training loader")
+        fit = None if reference is None else accuracy(
+            model, loader, f"the {data.preprocessing!r} training loader")
     else:
         estimate = estimate_xi(model, loader, **xi.estimate_kwargs, progress=is_main_process(),
                                report=True)
         value, source, fit = estimate.xi, f"estimated: {estimate.summary()}", estimate.base_accuracy
     seen = (f"training images with {data.preprocessing}-time preprocessing "
             f"({where}.preprocessing: {data.preprocessing})")
-    line = f"[um-plugin] loss constraint {source}; unmasked accuracy {fit:.1%} on the {seen}"
-    reference_accuracy = None if reference is None else accuracy(model, reference)
-    if reference_accuracy is None:
+    line = f"[um-plugin] loss constraint {source}"
+    if fit is not None:
+        line += f"; unmasked accuracy {fit:.1%} on the {seen}"
+    if reference is None:
         log(line + "; no ID validation loader, so the fit check is skipped")
         return value
+    reference_accuracy = accuracy(model, reference)
     log(line + f", {reference_accuracy:.1%} on ID validation data")
     if fit < reference_accuracy - data.fit_margin:
         other = "test" if data.preprocessing == "train" else "train"

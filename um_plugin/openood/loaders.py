@@ -58,19 +58,20 @@ def shuffled_loader(loader: DataLoader, seed: int, what: str = "fine-tuning load
                       generator=generator, **_common(loader, what, batch_size))
 
 
-def like(loader: DataLoader, dataset, what: str, *, shuffle: bool) -> DataLoader:
+def like(loader: DataLoader, dataset, what: str, *, shuffle: bool, batch_size=None) -> DataLoader:
     """A loader over ``dataset`` that samples as ``loader`` does: the same rank's shard under
     torch.distributed, shuffled from the same generator when ``shuffle`` and ``loader`` shuffles,
-    in order otherwise."""
+    in order otherwise; batched as ``loader`` (or by ``batch_size``)."""
     sampler = loader.sampler
+    common = _common(loader, what, batch_size)
     if isinstance(sampler, DistributedSampler):
         dist_sampler = DistributedSampler(dataset, num_replicas=sampler.num_replicas,
                                           rank=sampler.rank, seed=sampler.seed,
                                           shuffle=shuffle and sampler.shuffle)
-        return DataLoader(dataset, sampler=dist_sampler, **_common(loader, what))
+        return DataLoader(dataset, sampler=dist_sampler, **common)
     shuffled = shuffle and isinstance(sampler, RandomSampler)
     return DataLoader(dataset, shuffle=shuffled, generator=loader.generator if shuffled else None,
-                      **_common(loader, what))
+                      **common)
 
 
 def test_time_dataset(loader: DataLoader, config, what: str):

@@ -15,13 +15,12 @@ from __future__ import annotations
 from openood.postprocessors.base_postprocessor import BasePostprocessor
 from openood.preprocessors.utils import get_preprocessor
 from openood.utils.config import Config
-from torch.utils.data import DataLoader
 
 from um_plugin.core.runs import RUNNERS
 
 from .base_method import base_net, build_base
 from .fit_check import prepare_xi
-from .loaders import evaluator_train_preprocessor, retransformed, shuffled_loader
+from .loaders import evaluator_train_preprocessor, like, retransformed, shuffled_loader
 from .names import split_name
 from .options import postprocessor_options
 from .presets import log_differences
@@ -83,8 +82,7 @@ class UnleashingPostprocessor(BasePostprocessor):
                                     f"{_WHERE}.preprocessing: train")
         batch_size = data.batch_size or train.batch_size
         loader = shuffled_loader(train, finetune.seed, what, dataset=dataset, batch_size=batch_size)
-        in_order = DataLoader(dataset, batch_size=batch_size, shuffle=False,
-                              num_workers=train.num_workers, collate_fn=train.collate_fn)
+        in_order = like(train, dataset, what, shuffle=False, batch_size=batch_size)
         log_differences(self.options, f"postprocessor {self.name!r}", batch_size=batch_size)
         self.xi = prepare_xi(model, in_order, self.options.xi, data, where=_WHERE,
                              reference=id_loader_dict.get("val"))

@@ -27,11 +27,11 @@ class FinalModelRecorder(BaseRecorder):
 
     def save_model(self, net, val_metrics):
         super().save_model(net, val_metrics)
-        state = getattr(net, "module", net).state_dict()
-        path = os.path.join(self.output_dir, BEST)
-        tmp = path + ".tmp"
-        torch.save(state, tmp)
-        os.replace(tmp, path)  # atomic: a killed save keeps the previous epoch's file
+        if self.best_epoch_idx != val_metrics["epoch_idx"]:  # else OpenOOD just wrote this model
+            path = os.path.join(self.output_dir, BEST)
+            tmp = path + ".tmp"
+            torch.save(getattr(net, "module", net).state_dict(), tmp)
+            os.replace(tmp, path)  # atomic: a killed save keeps the previous epoch's file
         self.final_epoch_idx = val_metrics["epoch_idx"]
         self.final_acc = val_metrics["acc"]
 
