@@ -1,0 +1,197 @@
+"""UM's own settings chosen by OpenOOD's parameter search (``postprocessor_sweep``, APS_mode)."""
+import re
+
+import pytest
+import torch
+
+from conftest import QUICK_COMMON_ARGS, QUICK_POSTPROCESSOR_ARGS
+from openood_fixtures import lenet, write_config_root
+
+TEST_LISTS = ("tinybench/test/", "noise_near/", "noise_far/")  # ID test and OOD test images
+
+
+def _config_root(checkout, folder, mode, sweep=None, **args):
+    sections = {mode: {"APS_mode": True, "postprocessor_sweep": sweep}} if sweep else None
+    return write_config_root(checkout, folder,
+                             {mode: {**QUICK_COMMON_ARGS, **QUICK_POSTPROCESSOR_ARGS[mode], **args}},
+                             sections)
+
+
+def _evaluator(oo, bench, config_root, name, net=None):
+    from openood.evaluation_api import Evaluator
+    with oo.enable_cpu_fallback():
+        return Evaluator(lenet() if net is None else net, id_name=bench["name"],
+                         data_root=bench["data_root"], config_root=config_root,
+                         postprocessor_name=name, batch_size=8, num_workers=0)
+
+
+@pytest.fixture
+def image_spy(monkeypatch):
+    """Every image OpenOOD's image-list datasets read, in order (their list lines)."""
+    from openood.datasets.imglist_dataset import ImglistDataset
+    seen = []
+    getitem = ImglistDataset.getitem
+
+    def spy(self, index):
+        seen.append(self.imglist[index].split(" ", 1)[0])
+        return getitem(self, index)
+    monkeypatch.setattr(ImglistDataset, "getitem", spy)
+    return seen
+
+
+def _state(net):
+    return {k: v.clone() for k, v in net.state_dict().items()}
+
+
+def _equal(a, b):
+    return set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_um_msp_xi_list_chosen_by_openood_search(oo, tiny_bench, checkout, tmp_path, capsys,
+                                                 image_spy):
+    """Each ξ's validation AUROC printed, the best chosen, the network bit-equal to a plain run
+    with that ξ, and no test image read before the search ends."""
+    xis = [0.5, "auto", "2x"]
+    root = _config_root(checkout, tmp_path / "sweep", "um", {"loss_constraint_list": xis})
+    evaluator = _evaluator(oo, tiny_bench, root, "um_msp")
+    read_during_search = list(image_spy)
+    out = capsys.readouterr().out
+    pp = evaluator.postprocessor
+    assert "costs 3 fine-tuning(s) of 10 epoch(s)" in out.split("Starting automatic parameter")[0]
+    openood = {m.group(1): float(m.group(2)) for m in re.finditer(
+        r"Hyperparam: \[([^\]]*)\], auroc: ([0-9.e-]+)", out)}
+    assert list(openood) == ["0.5", "'auto'", "'2x'"]  # OpenOOD's own search, in its order
+    rows = pp.search.table_rows()
+    assert [r["loss_constraint"] for r in rows] == xis
+    for row, auroc in zip(rows, openood.values()):  # the table holds OpenOOD's numbers
+        assert row["status"] == "ok" and row["val_AUROC"] == pytest.approx(100 * auroc)
+        assert 0 <= row["val_ID_ACC"] <= 100 and row["xi"] > 0
+    best = max(range(3), key=lambda i: (list(openood.values())[i], -i))
+    assert [r["chosen"] for r in rows] == [i == best for i in range(3)]
+    assert pp.chosen_values()["loss_constraint"] == xis[best]
+    assert f"chosen: loss_constraint={xis[best]}" in out and "val_AUROC" in out
+    estimate = rows[1]["xi"]
+    assert rows[2]["xi"] == 2 * estimate and rows[0]["xi"] == 0.5
+    assert pp.xi == rows[best]["xi"] and pp.hyperparam_search_done
+
+    assert read_during_search and not [p for p in read_during_search if p.startswith(TEST_LISTS)]
+    assert {p.split("/")[0] + "/" + p.split("/")[1] for p in read_during_search} == {
+        "tinybench/train", "tinybench/val", "noise_val/test"}  # train, ID val, OOD val only
+    chosen = _state(evaluator.net)
+    with oo.enable_cpu_fallback():
+        evaluator.eval_ood(progress=False)
+    assert any(p.startswith(TEST_LISTS) for p in image_spy)  # the spy does see test images
+
+    xi = rows[best]["xi"] if xis[best] != "auto" else "auto"
+    plain_root = _config_root(checkout, tmp_path / "plain", "um", loss_constraint=xi)
+    plain = _evaluator(oo, tiny_bench, plain_root, "um_msp")
+    assert plain.postprocessor.xi == pp.xi
+    assert _equal(_state(plain.net), chosen)
+
+
+def test_umap_odin_searches_the_product_with_odins_lists(oo, tiny_bench, checkout, tmp_path,
+                                                         capsys):
+    root = _config_root(checkout, tmp_path, "umap", {"loss_constraint_list": ["auto", "0.5x"]},
+                        epochs=3)
+    evaluator = _evaluator(oo, tiny_bench, root, "umap_odin")
+    out = capsys.readouterr().out
+    pp = evaluator.postprocessor
+    assert list(pp.args_dict) == ["temperature", "noise", "loss_constraint_list"]
+    temperatures, noises = [1, 10, 100, 1000], [0.0014, 0.0028]  # ODIN's own YAML
+    combos = [m.group(1) for m in re.finditer(r"Hyperparam: \[([^\]]*)\], auroc", out)]
+    assert combos == [f"{t}, {n}, '{x}'" for x in ("auto", "0.5x") for n in noises
+                      for t in temperatures]
+    assert out.count("fine-tuning setting ") == 2  # each ξ fine-tuned once for 8 ODIN settings
+    assert "16 combination(s)" in out and "costs 2 fine-tuning(s)" in out
+    rows = pp.search.table_rows()
+    assert len(rows) == 16 and sum(r["chosen"] for r in rows) == 1
+    chosen = next(r for r in rows if r["chosen"])
+    assert pp.get_hyperparam() == [chosen["temperature"], chosen["noise"],
+                                   chosen["loss_constraint"]]
+    assert pp.base.temperature == chosen["temperature"] and pp.base.noise == chosen["noise"]
+    assert max(r["val_AUROC"] for r in rows) == chosen["val_AUROC"]
+
+
+@pytest.mark.parametrize("mode", ["umap", "um"])
+def test_each_setting_is_the_plain_run_bit_for_bit(oo, tiny_bench, checkout, tmp_path, mode):
+    """A one-value sweep is the plain run; so is every later setting of a longer sweep, whose
+    augmented images ('train') draw from the global RNG where a plain run would start."""
+    args = dict(preprocessing="train", epochs=2)
+
+    def plain(xi, epochs, folder):
+        root = _config_root(checkout, tmp_path / folder, mode,
+                            **{**args, "loss_constraint": xi, "epochs": epochs})
+        torch.manual_seed(5)
+        return _evaluator(oo, tiny_bench, root, f"{mode}_msp")
+
+    if mode == "umap":
+        swept = _config_root(checkout, tmp_path / "one", mode,
+                             {"loss_constraint_list": ["1.5x"], "epochs_list": [3]}, **args)
+        torch.manual_seed(5)
+        sweep = _evaluator(oo, tiny_bench, swept, f"{mode}_msp")
+        alone = plain(sweep.postprocessor.xi, 3, "one_plain")
+        assert alone.postprocessor.xi == sweep.postprocessor.xi
+        assert _equal(_state(alone.net), _state(sweep.net))
+        return
+    xis = [2.0, "2x", "0.5x"]  # above and below the loss; the second estimate is reused
+    swept = _config_root(checkout, tmp_path / "three", mode, {"loss_constraint_list": xis},
+                         **args)
+    torch.manual_seed(5)
+    search = _evaluator(oo, tiny_bench, swept, f"{mode}_msp").postprocessor.search
+    outcomes = list(search.outcomes.values())
+    assert not _equal(outcomes[1].state, outcomes[2].state)
+    for i, outcome in enumerate(outcomes):
+        assert _equal(_state(plain(outcome.xi, 2, f"plain{i}").net), outcome.state), xis[i]
+
+
+def test_failed_setting_is_marked_and_the_search_goes_on(oo, tiny_bench, checkout, tmp_path,
+                                                         monkeypatch, capsys):
+    from um_plugin.core.finetune import NonFiniteLossError
+    from um_plugin.openood import postprocessors as ours
+    from um_plugin.openood.options import RouteStop
+    real = dict(ours.RUNNERS)
+
+    def nan_for_big_xi(model, loader, xi, config):
+        if xi > 1:
+            raise NonFiniteLossError(0, 1, float("nan"))
+        return real["um"](model, loader, xi, config)
+    monkeypatch.setitem(ours.RUNNERS, "um", nan_for_big_xi)
+    root = _config_root(checkout, tmp_path / "some", "um", {"loss_constraint_list": [5.0, 0.4]})
+    evaluator = _evaluator(oo, tiny_bench, root, "um_msp")
+    out = capsys.readouterr().out
+    rows = evaluator.postprocessor.search.table_rows()
+    assert rows[0]["status"].startswith("failed: NonFiniteLossError: loss became non-finite")
+    assert rows[0]["val_AUROC"] is None and not rows[0]["chosen"]
+    assert rows[1]["status"] == "ok" and rows[1]["chosen"]
+    assert "Hyperparam: [5.0], auroc: 0.0" in out and "FAILED, the search goes on" in out
+    assert evaluator.postprocessor.xi == 0.4
+
+    root = _config_root(checkout, tmp_path / "all", "um", {"loss_constraint_list": [5.0, 9.0]})
+    with pytest.raises(RouteStop) as caught:  # what um-openood eval turns into exit 2
+        _evaluator(oo, tiny_bench, root, "um_msp")
+    message = str(caught.value)
+    assert "\n" not in message and "every one of the 2 fine-tuning(s) of the sweep stopped" in message
+    assert "loss_constraint=5: NonFiniteLossError" in message and "loss_constraint=9" in message
+
+
+def test_sweep_values_are_checked_in_one_line(oo, checkout, tmp_path):
+    from openood.evaluation_api.postprocessor import get_postprocessor
+    from um_plugin.openood.sweep import parse_flag
+    cases = [("um", {"loss_constraint_list": ["huge"]}, r"loss_constraint_list: 'huge' is not a "
+              r"loss constraint; use a number > 0, 'auto' .* '2x'"),
+             ("um", {"keep_ratio_list": [0.5]}, r"keep_ratio_list is a UMAP setting"),
+             ("umap", {"keep_ratio_list": [0.5, 1.5]}, r"keep_ratio_list: keep_ratio must be"),
+             ("um", {"epochs_list": [0]}, r"epochs_list: epochs must be integers >= 1, got 0"),
+             ("um", {"loss_constraint_list": [0.1, 0.1]}, r"repeats a value"),
+             ("um", {"loss_constraint_list": []}, r"must be a non-empty list"),
+             ("um", {"temperature": [1]}, r"unknown keys \['temperature'\]; valid keys are "
+              r"\['loss_constraint_list', 'keep_ratio_list', 'epochs_list'\]")]
+    for i, (mode, sweep, pattern) in enumerate(cases):
+        root = _config_root(checkout, tmp_path / str(i), mode, sweep)
+        with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_sweep.*" + pattern):
+            get_postprocessor(root, f"{mode}_msp", "tinybench")
+    assert parse_flag("loss_constraint_list=0.1,auto,2x") == {
+        "loss_constraint_list": [0.1, "auto", "2x"]}
+    assert parse_flag("epochs_list=5,10") == {"epochs_list": [5, 10]}
+    with pytest.raises(ValueError, match=r"^--sweep 'epochs_list': use KEY=V1,V2"):
+        parse_flag("epochs_list")
