@@ -1,4 +1,5 @@
 """UM's own settings chosen by OpenOOD's parameter search (``postprocessor_sweep``, APS_mode)."""
+import copy
 import re
 
 import pytest
@@ -195,3 +196,68 @@ def test_sweep_values_are_checked_in_one_line(oo, checkout, tmp_path):
     assert parse_flag("epochs_list=5,10") == {"epochs_list": [5, 10]}
     with pytest.raises(ValueError, match=r"^--sweep 'epochs_list': use KEY=V1,V2"):
         parse_flag("epochs_list")
+
+
+def test_eval_with_the_sweep_gives_the_evaluators_choice_and_row(oo, tiny_bench, checkout,
+                                                                  tmp_path, capsys):
+    """`um-openood eval` with the sweep from the YAML, or from --sweep over a plain YAML: the
+    Evaluator's choice, metrics and search table; the leaderboard row names the choice."""
+    import csv
+
+    from um_plugin.cli import main
+    from um_plugin.openood.sweep_report import chosen_text
+    xis = [0.5, "auto", "2x"]
+    swept = _config_root(checkout, tmp_path / "swept", "um", {"loss_constraint_list": xis})
+    plain = _config_root(checkout, tmp_path / "plain", "um")
+    net = lenet()
+    evaluator = _evaluator(oo, tiny_bench, swept, "um_msp", net=copy.deepcopy(net))
+    with oo.enable_cpu_fallback():
+        metrics = evaluator.eval_ood(progress=False)
+    chosen = chosen_text(evaluator.postprocessor.chosen_values())
+    assert chosen.startswith("loss_constraint=") and "(xi " in chosen
+    common = ["eval", "--cpu", "--id-data", tiny_bench["name"], "--data-root",
+              tiny_bench["data_root"], "--network", "lenet", "--postprocessor", "um_msp",
+              "--batch-size", "8", "--num-workers", "0"]
+    for how, extra in (("yaml", ["--config-root", swept]),
+                       ("flag", ["--config-root", plain, "--sweep",
+                                 "loss_constraint_list=0.5,auto,2x"])):
+        checkpoint = tmp_path / how / "lenet.ckpt"
+        checkpoint.parent.mkdir()
+        torch.save(net.state_dict(), checkpoint)
+        out = tmp_path / f"board_{how}"
+        capsys.readouterr()
+        assert main(common + extra + ["--root", str(checkpoint), "--out", str(out)]) == 0, how
+        printed = capsys.readouterr().out
+        assert printed.splitlines()[0].endswith("| chosen |") and chosen in printed
+        with open(out / "leaderboard.csv") as f:
+            (row,) = list(csv.DictReader(f))
+        assert row["chosen"] == chosen, how
+        assert float(row["near_AUROC"]) == pytest.approx(metrics.loc["nearood", "AUROC"], abs=1e-9)
+        assert float(row["ID_ACC"]) == pytest.approx(metrics.loc["nearood", "ACC"], abs=1e-9)
+        with open(out / f"{how}/lenet" / "ood" / "um_msp_search.csv") as f:
+            table = list(csv.DictReader(f))
+        assert [r["loss_constraint"] for r in table] == ["0.5", "auto", "2x"]
+        expected = evaluator.postprocessor.search_table
+        assert [float(r["val_AUROC"]) for r in table] == [r["val_AUROC"] for r in expected]
+        assert [r["chosen"] for r in table] == [str(r["chosen"]) for r in expected]
+    assert main(["gate", str(out / "leaderboard.csv"), "--baseline",
+                 str(out / "leaderboard.csv")]) == 0  # the text column is not gated
+
+
+def test_sweep_flag_is_checked_before_any_work(oo, tiny_bench, checkout, tmp_path, capsys):
+    from um_plugin.cli import main
+    checkpoint = tmp_path / "lenet.ckpt"
+    torch.save(lenet().state_dict(), checkpoint)
+    common = ["eval", "--cpu", "--id-data", tiny_bench["name"], "--data-root",
+              tiny_bench["data_root"], "--network", "lenet", "--root", str(checkpoint),
+              "--config-root", _config_root(checkout, tmp_path / "c", "um")]
+    cases = [(["--postprocessor", "um_msp", "--sweep", "loss_constraint_list=huge"],
+              "--sweep for um_msp: postprocessor.postprocessor_sweep.loss_constraint_list: 'huge'"),
+             (["--postprocessor", "msp", "--sweep", "epochs_list=1,2"],
+              "--sweep applies to um_*/umap_* postprocessors"),
+             (["--postprocessor", "um_msp", "--sweep", "epochs_list"], "--sweep 'epochs_list': use")]
+    for extra, message in cases:
+        assert main(common + extra) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+    assert not (tmp_path / "postprocessors").exists()

@@ -92,6 +92,10 @@ def add_parsers(sub) -> None:
                     help="write leaderboard.csv / .md and <model>/ood/<postprocessor>.csv here")
     ev.add_argument("--sort-by", default="near_AUROC", metavar="COLUMN",
                     help="leaderboard order, e.g. near_AUROC (default), far_FPR@95, ID_ACC")
+    ev.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="UM settings OpenOOD's parameter search chooses for um_*/umap_* (e.g. "
+                         "loss_constraint_list=auto,0.5x,2x; repeatable; over the YAML's "
+                         "postprocessor_sweep); the leaderboard names the choice")
     ev.add_argument("--verbose", action="store_true",
                     help="show OpenOOD's own output (else it goes to <out>/eval.log)")
     _gate_arguments(ev)
@@ -168,6 +172,14 @@ class _Prepared:
         self.plan, self.baseline, self.args = plan, baseline, args
 
 
+def check_sweep(flags, names, config_root, id_name) -> dict:
+    """``--sweep`` values as one dict, checked by building each of our postprocessors with it."""
+    if not flags:
+        return {}
+    from um_plugin.openood.sweep_report import sweep_from_flags
+    return sweep_from_flags(flags, names, config_root, id_name)
+
+
 def _read_baseline(args):
     if args.baseline is None:
         return None
@@ -225,6 +237,7 @@ def prepare(args) -> _Prepared:
                          "distinct, comma-separated")
     for name in names:
         ev.check_postprocessor(name, config_root)
+    sweep = check_sweep(args.sweep, names, config_root, id_name)
     models = [ev.model_from_root(root, args.checkpoint_name) for root in args.root]
     seen = {}
     for model in models:
@@ -246,7 +259,8 @@ def prepare(args) -> _Prepared:
     plan = ev.Plan(models=models, postprocessors=names, id_name=id_name,
                    data_root=os.path.abspath(data_root), config_root=config_root,
                    make_net=make_net, device=device, batch_size=args.batch_size,
-                   num_workers=args.num_workers, fsood=args.fsood, save_score=args.save_score)
+                   num_workers=args.num_workers, fsood=args.fsood, save_score=args.save_score,
+                   sweep=sweep)
     return _Prepared(plan, baseline, args)
 
 
@@ -256,6 +270,7 @@ def score(prepared) -> list:
 
     from um_plugin.openood import evaluate as ev
     from um_plugin.openood.leaderboard import row_from_tables
+    from um_plugin.openood.sweep_report import add_chosen, save_search_tables
     plan, args = prepared.plan, prepared.args
     log = io.StringIO()  # OpenOOD's prints and inner progress bars, unless --verbose
     jobs = [(m, c, p) for m in plan.models for p in plan.postprocessors for c in m.checkpoints]
@@ -290,7 +305,9 @@ def score(prepared) -> list:
             for folder in targets:
                 os.makedirs(folder, exist_ok=True)
                 table.to_csv(os.path.join(folder, f"{pp}.csv"))
+                save_search_tables(os.path.join(folder, f"{pp}_search.csv"), tables[(model.name, pp)])
             rows.append(row_from_tables(model.name, pp, len(model.checkpoints), mean, std))
+            add_chosen(rows[-1], tables[(model.name, pp)])
     if args.out is not None and not args.verbose:
         with open(os.path.join(args.out, "eval.log"), "w") as f:
             f.write(log.getvalue())
@@ -323,7 +340,7 @@ def execute(prepared) -> int:
     if prepared.baseline is None:
         return 0
     run = {(r["model"], r["postprocessor"]):
-           {k: v for k, v in r.items() if k not in lb.KEY and k != "runs"
+           {k: v for k, v in r.items() if k not in lb.KEY + lb.TEXT
             and not k.endswith(lb.STD)} for r in rows}
     return report_gate(prepared.baseline, run, args.tolerance)
 

@@ -54,6 +54,7 @@ class Plan:
     fsood: bool = False
     save_score: bool = False
     results: Dict = field(default_factory=dict)
+    sweep: Dict = field(default_factory=dict)  # --sweep: UM settings OpenOOD's search chooses
 
 
 def model_from_root(root: str, checkpoint_name: str = CHECKPOINT) -> Model:
@@ -244,7 +245,8 @@ def score_one(plan: Plan, checkpoint: str, postprocessor: str) -> pd.DataFrame:
     evaluator = Evaluator(net, id_name=plan.id_name, data_root=plan.data_root,
                           config_root=plan.config_root, preprocessor=None,
                           postprocessor_name=postprocessor,
-                          postprocessor=_cached(run, "postprocessors", postprocessor),
+                          postprocessor=(_cached(run, "postprocessors", postprocessor)
+                                         or _swept(plan, postprocessor)),
                           batch_size=plan.batch_size, shuffle=False,
                           num_workers=plan.num_workers)
     scores = _cached(run, "scores", postprocessor)
@@ -254,9 +256,19 @@ def score_one(plan: Plan, checkpoint: str, postprocessor: str) -> pd.DataFrame:
     if hasattr(pp, "setup_flag") or pp.hyperparam_search_done is True:
         _store(run, "postprocessors", postprocessor, pp, overwrite=False)
     table = evaluator.eval_ood(fsood=plan.fsood, progress=False)
+    table.attrs["chosen"] = getattr(pp, "chosen_values", dict)()  # a UM sweep's choice
+    table.attrs["search_table"] = getattr(pp, "search_table", [])
     if plan.save_score:
         _store(run, "scores", postprocessor, evaluator.scores, overwrite=True)
     return table
+
+
+def _swept(plan: Plan, postprocessor: str):
+    """Ours with ``--sweep`` over its YAML's sweep, or None (the Evaluator builds it)."""
+    if not plan.sweep or not is_method_name(postprocessor):
+        return None
+    from .lookups import with_sweep
+    return with_sweep(plan.config_root, postprocessor, plan.id_name, plan.sweep)
 
 
 def mean_std(tables: List[pd.DataFrame]):

@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 from typing import Dict, List, Tuple
 
 KEY = ("model", "postprocessor")
+TEXT = ("runs", "chosen")  # columns that are not metrics (chosen: a UM sweep's choice)
 METRICS = ("AUROC", "FPR@95", "AUPR_IN", "AUPR_OUT")  # OpenOOD's columns, ACC aside
 LOWER_IS_BETTER = ("FPR@95",)
 STD = "_std"
@@ -97,11 +98,13 @@ def to_markdown(rows: List[Dict]) -> str:
             return ""
         return f"{row[column]:.2f} \u00b1 {row.get(column + STD, 0.0):.2f}"
 
-    head = ["model", "postprocessor", "runs"] + [c.replace("_", " ", 1) for c in shown]
+    chosen = ["chosen"] if any(row.get("chosen") for row in rows) else []
+    head = ["model", "postprocessor", "runs"] + [c.replace("_", " ", 1) for c in shown] + chosen
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         lines.append("| " + " | ".join([row["model"], row["postprocessor"], str(row["runs"])]
-                                       + [cell(row, c) for c in shown]) + " |")
+                                       + [cell(row, c) for c in shown]
+                                       + [row.get("chosen", "") for _ in chosen]) + " |")
     return "\n".join(lines) + "\n"
 
 
@@ -133,7 +136,7 @@ def read_csv(path: str) -> Dict[Tuple[str, str], Dict[str, float]]:
     if not header or not all(k in header for k in KEY):
         raise MalformedCSV(f"leaderboard CSV {path!r} has no 'model' and 'postprocessor' columns "
                            f"(header {header}); use a leaderboard.csv written by um-openood eval")
-    metrics = [c for c in header if c not in KEY and c != "runs" and not c.endswith(STD)]
+    metrics = [c for c in header if c not in KEY + TEXT and not c.endswith(STD)]
     if not metrics:
         raise MalformedCSV(f"leaderboard CSV {path!r} has no metric columns (header {header})")
     out: Dict[Tuple[str, str], Dict[str, float]] = {}

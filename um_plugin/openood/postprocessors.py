@@ -81,6 +81,7 @@ class UnleashingPostprocessor(BasePostprocessor):
         self.token = new_token()
         self.search = None    # the Search while OpenOOD's parameter search runs on a network
         self.chosen = None    # the combination the search chose (kept when pickled)
+        self.search_table = []  # and the search's table (Search.table_rows)
         self._wrapped = {}
 
     @property
@@ -163,7 +164,7 @@ class UnleashingPostprocessor(BasePostprocessor):
                              prepare_xi=lambda xi: self._prepare_xi(model, data, xi),
                              finetune=finetune, setup_base=setup_base,
                              id_val=id_loader_dict.get("val"), ood_val=ood_loader_dict.get("val"),
-                             folder=self.sweep_dir)
+                             folder=self.sweep_dir, table_folder=self.config.get("output_dir"))
         self.search.announce()
         claim(model, Mark(self.mode, f"postprocessor {self.name!r}", self.token))
 
@@ -234,7 +235,7 @@ class UnleashingPostprocessor(BasePostprocessor):
         self.search.select(hyperparam)
         self.xi = self.search.outcomes[self.search.current].xi
         if self.search.done:
-            self.chosen = self.search.chosen
+            self.chosen, self.search_table = self.search.chosen, self.search.table_rows()
 
     def get_hyperparam(self):
         if self.sweep is None or not self.APS_mode:

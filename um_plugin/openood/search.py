@@ -75,10 +75,11 @@ class Search:
                  name: str, prepare_xi: Callable[[XiOptions], float],
                  finetune: Callable[[MethodOptions, float], None],
                  setup_base: Callable[[], None], id_val=None, ood_val=None,
-                 folder: Optional[str] = None):
+                 folder: Optional[str] = None, table_folder: Optional[str] = None):
         self.sweep, self.model, self.options, self.name = sweep, model, options, name
         self._prepare_xi, self._finetune, self._setup_base = prepare_xi, finetune, setup_base
         self._id_val, self._ood_val, self.folder = id_val, ood_val, folder
+        self.table_folder = table_folder or folder  # where the table is saved (None: kept)
         self._base = {k: v.detach().clone() for k, v in model.state_dict().items()}
         self._rng = rng_state()
         self._xi = {}                 # ('estimate',) / ('value', v) -> (ξ, RNG after) or error
@@ -229,8 +230,10 @@ class Search:
             log(self.table())
         else:  # OpenOOD's main.py evaluator sets each tied best in turn; the last one stays
             log(f"[um-plugin] {self.name}: the network is now at {self.describe(combination)}")
-        if self.folder:
-            self.save(os.path.join(self.folder, f"{self.name}_search.csv"))
+        if self.table_folder:
+            path = self.save(os.path.join(self.table_folder, f"{self.name}_search.csv"))
+            if first:
+                log(f"[um-plugin] {self.name}: search table saved to {path}")
 
     def describe(self, combination: list) -> str:
         keys = list(self.sweep.args_dict)
@@ -264,13 +267,20 @@ class Search:
                           f"chosen: {chosen}", line(head)] + [line(c) for c in cells])
 
     def save(self, path: str) -> str:
-        rows = self.table_rows()
-        os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-        with open(path, "w", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(rows[0]) if rows else ["status"])
-            writer.writeheader()
-            writer.writerows(rows)
-        return path
+        return save_table(path, self.table_rows())
+
+
+def save_table(path: str, rows: list) -> str:
+    """The table (:meth:`Search.table_rows`, perhaps with a ``run`` column) as a CSV file."""
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    names = []
+    for row in rows:
+        names += [k for k in row if k not in names]
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=names or ["status"])
+        writer.writeheader()
+        writer.writerows(rows)
+    return path
 
 
 def short(key: str) -> str:
