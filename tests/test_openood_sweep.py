@@ -1,5 +1,6 @@
 """UM's own settings chosen by OpenOOD's parameter search (``postprocessor_sweep``, APS_mode)."""
 import copy
+import pickle
 import re
 
 import pytest
@@ -56,9 +57,10 @@ def test_um_msp_xi_list_chosen_by_openood_search(oo, tiny_bench, checkout, tmp_p
     root = _config_root(checkout, tmp_path / "sweep", "um", {"loss_constraint_list": xis})
     evaluator = _evaluator(oo, tiny_bench, root, "um_msp")
     read_during_search = list(image_spy)
-    out = capsys.readouterr().out
+    out, err = capsys.readouterr()
     pp = evaluator.postprocessor
     assert "costs 3 fine-tuning(s) of 10 epoch(s)" in out.split("Starting automatic parameter")[0]
+    assert "um_msp search: 100%" in err and "3/3" in err  # the bar over combinations
     openood = {m.group(1): float(m.group(2)) for m in re.finditer(
         r"Hyperparam: \[([^\]]*)\], auroc: ([0-9.e-]+)", out)}
     assert list(openood) == ["0.5", "'auto'", "'2x'"]  # OpenOOD's own search, in its order
@@ -88,6 +90,15 @@ def test_um_msp_xi_list_chosen_by_openood_search(oo, tiny_bench, checkout, tmp_p
     plain = _evaluator(oo, tiny_bench, plain_root, "um_msp")
     assert plain.postprocessor.xi == pp.xi
     assert _equal(_state(plain.net), chosen)
+
+    # pickled after its search (eval's cache), it fine-tunes a fresh network with its choice
+    from openood.evaluation_api import Evaluator
+    clone = pickle.loads(pickle.dumps(pp))
+    assert clone.search is None and clone.chosen_values() == pp.chosen_values()
+    with oo.enable_cpu_fallback():
+        again = Evaluator(lenet(), id_name=tiny_bench["name"], data_root=tiny_bench["data_root"],
+                          postprocessor=clone, batch_size=8, num_workers=0)
+    assert _equal(_state(again.net), chosen)
 
 
 def test_umap_odin_searches_the_product_with_odins_lists(oo, tiny_bench, checkout, tmp_path,
@@ -119,18 +130,21 @@ def test_each_setting_is_the_plain_run_bit_for_bit(oo, tiny_bench, checkout, tmp
     augmented images ('train') draw from the global RNG where a plain run would start."""
     args = dict(preprocessing="train", epochs=2)
 
-    def plain(xi, epochs, folder):
+    def plain(xi, epochs, folder, **more):
         root = _config_root(checkout, tmp_path / folder, mode,
-                            **{**args, "loss_constraint": xi, "epochs": epochs})
+                            **{**args, "loss_constraint": xi, "epochs": epochs, **more})
         torch.manual_seed(5)
         return _evaluator(oo, tiny_bench, root, f"{mode}_msp")
 
     if mode == "umap":
         swept = _config_root(checkout, tmp_path / "one", mode,
-                             {"loss_constraint_list": ["1.5x"], "epochs_list": [3]}, **args)
+                             {"loss_constraint_list": ["1.5x"], "epochs_list": [3],
+                              "keep_ratio_list": [0.7]}, **args)
         torch.manual_seed(5)
         sweep = _evaluator(oo, tiny_bench, swept, f"{mode}_msp")
-        alone = plain(sweep.postprocessor.xi, 3, "one_plain")
+        alone = plain(sweep.postprocessor.xi, 3, "one_plain", keep_ratio=0.7)
+        zeros = (sweep.net.state_dict()["fc.weight"] == 0).float().mean().item()
+        assert 0.25 < zeros < 0.35  # keep_ratio_list's 0.7, not the YAML's 0.8
         assert alone.postprocessor.xi == sweep.postprocessor.xi
         assert _equal(_state(alone.net), _state(sweep.net))
         return
@@ -261,3 +275,51 @@ def test_sweep_flag_is_checked_before_any_work(oo, tiny_bench, checkout, tmp_pat
         err = capsys.readouterr().err.strip().splitlines()
         assert len(err) == 1 and message in err[0], err
     assert not (tmp_path / "postprocessors").exists()
+
+
+def test_fine_tuned_settings_on_disk(oo, tiny_bench, checkout, tmp_path):
+    folder = tmp_path / "states"
+    root = _config_root(checkout, tmp_path / "c", "um", {"loss_constraint_list": [2.0, 0.4]})
+    text = open(f"{root}/postprocessors/um.yml").read()
+    open(f"{root}/postprocessors/um.yml", "w").write(text.replace(
+        "postprocessor:\n", f"postprocessor:\n  sweep_dir: {folder}\n", 1))
+    evaluator = _evaluator(oo, tiny_bench, root, "um_msp")
+    search = evaluator.postprocessor.search
+    files = [o.state for o in search.outcomes.values()]
+    assert files == [str(folder / f"um_msp_setting{i}.pt") for i in range(2)]
+    best = next(i for i, r in enumerate(search.table_rows()) if r["chosen"])
+    assert _equal(torch.load(files[best], weights_only=True), _state(evaluator.net))
+    assert not _equal(*(torch.load(f, weights_only=True) for f in files))
+    with open(folder / "um_msp_search.csv") as f:
+        assert f.read().splitlines()[0] == ("loss_constraint,xi,val_AUROC,val_ID_ACC,status,"
+                                            "chosen")
+
+
+def test_sweep_needs_openoods_search(oo, tiny_bench, checkout, tmp_path, capsys):
+    """Scoring before the search ran is refused (main.py reads APS_mode from the config, so
+    null there means no search); APS_mode false runs postprocessor_args and says so."""
+    from openood.evaluation_api.postprocessor import get_postprocessor
+    from torch.utils.data import DataLoader
+    x, y = torch.randn(6, 3, 28, 28), torch.arange(6) % 3
+    loader = DataLoader([{"data": a, "label": b} for a, b in zip(x, y)], batch_size=6)
+    root = _config_root(checkout, tmp_path / "a", "um", {"loss_constraint_list": [0.5, 1.0]},
+                        epochs=1)
+    pp = get_postprocessor(root, "um_msp", "tinybench")
+    net = lenet()
+    before = _state(net)
+    with oo.enable_cpu_fallback():
+        pp.setup(net, {"train": loader, "val": loader}, {"val": loader})
+        assert _equal(_state(net), before)  # nothing fine-tuned before set_hyperparam
+        with pytest.raises(RuntimeError, match=r"has not run; set postprocessor.APS_mode: true"):
+            pp.inference(net, loader, progress=False)
+    text = open(f"{root}/postprocessors/um.yml").read()
+    open(f"{root}/postprocessors/um.yml", "w").write(text.replace("APS_mode: true",
+                                                                  "APS_mode: false"))
+    pp = get_postprocessor(root, "um_msp", "tinybench")
+    assert pp.APS_mode is False
+    net = lenet()
+    with oo.enable_cpu_fallback():
+        pp.setup(net, {"train": loader, "val": loader}, {"val": loader})
+    assert "APS_mode is false, so postprocessor_sweep's ['loss_constraint_list'] are not " \
+        "searched" in capsys.readouterr().out
+    assert not _equal(_state(net), before) and pp.search is None and pp.xi > 0  # 'auto'
