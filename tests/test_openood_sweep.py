@@ -181,12 +181,27 @@ def test_failed_setting_is_marked_and_the_search_goes_on(oo, tiny_bench, checkou
     assert "Hyperparam: [5.0], auroc: 0.0" in out and "FAILED, the search goes on" in out
     assert evaluator.postprocessor.xi == 0.4
 
+    real_prepare = ours.prepare_xi
+
+    def estimate_does_not_fit(model, loader, xi, *args, **kwargs):
+        if xi.value is None:
+            raise oo.FitCheckError("the model does not fit its training images")
+        return real_prepare(model, loader, xi, *args, **kwargs)
+    monkeypatch.setattr(ours, "prepare_xi", estimate_does_not_fit)
+    root = _config_root(checkout, tmp_path / "fit", "um",
+                        {"loss_constraint_list": ["auto", 0.4, "2x"]})
+    rows = _evaluator(oo, tiny_bench, root, "um_msp").postprocessor.search.table_rows()
+    fit = "failed: FitCheckError: the model does not fit its training images"
+    assert [r["status"] for r in rows] == [fit, "ok", fit]  # '2x' shares auto's failed estimate
+    assert [r["chosen"] for r in rows] == [False, True, False]
+
     root = _config_root(checkout, tmp_path / "all", "um", {"loss_constraint_list": [5.0, 9.0]})
     with pytest.raises(RouteStop) as caught:  # what um-openood eval turns into exit 2
         _evaluator(oo, tiny_bench, root, "um_msp")
     message = str(caught.value)
-    assert "\n" not in message and "every one of the 2 fine-tuning(s) of the sweep stopped" in message
-    assert "loss_constraint=5: NonFiniteLossError" in message and "loss_constraint=9" in message
+    assert "\n" not in message and message.startswith(
+        "um_msp: every one of the 2 fine-tuning(s) of the sweep stopped, nothing to choose from "
+        "(NonFiniteLossError: loss became non-finite at epoch 0, step 1")  # one reason, once
 
 
 def test_sweep_values_are_checked_in_one_line(oo, checkout, tmp_path):

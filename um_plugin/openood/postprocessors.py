@@ -5,7 +5,10 @@ them and runs the core's UM or UMAP on the network *in place* (the Evaluator kee
 reference to it) over a seeded, shuffled loader of those images (OpenOOD builds its loader
 unshuffled); ``preprocessing: train`` (the authors) reads them through OpenOOD's train-time
 augmentation, ``test`` as the Evaluator does. Then it hands setup, scoring and the APS
-hyper-parameter search to a base postprocessor (``base: ebo`` by default). A network another
+hyper-parameter search to a base postprocessor (``base: ebo`` by default). With a
+``postprocessor_sweep`` of UM's own settings (:mod:`.sweep`) and ``APS_mode``, OpenOOD's search
+chooses them too: ``setup`` only gets the network ready and ``set_hyperparam`` puts it into
+each setting's fine-tuned state (:mod:`.search`). A network another
 method already fine-tuned is refused (see ``reuse.py``). Where the YAMLs come from is
 :mod:`.config_discovery`'s job, the base method :mod:`.base_method`'s, and OpenOOD's lookups
 of our names :mod:`.lookups`'.

@@ -122,10 +122,12 @@ class Search:
             outcome = self.outcomes[setting] = self._tune(setting)
             if all(s in self.outcomes and not self.outcomes[s].ok for s in self.settings):
                 self._close_bar()
-                raise SweepFailedError(
-                    f"{self.name}: every one of the {len(self.settings)} fine-tuning(s) of the "
-                    "sweep stopped (" + "; ".join(f"{s.label()}: {self.outcomes[s].error}"
-                                                  for s in self.settings) + ")")
+                errors = {self.outcomes[s].error for s in self.settings}
+                why = errors.pop() if len(errors) == 1 else "; ".join(
+                    f"{s.label()}: {self.outcomes[s].error}" for s in self.settings)
+                raise SweepFailedError(f"{self.name}: every one of the {len(self.settings)} "
+                                       f"fine-tuning(s) of the sweep stopped, nothing to choose "
+                                       f"from ({why})")
         elif outcome.ok:
             self._load(outcome.state)
         if outcome.ok:

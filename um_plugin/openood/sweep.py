@@ -154,10 +154,12 @@ def read_sweep(section: Optional[Mapping], mode: str, base_sweep: Optional[Mappi
     ours = [k for k in UM_SWEEP_KEYS if k in section]
     if not ours:
         return None
-    merged = {k: list(section.get(k, v)) for k, v in base_sweep.items()}
-    for key in merged:
-        if not merged[key]:
-            raise ValueError(f"{where}.{key} must be a non-empty list")
+    merged = {}
+    for key, values in base_sweep.items():
+        values = section.get(key, values)
+        if not isinstance(values, (list, tuple)) or not values:
+            raise ValueError(f"{where}.{key} must be a non-empty list, got {values!r}")
+        merged[key] = list(values)
     for key in ours:
         merged[key] = _values(key, section[key], mode, where)
     return Sweep(merged, tuple(base_sweep), tuple(ours))
