@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import os
 import random
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Optional
 
 import numpy as np
@@ -98,7 +98,7 @@ class Search:
         log(f"[um-plugin] {self.name}: OpenOOD's parameter search over {n} combination(s) "
             f"({lists}) costs {k} fine-tuning(s) of {'/'.join(map(str, epochs))} epoch(s), each "
             f"from the same base weights, kept {'in ' + self.folder if self.folder else 'in memory'}"
-            "; chosen by AUROC on the ID and OOD validation splits (test splits unread)")
+            "; chosen by AUROC on the ID and OOD validation splits")
 
     def select(self, combination: list) -> None:
         """``set_hyperparam``'s UM part: the network into ``combination``'s state."""
@@ -171,6 +171,9 @@ class Search:
         try:
             xi = self._xi_of(options, setting)
             log(f"[um-plugin] {where} with xi = {xi:.6g}")
+            if setting.xi is not None and setting.xi.times not in (None, 1.0):
+                # a multiple of the estimate is not the authors' xi: the run log says so
+                options = replace(options, xi=XiOptions(xi, options.xi.estimate_kwargs))
             self._finetune(options, xi)
         except FAILURES as exc:
             self._restore_base()
