@@ -320,13 +320,27 @@ def test_sweep_needs_openoods_search(oo, tiny_bench, checkout, tmp_path, capsys)
     root = _config_root(checkout, tmp_path / "a", "um", {"loss_constraint_list": [0.5, 1.0]},
                         epochs=1)
     pp = get_postprocessor(root, "um_msp", "tinybench")
+    pp.config.output_dir = str(tmp_path / "out")  # as main.py's pipeline config has it
     net = lenet()
     before = _state(net)
+    ood = DataLoader([{"data": a, "label": -1} for a in torch.rand(4, 3, 28, 28)], batch_size=4)
     with oo.enable_cpu_fallback():
-        pp.setup(net, {"train": loader, "val": loader}, {"val": loader})
+        pp.setup(net, {"train": loader, "val": loader}, {"val": ood})
         assert _equal(_state(net), before)  # nothing fine-tuned before set_hyperparam
         with pytest.raises(RuntimeError, match=r"has not run; set postprocessor.APS_mode: true"):
             pp.inference(net, loader, progress=False)
+        # main.py's own search (its evaluator sets every tied best in turn; the last stays)
+        from openood.evaluators.ood_evaluator import OODEvaluator
+        OODEvaluator(pp.config).hyperparam_search(net, loader, ood, pp)
+    rows = pp.search.table_rows()
+    best = max(r["val_AUROC"] for r in rows)
+    assert [r["chosen"] for r in rows] == [r is [q for q in rows if q["val_AUROC"] == best][-1]
+                                           for r in rows]
+    chosen = next(o for s, o in pp.search.outcomes.items() if s == pp.search.current)
+    assert _equal(_state(net), chosen.state) and pp.xi == chosen.xi
+    with open(tmp_path / "out" / "um_msp_search.csv") as f:
+        assert [line.rsplit(",", 1)[1] for line in f.read().splitlines()] == \
+            ["chosen"] + [str(r["chosen"]) for r in rows]
     text = open(f"{root}/postprocessors/um.yml").read()
     open(f"{root}/postprocessors/um.yml", "w").write(text.replace("APS_mode: true",
                                                                   "APS_mode: false"))
