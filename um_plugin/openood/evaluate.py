@@ -25,6 +25,7 @@ from openood.evaluation_api import datasets as oo_datasets
 from openood.evaluation_api import postprocessor as eval_pp
 
 from .config_discovery import base_config_candidates, config_roots
+from .lookups import with_sweep
 from .names import is_method_name, known_postprocessor_names, split_name
 
 CHECKPOINT = "best.ckpt"  # what main.py's recorder saves and eval_ood.py reads
@@ -267,7 +268,6 @@ def _swept(plan: Plan, postprocessor: str):
     """Ours with ``--sweep`` over its YAML's sweep, or None (the Evaluator builds it)."""
     if not plan.sweep or not is_method_name(postprocessor):
         return None
-    from .lookups import with_sweep
     return with_sweep(plan.config_root, postprocessor, plan.id_name, plan.sweep)
 
 

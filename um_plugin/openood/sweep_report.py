@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import List
 
+from .lookups import with_sweep
+from .names import is_method_name
 from .search import save_table
 from .sweep import parse_flag
 
@@ -48,8 +50,6 @@ def save_search_tables(path: str, tables: List):
 def sweep_from_flags(flags: List[str], names: List[str], config_root: str, id_name: str) -> dict:
     """``--sweep KEY=V1,V2`` flags as one dict, checked (one line) by building every one of our
     postprocessors in ``names`` with it; a flag with none of ours to apply to is refused."""
-    from .lookups import with_sweep
-    from .names import is_method_name
     sweep = {}
     for text in flags:
         item = parse_flag(text)
