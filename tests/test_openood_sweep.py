@@ -227,6 +227,16 @@ def test_sweep_values_are_checked_in_one_line(oo, checkout, tmp_path):
         parse_flag("epochs_list")
 
 
+def test_chosen_column_over_runs(oo):
+    from um_plugin.openood.sweep_report import chosen_column
+    a = {"temperature": 10, "loss_constraint": "2x", "xi": 0.5}
+    b = {"temperature": 1, "loss_constraint": 0.3, "xi": 0.3}
+    assert chosen_column([a, dict(a)]) == "temperature=10, loss_constraint=2x (xi 0.5)"
+    assert chosen_column([a, b]) == ("run 1: temperature=10, loss_constraint=2x (xi 0.5); "
+                                     "run 2: temperature=1, loss_constraint=0.3 (xi 0.3)")
+    assert chosen_column([{}, {}]) == ""  # no sweep: no column
+
+
 def test_eval_with_the_sweep_gives_the_evaluators_choice_and_row(oo, tiny_bench, checkout,
                                                                   tmp_path, capsys):
     """`um-openood eval` with the sweep from the YAML, or from --sweep over a plain YAML: the
