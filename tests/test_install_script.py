@@ -72,4 +72,4 @@ def test_readme_setup_commands_give_a_working_openood_in_a_fresh_venv(tmp_path):
                      str(project / "um_plugin" / "__init__.py")]
     collected = run(*test, "--collect-only", "-q", timeout=600).stdout
     count = int(re.search(r"^(\d+) tests? collected", collected, re.M).group(1))
-    assert count > 100 and "error" not in collected.lower()
+    assert count > 100 and not re.search(r"\b\d+ errors?\b", collected), collected[-2000:]
