@@ -59,43 +59,53 @@ def accuracy(model: nn.Module, loader, what: str = "the ID validation loader") -
     return float(counts[0] / counts[1])
 
 
-def prepare_xi(model: nn.Module, loader, xi: XiOptions, data: DataOptions, *, where: str,
-               reference=None) -> float:
-    """ξ (given, or estimated on ``loader``), after checking that ``model`` fits ``loader``'s
-    images about as well as ``reference`` (ID validation data); logs both accuracies.
+def check_fit(model: nn.Module, loader, data: DataOptions, reference, *, where: str,
+              syntax: str) -> None:
+    """Stop (or warn) when ``model`` fits ``loader``'s images much worse than ``reference``'s
+    (ID validation data); runs before ξ, and leaves the RNG as it found it (so ξ's augmented
+    draws are the ones they would be without the check)."""
+    devices = [] if next(model.parameters()).device.type != "cuda" else [
+        next(model.parameters()).device]
+    with torch.random.fork_rng(devices=devices):
+        fit = accuracy(model, loader, f"the {data.preprocessing!r} training loader")
+    reference_accuracy = accuracy(model, reference)
+    seen = (f"training images with {data.preprocessing}-time preprocessing "
+            f"({syntax.format(key='preprocessing', value=data.preprocessing)})")
+    log(f"[um-plugin] fit check: unmasked accuracy {fit:.1%} on the {seen}, "
+        f"{reference_accuracy:.1%} on ID validation data")
+    if fit >= reference_accuracy - data.fit_margin:
+        return
+    other = "test" if data.preprocessing == "train" else "train"
+    message = (
+        f"the model's accuracy on the {seen} is {fit:.1%}, {100 * (reference_accuracy - fit):.1f} "
+        f"points below its {reference_accuracy:.1%} on ID validation data (more than fit_margin "
+        f"= {data.fit_margin:g}): it does not fit the images it would be fine-tuned on (trained "
+        f"without augmentation? wrong labels?), so xi would be far too high and fine-tuning "
+        f"would wreck it. Fix: set {syntax.format(key='preprocessing', value=other)}, or "
+        f"{syntax.format(key='fit_check', value='warn')} to fine-tune anyway")
+    if data.fit_check == "stop":
+        raise FitCheckError(message)
+    if is_main_process():
+        warnings.warn(message, FitCheckWarning, stacklevel=3)
+    log(f"[um-plugin] WARNING (fit_check: warn, going on): {message}")
 
-    ``where`` names the config section (``trainer.trainer_args``) in every message.
-    """
-    if xi.value is not None:  # no reference: nothing to check, the loader's RNG left alone
+
+def prepare_xi(model: nn.Module, loader, xi: XiOptions, data: DataOptions, *, where: str,
+               reference=None, syntax: Optional[str] = None) -> float:
+    """ξ (given, or estimated on ``loader``), after checking that ``model`` fits ``loader``'s
+    images about as well as ``reference`` (ID validation data); logs both.
+
+    ``where`` names the config section (``trainer.trainer_args``); ``syntax`` how a setting
+    is changed where the route runs (default ``'<where>.{key}: {value}'``; eval: ``--set``)."""
+    syntax = syntax or f"{where}.{{key}}: {{value}}"
+    if reference is not None:
+        check_fit(model, loader, data, reference, where=where, syntax=syntax)
+    if xi.value is not None:
         value, source = xi.value, f"xi = {xi.value:.6g} (from {where}.loss_constraint)"
-        fit = None if reference is None else accuracy(
-            model, loader, f"the {data.preprocessing!r} training loader")
     else:
         estimate = estimate_xi(model, loader, **xi.estimate_kwargs, progress=is_main_process(),
                                report=True)
-        value, source, fit = estimate.xi, f"estimated: {estimate.summary()}", estimate.base_accuracy
-    seen = (f"training images with {data.preprocessing}-time preprocessing "
-            f"({where}.preprocessing: {data.preprocessing})")
-    line = f"[um-plugin] loss constraint {source}"
-    if fit is not None:
-        line += f"; unmasked accuracy {fit:.1%} on the {seen}"
-    if reference is None:
-        log(line + "; no ID validation loader, so the fit check is skipped")
-        return value
-    reference_accuracy = accuracy(model, reference)
-    log(line + f", {reference_accuracy:.1%} on ID validation data")
-    if fit < reference_accuracy - data.fit_margin:
-        other = "test" if data.preprocessing == "train" else "train"
-        message = (
-            f"the model's accuracy on the {seen} is {fit:.1%}, {100 * (reference_accuracy - fit):.1f} "
-            f"points below its {reference_accuracy:.1%} on ID validation data (more than "
-            f"{where}.fit_margin = {data.fit_margin:g}): it does not fit the images it would be "
-            f"fine-tuned on (trained without augmentation? wrong labels?), so xi = {value:.4g} and "
-            f"fine-tuning would wreck it. Fix: set {where}.preprocessing: {other}, or "
-            f"{where}.fit_check: warn to fine-tune anyway")
-        if data.fit_check == "stop":
-            raise FitCheckError(message)
-        if is_main_process():
-            warnings.warn(message, FitCheckWarning, stacklevel=2)
-        log(f"[um-plugin] WARNING (fit_check: warn, going on): {message}")
+        value, source = estimate.xi, f"estimated: {estimate.summary()}"
+    skipped = "; no ID validation loader, so the fit check is skipped" if reference is None else ""
+    log(f"[um-plugin] loss constraint {source}{skipped}")
     return value
