@@ -10,6 +10,7 @@ stop``, the default) with one line naming both and the fix, or warns and goes on
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Optional
 
@@ -59,18 +60,23 @@ def accuracy(model: nn.Module, loader, what: str = "the ID validation loader") -
     return float(counts[0] / counts[1])
 
 
+def mark_stopped(run_dir, reason: str) -> None:
+    """Leave the reason in a run folder the fit check stopped, so ``um-openood eval --root``
+    skips it in one line instead of refusing a folder without ``best.ckpt``."""
+    from um_plugin.leaderboard.runs import STOP_MARKER
+    if is_main_process() and run_dir and os.path.isdir(run_dir):
+        with open(os.path.join(run_dir, STOP_MARKER), "w") as f:
+            f.write(f"fit check: {reason}\n")
+
+
 def check_fit(model: nn.Module, loader, data: DataOptions, reference, *, where: str,
               syntax: str) -> None:
     """Stop (or warn) when ``model`` fits ``loader``'s images much worse than ``reference``'s
-    (ID validation data); runs before ξ, and leaves the RNG as it found it (so ξ's augmented
-    draws are the ones they would be without the check)."""
-    devices = [] if next(model.parameters()).device.type != "cuda" else [
-        next(model.parameters()).device]
-    with torch.random.fork_rng(devices=devices):
-        fit = accuracy(model, loader, f"the {data.preprocessing!r} training loader")
+    (ID validation data); runs before ξ, so a model that does not fit stops without it."""
+    fit = accuracy(model, loader, f"the {data.preprocessing!r} training loader")
     reference_accuracy = accuracy(model, reference)
     seen = (f"training images with {data.preprocessing}-time preprocessing "
-            f"({syntax.format(key='preprocessing', value=data.preprocessing)})")
+            f"({where}.preprocessing: {data.preprocessing})")
     log(f"[um-plugin] fit check: unmasked accuracy {fit:.1%} on the {seen}, "
         f"{reference_accuracy:.1%} on ID validation data")
     if fit >= reference_accuracy - data.fit_margin:
@@ -81,7 +87,7 @@ def check_fit(model: nn.Module, loader, data: DataOptions, reference, *, where: 
         f"points below its {reference_accuracy:.1%} on ID validation data (more than fit_margin "
         f"= {data.fit_margin:g}): it does not fit the images it would be fine-tuned on (trained "
         f"without augmentation? wrong labels?), so xi would be far too high and fine-tuning "
-        f"would wreck it. Fix: set {syntax.format(key='preprocessing', value=other)}, or "
+        f"would wreck it. Fix: {syntax.format(key='preprocessing', value=other)}, or "
         f"{syntax.format(key='fit_check', value='warn')} to fine-tune anyway")
     if data.fit_check == "stop":
         raise FitCheckError(message)
@@ -96,8 +102,8 @@ def prepare_xi(model: nn.Module, loader, xi: XiOptions, data: DataOptions, *, wh
     images about as well as ``reference`` (ID validation data); logs both.
 
     ``where`` names the config section (``trainer.trainer_args``); ``syntax`` how a setting
-    is changed where the route runs (default ``'<where>.{key}: {value}'``; eval: ``--set``)."""
-    syntax = syntax or f"{where}.{{key}}: {{value}}"
+    is changed where the route runs (default ``'set <where>.{key}: {value}'``; eval: ``--set``)."""
+    syntax = syntax or f"set {where}.{{key}}: {{value}}"
     if reference is not None:
         check_fit(model, loader, data, reference, where=where, syntax=syntax)
     if xi.value is not None:

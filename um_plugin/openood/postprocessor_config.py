@@ -22,7 +22,7 @@ from .options import postprocessor_options
 from .presets import differences
 
 # how the fit check names a setting in eval: the flag that changes it there
-EVAL_SETTING_SYNTAX = "--set {key}={value}"
+EVAL_SETTING_SYNTAX = "pass --set {key}={value}"
 
 
 @dataclass

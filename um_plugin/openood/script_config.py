@@ -135,9 +135,11 @@ def read_config(script: str, args: list):
 
 def check_methods(config) -> None:
     """Our option checks for a ``um`` / ``umap`` trainer or postprocessor in ``config``."""
+    from .route_checks import check_route1
     trainer = config.trainer.name if config.trainer is not None else None
     if trainer in MODES:
         trainer_options(config, trainer)
+    check_route1(config)
     section = config.postprocessor
     name = section.name if section is not None else None
     if is_method_name(name):
