@@ -8,6 +8,7 @@ before torch or OpenOOD is imported.
 from __future__ import annotations
 
 import os
+import re
 from dataclasses import dataclass, field
 from typing import List, Optional
 
@@ -106,3 +107,22 @@ def model_from_root(root: str, checkpoint_name: str = CHECKPOINT) -> Model:
     paths = [os.path.join(top, d, checkpoint_name) for d in kept]
     return Model(os.path.basename(os.path.normpath(top)), top, paths, top,
                  [verified_sha256(p) for p in paths], skipped)
+
+
+_TRAINER_LINE = re.compile(r"\[um-plugin\] the (um|umap) trainer (?:differs from the authors' "
+                           r"setting in: (.*)|runs the authors' setting)")
+
+
+def trainer_settings(run_dir: str) -> str:
+    """What a Route 1 run's ``um`` / ``umap`` trainer changed from the authors' setting, read
+    from the line it printed into ``log.txt`` ('' for other runs)."""
+    try:
+        with open(os.path.join(run_dir, "log.txt"), errors="replace") as f:
+            for line in f:
+                found = _TRAINER_LINE.search(line)
+                if found:
+                    changed = found.group(2) or "the authors' setting"
+                    return f"{found.group(1)} trainer: {changed}"
+    except OSError:
+        pass
+    return ""

@@ -28,7 +28,7 @@ from openood.evaluation_api import datasets as oo_datasets
 from openood.evaluation_api import postprocessor as eval_pp
 
 from um_plugin.leaderboard.provenance import data_identity, versions
-from um_plugin.leaderboard.runs import Model
+from um_plugin.leaderboard.runs import Model, trainer_settings
 from um_plugin.leaderboard.table import row_from_tables, write_atomic
 
 from . import score_cache
@@ -340,8 +340,12 @@ def score_all(plan: Plan, *, verbose: bool = False, out: Optional[str] = None,
             text = openood_csv_table(mean, std).to_csv()
             for folder in folders[model.name]:
                 write_atomic(os.path.join(folder, f"{pp.name}.csv"), text)
+            trained = dict.fromkeys(filter(None, (trainer_settings(os.path.dirname(c))
+                                                  for c in model.checkpoints)))
+            settings = "; ".join(([f"{pp.name}: {pp.settings}"] if pp.settings else [])
+                                 + list(trained))
             provenance = {"checkpoint_sha256": ";".join(model.sha256),
-                          "config_sha256": pp.sha256, "settings": pp.settings,
+                          "config_sha256": pp.sha256, "settings": settings,
                           "benchmark": plan.benchmark, "versions": made_with,
                           "checkpoints": list(model.checkpoints)}
             rows.append(row_from_tables(model.name, pp.name, len(model.checkpoints), mean, std,
