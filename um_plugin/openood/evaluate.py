@@ -24,6 +24,7 @@ from typing import Callable, List, Optional
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from openood.evaluation_api import datasets as oo_datasets
 from openood.evaluation_api import postprocessor as eval_pp
 
@@ -32,6 +33,8 @@ from um_plugin.leaderboard.runs import Model, trainer_settings
 from um_plugin.leaderboard.table import row_from_tables, write_atomic
 
 from . import score_cache
+from .benchmark_file import register_benchmark_file
+from .cpu import enable_cpu_fallback
 from .config_discovery import base_config_candidates, config_roots
 from .names import is_method_name, known_postprocessor_names, split_name
 from .postprocessor_config import ResolvedPostprocessor, build, resolve_all
@@ -216,13 +219,10 @@ def plan(args) -> Plan:
     then load every checkpoint strictly; no scoring. One-line ValueErrors."""
     if not args.cpu and not torch.cuda.is_available():
         raise ValueError("no CUDA device is available; pass --cpu to score on the CPU")
-    import um_plugin.openood  # noqa: F401  registers um / umap with OpenOOD
-    if args.cpu:
-        from .cpu import enable_cpu_fallback
+    if args.cpu:  # importing this package registered um / umap with OpenOOD
         enable_cpu_fallback()
     data_root, id_name = args.data_root, args.id_data
     if args.benchmark is not None:
-        from .benchmark_file import register_benchmark_file
         kwargs = register_benchmark_file(args.benchmark)
         if id_name is not None and id_name != kwargs["name"]:
             raise ValueError(f"--id-data {id_name!r} differs from --benchmark's name "
@@ -305,7 +305,6 @@ def score_all(plan: Plan, *, verbose: bool = False, out: Optional[str] = None,
               save_csv: bool = False) -> list:
     """Score every (model, run, postprocessor); write OpenOOD's per-model CSVs (folders made
     before scoring); return the leaderboard rows with their provenance."""
-    from tqdm.auto import tqdm
     task = "fsood" if plan.fsood else "ood"
     folders = {}
     for model in plan.models:

@@ -20,6 +20,7 @@ from torch import nn
 from um_plugin.core.batches import unpack_batch
 from um_plugin.core.distributed import all_reduce_sum, is_main_process
 from um_plugin.core.xi import estimate_xi
+from um_plugin.leaderboard.runs import STOP_MARKER
 
 from .options import DataOptions, RouteStop, XiOptions
 
@@ -63,7 +64,6 @@ def accuracy(model: nn.Module, loader, what: str = "the ID validation loader") -
 def mark_stopped(run_dir, reason: str) -> None:
     """Leave the reason in a run folder the fit check stopped, so ``um-openood eval --root``
     skips it in one line instead of refusing a folder without ``best.ckpt``."""
-    from um_plugin.leaderboard.runs import STOP_MARKER
     if is_main_process() and run_dir and os.path.isdir(run_dir):
         with open(os.path.join(run_dir, STOP_MARKER), "w") as f:
             f.write(f"fit check: {reason}\n")

@@ -16,6 +16,7 @@ from openood.utils.config import Config, merge_configs
 
 from um_plugin.leaderboard.provenance import sha256_json
 
+from . import postprocessors
 from .config_discovery import base_config_path, load_method_config
 from .names import is_method_name, split_name
 from .options import postprocessor_options
@@ -93,7 +94,6 @@ def resolve_all(names, config_root: str, id_name: str, overrides: dict, batch_si
 
 def build(resolved: ResolvedPostprocessor):
     """The postprocessor object, as the Evaluator's ``get_postprocessor`` would build it."""
-    from . import postprocessors
     config = resolved.config
     if is_method_name(resolved.name):
         pp = postprocessors.POSTPROCESSORS[config.postprocessor.name](config)

@@ -13,6 +13,8 @@ import re
 
 from um_plugin.core import MODES
 
+from .evaluate import load_weights
+
 
 def openood_trainer_names() -> list:
     """The names OpenOOD's ``get_trainer`` builds (read from its source)."""
@@ -70,8 +72,6 @@ def check_base_checkpoint(config, trainer: str) -> None:
         raise ValueError(f"--network.num_classes {outputs} differs from dataset.num_classes "
                          f"{classes}; the network must have one output per class of the dataset")
     from openood.networks import get_network
-
-    from .evaluate import load_weights
     plain = copy.deepcopy(network)
     plain.pretrained, plain.num_gpus = False, 0
     try:

@@ -17,6 +17,7 @@ from um_plugin.core import MODES
 
 from .names import is_method_name, split_name
 from .options import postprocessor_options, trainer_options
+from .route_checks import check_route1
 
 
 def reads_config(script: str) -> bool:
@@ -135,7 +136,6 @@ def read_config(script: str, args: list):
 
 def check_methods(config) -> None:
     """Our option checks for a ``um`` / ``umap`` trainer or postprocessor in ``config``."""
-    from .route_checks import check_route1
     trainer = config.trainer.name if config.trainer is not None else None
     if trainer in MODES:
         trainer_options(config, trainer)
