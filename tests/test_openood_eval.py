@@ -235,6 +235,10 @@ def test_cached_scores_are_used_only_for_the_same_checkpoint_config_and_benchmar
     assert again == first and len(said) == 1  # from the cache
 
     shutil.copy(tmp / "runs" / "base" / "s0" / "best.ckpt", root / "s0" / "best.ckpt")
+    assert main(["eval", "--cpu", "--benchmark", bench, "--network", "lenet", "--root",
+                 str(root), "--num-workers", "0"]) == 2  # the recorder's checksum: refused
+    assert "does not match its checksum file" in capsys.readouterr().err
+    os.remove(root / "s0" / "best.ckpt.sha256")  # as the message says, for a deliberate swap
     row, said = _eval(main, capsys, bench, root, "--save-score", config_root=configs)
     assert any(f"recomputing {root / 's0' / 'scores' / 'ebo.pkl'}: made from other checkpoint "
                "bytes" in line for line in said), said
