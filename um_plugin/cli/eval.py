@@ -149,10 +149,14 @@ def run(args) -> int:
                                args.sort_by)
     except RouteStop as exc:  # e.g. um_ebo's fit check: stopped before fine-tuning
         raise CommandError(str(exc)) from None
-    print(table.to_markdown(rows), end="")
+    print(table.to_markdown(rows), end="")  # shown before any write: never lost
     if args.out is not None:
-        for path in table.write(rows, args.out):
-            print(f"wrote {path}")
+        try:
+            for path in table.write(rows, args.out):
+                print(f"wrote {path}")
+        except OSError as exc:
+            raise CommandError(f"--out {args.out!r}: the leaderboard above could not be "
+                               f"written ({exc.strerror}: {exc.filename})") from None
     if args.baseline is None and args.versus is None:
         return 0
     return report(parse_csv(table.to_csv(rows), "this run's leaderboard"), args.baseline_rows,
