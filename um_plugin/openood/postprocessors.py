@@ -85,7 +85,8 @@ class UnleashingPostprocessor(BasePostprocessor):
         in_order = like(train, dataset, what, shuffle=False, batch_size=batch_size)
         log_differences(self.options, f"postprocessor {self.name!r}", batch_size=batch_size)
         self.xi = prepare_xi(model, in_order, self.options.xi, data, where=_WHERE,
-                             reference=id_loader_dict.get("val"))
+                             reference=id_loader_dict.get("val"),
+                             syntax=getattr(self, "setting_syntax", None))
         RUNNERS[self.mode](model, loader, self.xi, finetune)
         net.eval()
         claim(model, Mark(self.mode, f"postprocessor {self.name!r}", self.token))
