@@ -302,6 +302,38 @@ def test_sweep_flag_is_checked_before_any_work(oo, tiny_bench, checkout, tmp_pat
     assert not (tmp_path / "postprocessors").exists()
 
 
+def test_a_cache_made_without_the_sweep_is_not_used_with_it(oo, tiny_bench, checkout, tmp_path,
+                                                            capsys):
+    """The sweep is in the config hash: --save-score's cache of a plain run is recomputed under
+    --sweep; the swept cache, reused, still names the choice and the search in the row."""
+    import csv
+
+    from um_plugin.cli import main
+    checkpoint = tmp_path / "run" / "lenet.ckpt"
+    checkpoint.parent.mkdir()
+    torch.save(lenet().state_dict(), checkpoint)
+    argv = ["eval", "--cpu", "--id-data", tiny_bench["name"], "--data-root",
+            tiny_bench["data_root"], "--network", "lenet", "--postprocessor", "um_msp",
+            "--batch-size", "8", "--num-workers", "0", "--root", str(checkpoint), "--save-score",
+            "--config-root", _config_root(checkout, tmp_path / "c", "um")]
+    runs = []
+    for extra in ([], ["--sweep", "loss_constraint_list=0.5,2.0"]):
+        for _ in range(1 + bool(extra)):
+            out = tmp_path / f"board{len(runs)}"
+            assert main(argv + extra + ["--out", str(out)]) == 0
+            with open(out / "leaderboard.csv") as f:
+                runs.append((next(csv.DictReader(f)), capsys.readouterr().err))
+    (plain, _), (swept, said), (again, reused) = runs
+    pkl = tmp_path / "run" / "scores" / "um_msp.pkl"
+    assert f"recomputing {pkl}: made from other postprocessor config" in said, said
+    assert (tmp_path / "run" / "postprocessors" / "um_msp.pkl").is_file()  # searched: kept
+    assert "recomputing" not in reused, reused
+    assert plain["config_sha256"] != swept["config_sha256"] == again["config_sha256"]
+    assert "chosen" not in plain and swept["chosen"] == again["chosen"] != ""
+    assert swept["settings"].endswith("; OpenOOD's search over loss_constraint_list=0.5,2.0")
+    assert again["near_AUROC"] == swept["near_AUROC"]
+
+
 def test_fine_tuned_settings_on_disk(oo, tiny_bench, checkout, tmp_path):
     folder = tmp_path / "states"
     root = _config_root(checkout, tmp_path / "c", "um", {"loss_constraint_list": [2.0, 0.4]})

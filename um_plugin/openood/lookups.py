@@ -25,17 +25,6 @@ def make_evaluator_get_postprocessor(openood_get_postprocessor):
     return get_postprocessor
 
 
-def with_sweep(config_root, postprocessor_name, id_data_name, sweep: dict):
-    """Our postprocessor as the Evaluator's lookup builds it, with ``sweep`` (e.g. from
-    ``um-openood eval --sweep``) over the YAML's ``postprocessor_sweep`` and APS_mode on."""
-    config = load_method_config(postprocessor_name, config_root)
-    config = merge_configs(config, Config(**{"dataset": {"name": id_data_name}}))
-    config.postprocessor.postprocessor_sweep = {**dict(config.postprocessor.get(
-        "postprocessor_sweep") or {}), **sweep}
-    config.postprocessor.APS_mode = True
-    return postprocessors.POSTPROCESSORS[config.postprocessor.name](config)
-
-
 def make_pipeline_get_postprocessor(openood_get_postprocessor):
     """Wrap ``openood.postprocessors.utils.get_postprocessor`` (test_ood pipelines) for our names."""
 

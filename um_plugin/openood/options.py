@@ -143,6 +143,9 @@ def _xi_options(section: dict, where: str) -> XiOptions:
             number = convert(section[key], "int")
             if isinstance(number, bool) or not isinstance(number, int):
                 raise ValueError(f"{where}.{key} must be an integer, got {section[key]!r}")
+            if key == "xi_draws" and number < 1:
+                raise ValueError(f"{where}.xi_draws must be an integer >= 1 (random masks "
+                                 f"averaged for xi), got {section[key]!r}")
             kwargs[name] = number
     out["estimate_kwargs"] = kwargs
     return XiOptions(**out)

@@ -139,7 +139,8 @@ class UnleashingPostprocessor(BasePostprocessor):
 
     def _prepare_xi(self, model, data: "_TrainingData", xi: XiOptions) -> float:
         return prepare_xi(model, data.in_order, xi, self.options.data, where=_WHERE,
-                          reference=data.reference)
+                          reference=data.reference,
+                          syntax=getattr(self, "setting_syntax", None))
 
     # --- OpenOOD's parameter search over UM's own settings -------------------------------
     def _searching(self) -> bool:

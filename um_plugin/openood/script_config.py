@@ -17,6 +17,7 @@ from um_plugin.core import MODES
 
 from .names import is_method_name, split_name
 from .options import postprocessor_options, trainer_options
+from .route_checks import check_route1
 
 
 def reads_config(script: str) -> bool:
@@ -138,6 +139,7 @@ def check_methods(config) -> None:
     trainer = config.trainer.name if config.trainer is not None else None
     if trainer in MODES:
         trainer_options(config, trainer)
+    check_route1(config)
     section = config.postprocessor
     name = section.name if section is not None else None
     if is_method_name(name):

@@ -13,6 +13,7 @@ accuracy per combination), shows a bar over the combinations and never touches a
 from __future__ import annotations
 
 import csv
+import io
 import os
 import random
 from dataclasses import dataclass, replace
@@ -24,6 +25,7 @@ from openood.evaluators.metrics import compute_all_metrics
 from tqdm.auto import tqdm
 
 from um_plugin.core.distributed import is_main_process
+from um_plugin.leaderboard.table import write_atomic
 
 from .options import MethodOptions, RouteStop, XiOptions
 from .sweep import Setting, Sweep
@@ -145,13 +147,23 @@ class Search:
             self.model.load_state_dict(state)
 
     def _xi_of(self, options: MethodOptions, setting: Setting) -> float:
+        """ξ as the plain run with that ξ gets it. A multiple of the estimate is the plain run
+        given the multiplied value: its fit check alone reads the training images, so the RNG
+        is left after that check, not after the estimate's reads (``auto``'s plain run)."""
+        times = setting.xi.times if setting.xi is not None and setting.xi.times else 1.0
+        if times == 1.0:
+            return self._prepared(options.xi)
+        value = self._prepared(options.xi) * times
+        return self._prepared(XiOptions(value, options.xi.estimate_kwargs))
+
+    def _prepared(self, xi: XiOptions) -> float:
         """ξ as a plain run gets it (fit check included), once per distinct value; the global
         RNG left where that plain run would leave it."""
-        key = ("value", options.xi.value) if options.xi.value is not None else ("estimate",)
+        key = ("value", xi.value) if xi.value is not None else ("estimate",)
         if key not in self._xi:
             set_rng_state(self._rng)
             try:
-                self._xi[key] = (self._prepare_xi(options.xi), rng_state())
+                self._xi[key] = (self._prepare_xi(xi), rng_state())
             except FAILURES as exc:
                 self._xi[key] = exc
         entry = self._xi[key]
@@ -159,8 +171,7 @@ class Search:
             raise entry
         value, after = entry
         set_rng_state(after)
-        times = setting.xi.times if setting.xi is not None and setting.xi.times else 1.0
-        return value * times if times != 1.0 else value
+        return value
 
     def _tune(self, setting: Setting) -> Outcome:
         self._restore_base()
@@ -276,16 +287,17 @@ class Search:
 
 
 def save_table(path: str, rows: list) -> str:
-    """The table (:meth:`Search.table_rows`, perhaps with a ``run`` column) as a CSV file."""
+    """The table (:meth:`Search.table_rows`, perhaps with a ``run`` column) as a CSV file,
+    written atomically as the leaderboard is."""
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     names = []
     for row in rows:
         names += [k for k in row if k not in names]
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=names or ["status"])
-        writer.writeheader()
-        writer.writerows(rows)
-    return path
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=names or ["status"], lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return write_atomic(path, buffer.getvalue())
 
 
 def short(key: str) -> str:

@@ -3,12 +3,13 @@ search tables beside the OOD CSVs, and the ``--sweep`` flag.
 
 :func:`um_plugin.openood.evaluate.score_one` leaves each run's choice and table on the metrics
 table it returns (``table.attrs['chosen']`` / ``['search_table']``); these helpers read them.
+The flag's lists are checked against each postprocessor's config by
+:func:`um_plugin.openood.postprocessor_config.resolve`, which also puts them in the config hash.
 """
 from __future__ import annotations
 
 from typing import List
 
-from .lookups import with_sweep
 from .names import is_method_name
 from .search import save_table
 from .sweep import parse_flag
@@ -47,22 +48,16 @@ def save_search_tables(path: str, tables: List):
     return save_table(path, rows) if rows else None
 
 
-def sweep_from_flags(flags: List[str], names: List[str], config_root: str, id_name: str) -> dict:
-    """``--sweep KEY=V1,V2`` flags as one dict, checked (one line) by building every one of our
-    postprocessors in ``names`` with it; a flag with none of ours to apply to is refused."""
+def sweep_from_flags(flags: List[str], names: List[str]) -> dict:
+    """``--sweep KEY=V1,V2`` flags as one dict (``{}`` without any); a key given twice, or a
+    flag with none of our postprocessors in ``names`` to apply to, is refused in one line."""
     sweep = {}
     for text in flags:
         item = parse_flag(text)
         if set(item) & set(sweep):
             raise ValueError(f"--sweep {text!r}: {next(iter(item))} is given twice")
         sweep.update(item)
-    ours = [n for n in names if is_method_name(n)]
-    if not ours:
+    if sweep and not any(is_method_name(n) for n in names):
         raise ValueError(f"--sweep applies to um_*/umap_* postprocessors; --postprocessor "
                          f"{','.join(names)} has none")
-    for name in ours:
-        try:
-            with_sweep(config_root, name, id_name, sweep)
-        except ValueError as exc:
-            raise ValueError(f"--sweep for {name}: {exc}") from None
     return sweep

@@ -18,7 +18,7 @@ from torch import nn
 from um_plugin.core import Finetuner
 
 from .export import PlainCopy
-from .fit_check import prepare_xi
+from .fit_check import FitCheckError, mark_stopped, prepare_xi
 from .loaders import like, test_time_dataset
 from .options import trainer_options
 from .presets import log_differences
@@ -51,8 +51,12 @@ class UnleashingTrainer:
             xi_loader = like(train_loader, dataset, what, shuffle=False)
             self.fit_loader = like(train_loader, dataset, what, shuffle=True)
         log_differences(self.options, f"the {self.mode} trainer", batch_size=train_loader.batch_size)
-        self.xi = prepare_xi(self.model, xi_loader, self.options.xi, self.options.data,
-                             where=_WHERE, reference=val_loader)
+        try:
+            self.xi = prepare_xi(self.model, xi_loader, self.options.xi, self.options.data,
+                                 where=_WHERE, reference=val_loader)
+        except FitCheckError as exc:
+            mark_stopped(config.get("output_dir"), str(exc))
+            raise
         self.plain = PlainCopy(self.model) if self.mode == "umap" else None  # before masking
         self.tuner = Finetuner(self.model, self.xi, self.options.finetune,
                                steps_per_epoch=len(self.fit_loader), grad_hook=average_gradients)
