@@ -19,6 +19,8 @@ import os
 import sys
 import warnings
 
+from um_plugin.workers import default_workers
+
 COMMANDS = ("eval", "gate")
 # eval_ood.py's networks for OpenOOD's own ID sets; anything else needs --network
 DEFAULT_NETWORK = {"cifar10": "resnet18_32x32", "cifar100": "resnet18_32x32",
@@ -77,7 +79,8 @@ def add_parsers(sub) -> None:
     ev.add_argument("--checkpoint-name", default="best.ckpt",
                     help="checkpoint file in each s* folder (default best.ckpt)")
     ev.add_argument("--batch-size", type=positive_int, default=200)
-    ev.add_argument("--num-workers", type=int, default=4, help="data loader workers (default 4)")
+    ev.add_argument("--num-workers", type=int, default=default_workers(),
+                    help="data loader workers (default: 4, at most the CPUs available)")
     ev.add_argument("--data-root", default=None,
                     help="folder holding benchmark_imglist/ (default: --benchmark's, else ./data)")
     ev.add_argument("--config-root", default=None,

@@ -24,6 +24,8 @@ import torch
 from openood.evaluation_api import datasets as oo_datasets
 from openood.evaluation_api import postprocessor as eval_pp
 
+from um_plugin.workers import default_workers
+
 from .config_discovery import base_config_candidates, config_roots
 from .names import is_method_name, known_postprocessor_names, split_name
 
@@ -50,7 +52,7 @@ class Plan:
     make_net: Callable[[], torch.nn.Module]
     device: str
     batch_size: int = 200
-    num_workers: int = 4
+    num_workers: int = default_workers()  # 4, at most the CPUs available
     fsood: bool = False
     save_score: bool = False
     results: Dict = field(default_factory=dict)
