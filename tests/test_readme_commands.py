@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 
+import pytest
 import torch
 
 from core_helpers import TinyCNN, loader
@@ -91,8 +92,39 @@ def test_route1_commands_then_route2_snippet_run_as_written(oo, checkout, tmp_pa
     monkeypatch.chdir(tree)
     net = ResNet18_32x32(num_classes=10)
     net.load_state_dict(torch.load(base, weights_only=True))
-    with oo.enable_cpu_fallback():
+    if "use_cpu()" in snippet:  # the snippet switches OpenOOD to the CPU itself (issue 22)
         exec(compile(snippet, "README.md", "exec"), {"net": net})
+    else:
+        with oo.enable_cpu_fallback():
+            exec(compile(snippet, "README.md", "exec"), {"net": net})
     out = capsys.readouterr().out
     assert "postprocessor 'umap_ebo' differs from the authors' setting in: epochs 2" in out
     assert "farood" in out
+
+
+def test_route1_offline_block_runs_as_written(oo, checkout, tmp_path):
+    """Route 1 on the tiny benchmark (benchmarks.tiny, dataset-config, main.py baseline then
+    train_um[ap].yml, eval), the README's bash block run in one bash as written, from a folder
+    holding ``OpenOOD/`` (its main.py and scripts, a copy of its configs/, which the block's
+    install-configs writes into) with the checkout on PYTHONPATH, the test's venv on PATH."""
+    import subprocess
+    import sys
+
+    from openood_fixtures import checkout_env
+    blocks = [b for b in _blocks("bash") if "python -m benchmarks.tiny" in b and "main.py" in b]
+    if not blocks:  # README's offline Route 1 is being written (issue 22); then drop this skip
+        pytest.skip("README has no bash block running Route 1 on benchmarks.tiny yet")
+    [block] = blocks
+    tree = tmp_path / "OpenOOD"
+    tree.mkdir()
+    for name in ("main.py", "scripts"):
+        os.symlink(os.path.join(checkout, name), tree / name)
+    shutil.copytree(os.path.join(checkout, "configs"), tree / "configs")
+    env = checkout_env(PATH=os.pathsep.join([os.path.dirname(sys.executable),
+                                             os.environ.get("PATH", "")]))
+    proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", block],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "best.ckpt holds the final epoch's model" in proc.stdout + proc.stderr
+    table = [ln for ln in proc.stdout.splitlines() if ln.startswith("| um ")]
+    assert table and not any("nan" in ln.lower() for ln in table)

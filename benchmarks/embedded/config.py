@@ -78,7 +78,8 @@ class BenchConfig:
     data_root: Optional[str] = field(default=None, metadata=_help(
         "where the OpenOOD-layout images go (default: in the cache)"))
     threads: int = field(default=1, metadata=_help(
-        "torch intra-op threads (0: torch's default); LeNet gains nothing from more"))
+        "threads of torch and of every OpenMP / BLAS pool, whatever OMP_NUM_THREADS says "
+        "(0: leave them as they are); LeNet gains nothing from more"))
     progress: bool = True
     quick: bool = False
 

@@ -33,6 +33,7 @@ from um_plugin.core import MODES, FinetuneConfig
 from um_plugin.core.config import validate_keep_ratio, validate_xi
 from um_plugin.core.runs import RUNNERS
 from um_plugin.core.xi import estimate_xi
+from um_plugin.workers import default_workers
 
 from .. import scorers as scoring
 from ..checks import BenchmarkError, core_rule, count, known, positive, writable_folder
@@ -107,7 +108,7 @@ class ReproConfig:
     lr: Optional[float] = None
     batch: Optional[int] = None
     keep_ratio: Optional[float] = None
-    workers: int = 4
+    workers: int = default_workers()  # 4, at most the CPUs available
     dry_run: bool = False
     progress: bool = True
 

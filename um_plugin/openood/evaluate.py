@@ -31,6 +31,7 @@ from openood.evaluation_api import postprocessor as eval_pp
 from um_plugin.leaderboard.provenance import data_identity, versions
 from um_plugin.leaderboard.runs import Model, trainer_settings
 from um_plugin.leaderboard.table import row_from_tables, write_atomic
+from um_plugin.workers import default_workers
 
 from . import score_cache
 from .benchmark_file import register_benchmark_file
@@ -56,7 +57,7 @@ class Plan:
     device: str
     benchmark: str           # the benchmark's identity hash
     batch_size: int = 200
-    num_workers: int = 4
+    num_workers: int = default_workers()  # 4, at most the CPUs available
     fsood: bool = False
     save_score: bool = False
 

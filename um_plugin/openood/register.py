@@ -7,7 +7,9 @@ Evaluator's ``get_postprocessor`` (``openood.evaluation_api.postprocessor``), an
 the Evaluator hold their own copies of those functions (``from ... import get_trainer``). So
 :func:`register` wraps each function (our names first, everything else to OpenOOD unchanged)
 and swaps the wrapper in wherever a loaded module holds the original; modules loaded later
-import the wrapper. It is idempotent and never shadows a name OpenOOD already has.
+import the wrapper. It is idempotent and never shadows a name OpenOOD already has. The
+Evaluator's ``data_setup`` is wrapped the same way, so it downloads nothing unasked
+(:mod:`.downloads`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,7 @@ from openood.trainers import utils as trainer_utils
 
 from um_plugin.core import MODES
 
-from . import lookups
+from . import downloads, lookups
 from . import postprocessors as ours_pp
 from . import recorder as ours_rec
 from . import trainers as ours_tr
@@ -93,6 +95,7 @@ def register() -> None:
     _hook(modules["openood.evaluation_api.postprocessor"], "get_postprocessor",
           lookups.make_evaluator_get_postprocessor)
     modules["openood.evaluation_api.postprocessor"].postprocessors.update(ours)
+    _hook(modules["openood.evaluation_api.datasets"], "data_setup", downloads.make_data_setup)
     _hook_spawned_workers(modules["openood.utils.launch"])
 
 
