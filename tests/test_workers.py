@@ -27,11 +27,11 @@ def test_a_default_loader_starts_no_more_workers_than_cpus_and_torch_stays_quiet
 
 def test_um_openood_eval_and_repro_default_to_the_capped_count(oo, monkeypatch):
     from benchmarks.repro.pipeline import ReproConfig
-    from um_plugin import cli_eval
+    from um_plugin.cli import eval as eval_verb
     from um_plugin.openood.evaluate import Plan
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     parser = argparse.ArgumentParser()
-    cli_eval.add_parsers(parser.add_subparsers(dest="command"))
+    eval_verb.add_parser(parser.add_subparsers(dest="command"))
     eval_parser = parser._subparsers._group_actions[0].choices["eval"]
     assert eval_parser.get_default("num_workers") == 2  # 4 on a 2-CPU machine: capped
     monkeypatch.undo()
