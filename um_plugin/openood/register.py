@@ -43,7 +43,8 @@ def _check_no_clash(modules: dict) -> None:
     trainer_names = literal_names(modules["openood.trainers.utils"].get_trainer)
     pp_names = literal_names(modules["openood.postprocessors.utils"].get_postprocessor)
     eval_dict = modules["openood.evaluation_api.postprocessor"].postprocessors
-    clashes = [f"trainer {n!r} (openood/trainers/utils.py)" for n in MODES if n in trainer_names]
+    clashes = [f"trainer {n!r} (openood/trainers/utils.py)" for n in ours_tr.TRAINERS
+               if n in trainer_names]
     clashes += [f"postprocessor {n!r} (openood/postprocessors/utils.py)" for n in MODES if n in pp_names]
     clashes += [f"postprocessor {n!r} (openood/evaluation_api/postprocessor.py)"
                 for n, cls in eval_dict.items() if is_method_name(n) and not _ours(cls)]
