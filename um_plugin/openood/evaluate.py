@@ -26,6 +26,8 @@ from openood.evaluation_api import postprocessor as eval_pp
 
 from .config_discovery import base_config_candidates, config_roots
 from .names import is_method_name, known_postprocessor_names, split_name
+from .networks import NETWORKS
+from .wrapping import original
 
 CHECKPOINT = "best.ckpt"  # what main.py's recorder saves and eval_ood.py reads
 
@@ -82,10 +84,11 @@ def model_from_root(root: str, checkpoint_name: str = CHECKPOINT) -> Model:
 
 
 def openood_network_names() -> List[str]:
-    """The names ``openood.networks.get_network`` builds (read from its source)."""
+    """The names ``openood.networks.get_network`` builds (read from its source), and ours."""
     from openood.networks import utils as net_utils
     return sorted(set(re.findall(r"network_config\.name\s*==\s*'([\w-]+)'",
-                                 inspect.getsource(net_utils.get_network))))
+                                 inspect.getsource(original(net_utils.get_network))))
+                  | set(NETWORKS))
 
 
 def network_factory(spec: str, num_classes: int, device: str) -> Callable[[], torch.nn.Module]:
