@@ -166,3 +166,23 @@ def test_a_shorter_outlier_loader_is_cycled_and_outliers_are_required(start):
         FinetuneConfig(outlier_loss="poem")
     with pytest.raises(ValueError, match="include must be null or a non-empty list"):
         FinetuneConfig(include=[])
+
+
+def test_a_run_with_outliers_resumes_bit_exactly(start, tmp_path):
+    """Both loaders' generators are in the checkpoint: a restart rebuilds them from their seeds."""
+    from um_plugin.core import save_checkpoint
+    from um_plugin.core.runs import load_checkpoint
+    config = FinetuneConfig(epochs=3, lr=LR, outlier_loss="energy", progress=False, **ENERGY)
+    whole = Finetuner(fresh_copy(start), XI, config)
+    whole.fit(_id_batches(), outliers=_outliers())
+    first = Finetuner(fresh_copy(start), XI, config)
+    first.train_epoch(_id_batches(), outliers=_outliers())
+    path = save_checkpoint(first, tmp_path / "run.pt")
+    resumed = load_checkpoint(fresh_copy(start), path)
+    resumed.fit(_id_batches(), outliers=_outliers())
+    _assert_bitwise(resumed.model.state_dict(), whole.model.state_dict())
+    assert resumed.history == whole.history
+    with pytest.raises(ValueError, match="outlier_loss: 'none' vs 'energy'"):
+        Finetuner(fresh_copy(start), XI, FinetuneConfig(epochs=3, lr=LR, progress=False,
+                                                        **ENERGY)).load_state_dict(
+            first.state_dict())
