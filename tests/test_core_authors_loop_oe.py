@@ -15,8 +15,8 @@ import torch
 from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
-from core_helpers import TinyCNN, fresh_copy, separable_data, trained_model
-from test_core_authors_loop import _assert_bitwise, _authors_net, _epoch_means, _freeze_model_weights
+from core_helpers import fresh_copy, separable_data, trained_model
+from test_core_authors_loop import _assert_bitwise, _authors_net, _epoch_means
 from um_plugin.core import FinetuneConfig, Finetuner, run_um
 from um_plugin.core.masks import iter_score_masks
 
