@@ -13,7 +13,7 @@ from test_openood_trainers import _Dicts
 
 
 def _oe_config(name, epochs=2, outlier_loss="oe", lambda_oe=0.5, pipeline="train_oe",
-               splits=("train", "oe", "val", "test"), **trainer_args):
+               splits=("train", "oe"), **trainer_args):
     from openood.utils import Config
     args = {"loss_constraint": 0.3, "outlier_loss": outlier_loss, **trainer_args}
     return Config({"trainer": {"name": name, "lambda_oe": lambda_oe, "trainer_args": args},
@@ -58,6 +58,9 @@ def test_oe_trainer_settings_are_checked_in_one_line(oo):
         get_trainer(lenet(), [train, outliers], None, _oe_config("um_oe", lambda_oe=-1))
     with pytest.raises(ValueError, match=r"unknown keys \['m_inn'\]"):
         get_trainer(lenet(), [train, outliers], None, _oe_config("umap_oe", m_inn=-3))
+    from um_plugin.openood.script_config import check_methods  # `um-openood run`, before main.py
+    with pytest.raises(ValueError, match=r"^dataset.split_names: the umap_oe trainer"):
+        check_methods(_oe_config("umap_oe", splits=("train", "val")))
     config = _oe_config("um_oe")
     config.trainer.name = "um"
     with pytest.raises(ValueError, match=r"^trainer 'um' takes one training loader, but pipeline "
@@ -107,6 +110,7 @@ def test_main_py_trains_um_oe_on_a_benchmark_with_an_oe_split(oe_bench, checkout
     assert ("the um_oe trainer differs from the authors' setting in: epochs 2 (authors: 10); "
             "batch_size 8 (authors: 256); OE batch_size 8") in proc.stdout, proc.stdout[-3000:]
     assert "fit_check 'warn'" in proc.stdout
+    assert "on ID validation data" in proc.stdout  # train_oe passes none: the trainer builds it
     [run] = glob.glob(str(out / "*um_oe_oe_lam0.5*" / "s0"))
     [last] = glob.glob(os.path.join(run, "last_epoch2_acc*.ckpt"))
     best = torch.load(os.path.join(run, "best.ckpt"), weights_only=True)

@@ -45,6 +45,8 @@ class UnleashingTrainer:
             raise ValueError("the OE loader is empty; the trainer needs auxiliary outliers "
                              "(dataset.oe.imglist_pth)")
         self.oe_loader = oe_loader
+        if oe_loader is not None and val_loader is None:
+            val_loader = _validation_loader(config)  # train_oe passes none; the fit check needs it
         self.net = net
         self.model = unwrap(net)  # we average gradients ourselves, see sync.py
         refuse_reuse(self.model, f"trainer {self.mode!r}")
@@ -127,6 +129,14 @@ class UMAPOETrainer(UnleashingTrainer):
 
 
 TRAINERS = {cls.name: cls for cls in (UMTrainer, UMAPTrainer, UMOETrainer, UMAPOETrainer)}
+
+
+def _validation_loader(config):
+    """OpenOOD's ID validation loader of ``config``'s dataset, or None without a val split."""
+    if "val" not in ((config.get("dataset") or {}).get("split_names") or []):
+        return None
+    from openood.datasets import get_dataloader
+    return get_dataloader(config)["val"]
 
 
 def _build(name: str, net, train_loader, val_loader, config):
