@@ -78,3 +78,16 @@ def test_main_py_and_eval_build_it_by_name_and_load_their_checkpoint_format(oo, 
     with pytest.raises(ValueError, match=r"network.checkpoint .* does not fit network "
                                          r"'densenet_bc100'"):
         train_oe_pipeline.get_network(config)
+
+
+def test_the_shipped_network_yaml_builds_it(oo):
+    import os
+
+    from openood.networks import get_network
+    from openood.utils import Config
+
+    from um_plugin.openood.densenet import DenseNetBC100
+    from um_plugin.shipped import configs_root
+    config = Config(os.path.join(configs_root(), "networks", "densenet_bc100.yml"))
+    config.network.update(num_classes=100, num_gpus=0)  # main.py fills the '@{...}' references
+    assert isinstance(get_network(config.network), DenseNetBC100)
