@@ -246,7 +246,8 @@ class Finetuner:
 
     def train_epoch(self, loader, epoch: Optional[int] = None, *, desc: Optional[str] = None,
                     outliers=None) -> dict:
-        """Train one epoch; returns the sample-weighted mean loss and accuracy (of the ID data).
+        """Train one epoch; returns the sample-weighted mean loss (outlier term included) and
+        the accuracy on the ID data.
 
         The loader is iterated exactly as ``for batch in loader`` would (the progress bar never
         wraps it), so its shuffle draws from the same RNG state as any plain loop; an outlier
