@@ -56,12 +56,13 @@ def test_the_plan_names_their_rows_numbers_and_every_difference(capsys):
         assert f"{missing}: " in text.split("missing (")[1].split("\n")[0]
     assert "differs: batch 4 (theirs: 256)" in text and "outliers differ: OpenOOD's TIN-597" in text
     rc = pipeline.ReproConfig("cifar100", network="resnet18_32x32", epochs=3, lr=0.05,
-                              data_root=".", methods=["umap"]).validate()
+                              data_root=".", methods=["umap"], scores=["msp"]).validate()
     text = plan_text(rc, rc.schedule())
     assert "| Energy+UMAP | umap | 3 | 0.05 | 256 | estimated | – | keep 0.8, weights trained |" in text
     assert "differs: network resnet18_32x32 = OpenOOD's ResNet-18 (32x32) (theirs:" in text
     assert "differs: --epochs 3 for every fine-tuned row" in text and "--lr 0.05" in text
     assert "densenet_cifar100_best.state" in text
+    assert "differs: scores msp besides or instead of energy (theirs: energy)" in text
     umap = rc.finetune_config("umap", 1, rc.schedule())
     assert umap.freeze_weights is False and umap.seed == 2  # run 1: apart from xi's seed 0
 

@@ -44,6 +44,9 @@ def differences(rc, cfg: dict) -> list:
         out.append(f"batch {cfg['batch']} (theirs: 256)")
     if cfg["keep_ratio"] != 0.8 and "umap" in rc.methods:
         out.append(f"UMAP keep ratio {cfg['keep_ratio']} (theirs: 0.8)")
+    other = [s for s in rc.scores if s != "ebo"]
+    if other:
+        out.append(f"scores {', '.join(other)} besides or instead of energy (theirs: energy)")
     if rc.xi is not None:
         out.append(f"xi {rc.xi} given (theirs: estimated)")
     if rc.xi_draws != 1:
