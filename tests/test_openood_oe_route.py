@@ -118,3 +118,22 @@ def test_main_py_trains_um_oe_on_a_benchmark_with_an_oe_split(oe_bench, checkout
     assert all(torch.equal(best[k], final[k]) for k in final)  # the final model, as for um
     base = torch.load(oe_bench["ckpt"], weights_only=True)
     assert any(not torch.equal(base[k], final[k]) for k in base)
+
+
+@pytest.mark.parametrize("name", ["um_oe", "umap_oe"])
+def test_the_shipped_oe_yamls_are_the_authors_oe_setting(oo, name):
+    from openood.utils import Config
+
+    from um_plugin.openood.options import trainer_options
+    from um_plugin.openood.presets import differences
+    from um_plugin.shipped import configs_root
+    config = Config(os.path.join(configs_root(), f"train_{name}.yml"))
+    config.dataset.split_names = ["train", "oe", "val", "test"]
+    options = trainer_options(config, name)
+    fc = options.finetune
+    assert (fc.epochs, fc.lr, fc.outlier_loss, fc.lambda_oe, fc.nesterov) == (10, 0.01, "oe", 0.5, False)
+    assert differences(options, config.dataset.train.batch_size,
+                       config.dataset.oe.batch_size) == []
+    config.trainer.trainer_args.outlier_loss = "energy"
+    fc = trainer_options(config, name).finetune
+    assert (fc.outlier_loss, fc.m_in, fc.m_out, fc.energy_beta) == ("energy", -25.0, -7.0, 0.1)
