@@ -30,6 +30,7 @@ LAYOUT = (
     ("openood.utils.comm", "is_main_process", types.FunctionType),
     ("openood.utils.launch", "_distributed_worker", types.FunctionType),
     ("openood.recorders.utils", "get_recorder", types.FunctionType),
+    ("openood.networks.utils", "get_network", types.FunctionType),
 )
 
 

@@ -20,6 +20,7 @@ from openood.trainers import utils as trainer_utils
 from um_plugin.core import MODES
 
 from . import downloads, lookups
+from . import networks as ours_net
 from . import postprocessors as ours_pp
 from . import recorder as ours_rec
 from . import trainers as ours_tr
@@ -45,8 +46,12 @@ def _check_no_clash(modules: dict) -> None:
     trainer_names = literal_names(modules["openood.trainers.utils"].get_trainer)
     pp_names = literal_names(modules["openood.postprocessors.utils"].get_postprocessor)
     eval_dict = modules["openood.evaluation_api.postprocessor"].postprocessors
-    clashes = [f"trainer {n!r} (openood/trainers/utils.py)" for n in MODES if n in trainer_names]
+    clashes = [f"trainer {n!r} (openood/trainers/utils.py)" for n in ours_tr.TRAINERS
+               if n in trainer_names]
     clashes += [f"postprocessor {n!r} (openood/postprocessors/utils.py)" for n in MODES if n in pp_names]
+    net_names = literal_names(modules["openood.networks.utils"].get_network)
+    clashes += [f"network {n!r} (openood/networks/utils.py)" for n in ours_net.NETWORKS
+                if n in net_names]
     clashes += [f"postprocessor {n!r} (openood/evaluation_api/postprocessor.py)"
                 for n, cls in eval_dict.items() if is_method_name(n) and not _ours(cls)]
     if clashes:
@@ -90,6 +95,7 @@ def register() -> None:
 
     _hook(modules["openood.trainers.utils"], "get_trainer", ours_tr.make_get_trainer)
     _hook(modules["openood.recorders.utils"], "get_recorder", ours_rec.make_get_recorder)
+    _hook(modules["openood.networks.utils"], "get_network", ours_net.make_get_network)
     _hook(modules["openood.postprocessors.utils"], "get_postprocessor",
           lookups.make_pipeline_get_postprocessor)
     _hook(modules["openood.evaluation_api.postprocessor"], "get_postprocessor",
