@@ -101,12 +101,17 @@ def tuner_for(model: nn.Module, mode: str, xi: float, keep_ratio: float, steps: 
     return Finetuner(model, xi, config, steps_per_epoch=steps)
 
 
+def variant_tuners(base: nn.Module, keep_ratio: float, steps: int) -> Dict[str, Finetuner]:
+    """One engine run per variant (plain, UM, UMAP), each on its own copy of ``base``."""
+    return {mode: tuner_for(copy.deepcopy(base).train(), engine_mode, xi, keep_ratio, steps)
+            for mode, engine_mode, xi in VARIANTS}
+
+
 def training_steps(base: nn.Module, x, y, keep_ratio: float, rounds: int, warmup: int,
                    round_steps: int, device: torch.device) -> dict:
     """Seconds per step of plain (UM at ξ 0), UM and UMAP, each ``round_steps`` steps a round."""
     batches = [(x, y)] * round_steps
-    tuners = {mode: tuner_for(copy.deepcopy(base).train(), engine_mode, xi, keep_ratio, round_steps)
-              for mode, engine_mode, xi in VARIANTS}
+    tuners = variant_tuners(base, keep_ratio, round_steps)
     fns = {k: (lambda t=t: t.train_epoch(batches)) for k, t in tuners.items()}
     times = interleaved(fns, rounds, warmup, device)
     step = {k: v / round_steps for k, v in median(times).items()}

@@ -1,0 +1,92 @@
+"""Where UMAP's extra time goes: self CPU time by op, UMAP minus plain, as a share of plain.
+
+``python -m benchmarks.cost --profile`` profiles steps of both variants with
+``torch.profiler`` (interleaved, a few rounds each) and prints, per op, how much more self
+CPU time a UMAP step spends than a plain one (each op's least time over the rounds, since
+load only adds time), as a percentage of the plain step. It also
+states the *floor*: the element-wise passes over the masked weights that UMAP cannot avoid,
+timed here as plain memory passes over those weights.
+"""
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from typing import Dict, List
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+from um_plugin.core.masks import score_parameters
+
+# The passes over every masked weight that any UMAP step needs, whatever the implementation:
+# the forward's ``weight * mask``, the backward's ``grad * weight * sign(scores)`` (one fused
+# pass at best) and the selection reading every score once against the threshold.
+FLOOR_PASSES = (("forward: weight * mask", 1), ("backward: grad * weight * sign(scores)", 1),
+                ("selection: |scores| against the cut, with its count", 1))
+TOP = 14  # ops listed, largest difference first
+
+
+def self_cpu_by_op(tuner, batches, rounds: int) -> Dict[str, float]:
+    """Self CPU microseconds per step by op name over ``rounds`` profiled epochs."""
+    totals: Dict[str, float] = defaultdict(float)
+    steps = 0
+    for _ in range(rounds):
+        with profile(activities=[ProfilerActivity.CPU]) as prof:
+            tuner.train_epoch(batches)
+        for evt in prof.key_averages():
+            totals[evt.key] += evt.self_cpu_time_total
+        steps += len(batches)
+    return {k: v / steps for k, v in totals.items()}
+
+
+def pass_time(weights: List[torch.Tensor], repeats: int = 20) -> float:
+    """Seconds for one element-wise pass (read two, write one) over every masked weight."""
+    outs = [torch.empty_like(w) for w in weights]
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        for w, o in zip(weights, outs):
+            torch.mul(w, w, out=o)
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
+def umap_profile(tuners: dict, batches, rounds: int, plain_step_s: float) -> dict:
+    """The UMAP-minus-plain breakdown by op and the floor, from the benchmark's tuners."""
+    per = {k: {} for k in ("plain", "umap")}
+    runs = {k: [] for k in per}
+    for r in range(rounds):  # interleaved, one epoch each, so load falls on both alike
+        for k in (("plain", "umap") if r % 2 == 0 else ("umap", "plain")):
+            runs[k].append(self_cpu_by_op(tuners[k], batches, 1))
+    for k, dicts in runs.items():  # the least time per op: load only ever adds time
+        keys = set().union(*dicts)
+        per[k] = {op: min(d.get(op, 0.0) for d in dicts) for op in keys}
+    plain_total = sum(per["plain"].values())
+    ops = set(per["plain"]) | set(per["umap"])
+    diff = {op: per["umap"].get(op, 0.0) - per["plain"].get(op, 0.0) for op in ops}
+    rows = sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:TOP]
+    weights = [p.detach() for p in score_parameters(tuners["umap"].model)]
+    one_pass = pass_time(weights)
+    floor = sum(n for _, n in FLOOR_PASSES) * one_pass
+    return {"plain_self_cpu_us_per_step": plain_total,
+            "umap_minus_plain_share": (sum(per["umap"].values()) - plain_total) / plain_total,
+            "by_op_share": {op: d / plain_total for op, d in rows},
+            "masked_weights": sum(w.numel() for w in weights),
+            "one_pass_s": one_pass, "floor_passes": [list(p) for p in FLOOR_PASSES],
+            "floor_share": floor / plain_step_s}
+
+
+def profile_markdown(name: str, batch: int, prof: dict) -> str:
+    """The breakdown as a table, then the floor in one sentence."""
+    lines = [f"\nUMAP minus plain, self CPU time by op ({name}, batch {batch}), as a share of "
+             f"the plain step ({prof['plain_self_cpu_us_per_step'] / 1e3:.2f} ms self CPU "
+             f"under the profiler); total {100 * prof['umap_minus_plain_share']:+.2f}%; wall time "
+             f"UMAP/plain {prof['wall_ratio_umap_vs_plain']:.3f} (unprofiled):\n",
+             "| op | UMAP - plain, % of plain step |", "|---|---|"]
+    lines += [f"| `{op}` | {100 * s:+.2f}% |" for op, s in prof["by_op_share"].items()]
+    passes = ", ".join(f"{n} x {what}" for what, n in prof["floor_passes"])
+    lines.append(f"\nFloor: {passes} over the {prof['masked_weights']:,} masked weights; one "
+                 f"such pass takes {prof['one_pass_s'] * 1e3:.3f} ms here, so the floor is "
+                 f"{100 * prof['floor_share']:.2f}% of the plain step.\n")
+    return "\n".join(lines)
+
