@@ -89,7 +89,7 @@ def test_unchanged_scores_reuse_the_cached_mask(threshold, monkeypatch):
     model(x)
     selector = next(iter_score_masks(model))[2].group.selector
     calls = []
-    for name in ("select_", "select_layer_"):  # the general and the per-layer entry
+    for name in ("select_", "select_each_"):  # the one-threshold and the per-layer entry
         monkeypatch.setattr(selector, name, lambda *a, **k: calls.append(a))
     model(x)
     assert calls == []  # nothing changed: no recomputation

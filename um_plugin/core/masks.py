@@ -25,6 +25,9 @@ from .popup import SignBuffer, masked_weight
 from .topk import (TopKSelector, num_kept, sorted_reference_mask,  # noqa: F401  (re-exported)
                    topk_mask_)
 
+# Weights per selection call under per-layer thresholds: small layers are selected together
+# (one comparison and count for all), a larger layer alone, so the shared scratch stays small.
+CHUNK = 1 << 18
 MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 
@@ -64,6 +67,7 @@ class _MaskGroup:
         self.selector = TopKSelector()
         self.sign = SignBuffer()  # shared by the layers' backward passes, which run one by one
         self._seen: tuple | None = None
+        self._plan: tuple | None = None  # (members' device, dtype, size), their chunks
 
     @staticmethod
     def _state_of(m: "ScoreMask") -> tuple:
@@ -84,13 +88,16 @@ class _MaskGroup:
         if self.threshold == "layer":
             if member is not None and self._state_of(member) == member.seen:
                 return
-            for m in self.members:
-                if self._state_of(m) != m.seen:
-                    with torch.no_grad():
-                        self.selector.select_layer_(m.mask, m.scores,
-                                                    num_kept(m.scores.numel(), self.keep_ratio),
-                                                    m.index)
-                    m.seen = self._state_of(m)
+            states = [self._state_of(m) for m in self.members]
+            with torch.no_grad():
+                for key, chunk in enumerate(self._chunks()):
+                    if any(states[i] != self.members[i].seen for i in chunk):
+                        ms = [self.members[i] for i in chunk]
+                        self.selector.select_each_(
+                            [m.mask for m in ms], [m.scores for m in ms],
+                            [num_kept(m.scores.numel(), self.keep_ratio) for m in ms], key)
+                        for i in chunk:
+                            self.members[i].seen = states[i]
             return
         with torch.no_grad():
             state = tuple(self._state_of(m) for m in self.members)
@@ -101,6 +108,22 @@ class _MaskGroup:
                                   [m.scores for m in self.members],
                                   num_kept(total, self.keep_ratio))
             self._seen = tuple(self._state_of(m) for m in self.members)
+
+    def _chunks(self) -> list[list[int]]:
+        """Members selected together: runs of one device and dtype, up to CHUNK weights each
+        (a larger layer alone), so small layers share one call and scratch stays small."""
+        signature = tuple((m.scores.device, m.scores.dtype, m.scores.numel()) for m in self.members)
+        if self._plan is None or self._plan[0] != signature:
+            chunks, total = [], 0
+            for i, (device, dtype, n) in enumerate(signature):
+                if chunks and signature[chunks[-1][-1]][:2] == (device, dtype) and total + n <= CHUNK:
+                    chunks[-1].append(i)
+                    total += n
+                else:
+                    chunks.append([i])
+                    total = n
+            self._plan = (signature, chunks)
+        return self._plan[1]
 
     def mark_fresh(self) -> None:
         """Declare the masks right for the scores as they are (after restoring both together)."""

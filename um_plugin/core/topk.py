@@ -64,6 +64,7 @@ class TopKSelector:
         self._mag: torch.Tensor | None = None  # magnitudes, NaN past the last row's end
         self._ind: torch.Tensor | None = None  # float32 indicators of the dropped entries
         self._cuts: dict = {}  # key -> (cut, magnitude gap per entry near the threshold)
+        self._plans: dict = {}  # key -> _Layout of select_each_
 
     def select_layer_(self, mask: torch.Tensor, scores: torch.Tensor, keep: int, key) -> None:
         """:meth:`select_` for one layer."""
@@ -76,12 +77,7 @@ class TopKSelector:
         One threshold over the concatenation (pass one pair for a per-layer mask); ``key``
         names the threshold whose last cut the CPU path reuses.
         """
-        sizes = [s.numel() for s in scores]
-        if len(masks) != len(scores) or any(
-                m.numel() != size or not m.is_contiguous() for m, size in zip(masks, sizes)):
-            raise ValueError("each mask must be a contiguous tensor shaped like its scores, got "
-                             f"masks {[tuple(m.shape) for m in masks]} for scores "
-                             f"{[tuple(s.shape) for s in scores]}")
+        sizes = _checked(masks, scores)
         n = sum(sizes)
         if not 0 <= keep <= n:
             raise ValueError(f"keep must be in [0, {n}], got {keep!r}")
@@ -90,7 +86,7 @@ class TopKSelector:
                 m.fill_(keep == n)
             return
         first = scores[0]
-        sync_free = self.sync_free if self.sync_free is not None else first.device.type != "cpu"
+        sync_free = self._sync_free(first)
         mag, ind = self._scratch(-(-n // ROW) * ROW, first)
         offset = 0
         with torch.no_grad():
@@ -107,6 +103,67 @@ class TopKSelector:
                 torch.eq(ind[offset:offset + size], 0, out=m.view(-1))
                 offset += size
 
+    def select_each_(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
+                     keeps: Sequence[int], key=0) -> None:
+        """Fill ``masks[i]`` with 1 at the ``keeps[i]`` largest ``|scores[i]|``, for every i.
+
+        One threshold per tensor (per-layer masks), found in one pass for all of them: the
+        tensors' magnitudes are laid side by side, each from a row boundary on, so one
+        comparison against every tensor's last cut and one row count certify them all, and
+        only the tensors whose count is off are mended (as :meth:`select_` mends one).
+        """
+        sizes = _checked(masks, scores)
+        if len(keeps) != len(sizes) or not all(0 <= k <= n for k, n in zip(keeps, sizes)):
+            raise ValueError(f"keeps must give one count in [0, n] per tensor of sizes {sizes}, "
+                             f"got {list(keeps)!r}")
+        first = scores[0]
+        plan = self._plan(key, sizes, first)
+        mag, ind = self._scratch(plan.padded, first)
+        with torch.no_grad():
+            for s, start, size in zip(scores, plan.starts, sizes):
+                torch.abs(s.detach().reshape(-1), out=mag[start:start + size])
+            if self._sync_free(first):
+                for start, size, keep in zip(plan.starts, sizes, keeps):
+                    _drop_sync_free_(ind[start:start + size], mag[start:start + size],
+                                     size - keep)
+            else:
+                self._drop_each_(plan, ind, mag, sizes, keeps)
+            for m, start, size in zip(masks, plan.starts, sizes):
+                torch.eq(ind[start:start + size], 0, out=m.view(-1))
+
+    def _sync_free(self, like: torch.Tensor) -> bool:
+        return self.sync_free if self.sync_free is not None else like.device.type != "cpu"
+
+    def _plan(self, key, sizes: list, like: torch.Tensor) -> "_Layout":
+        """The side-by-side layout of tensors of ``sizes`` under ``key`` (kept while they last)."""
+        plan = self._plans.get(key)
+        if plan is None or plan.sizes != sizes or plan.bounds.device != like.device \
+                or plan.bounds.dtype != like.dtype:
+            plan = self._plans[key] = _Layout(sizes, like, key)
+            for i, start in enumerate(plan.starts):  # cuts left by select_layer_ still hold
+                cut = self._cuts.get(plan.keys[i], (-math.inf, None))[0]
+                plan.bounds[start // ROW:plan.ends[i] // ROW].fill_(cut)
+        return plan
+
+    def _drop_each_(self, plan: "_Layout", ind, mag, sizes, keeps) -> None:
+        """Per-tensor :meth:`_drop_`: one comparison and count for all, then the misses."""
+        if plan.pads is not None:
+            mag.index_fill_(0, plan.pads, math.nan)  # row padding: never counted nor in a band
+        ind2d, mag2d = ind.view(-1, ROW), mag.view(-1, ROW)
+        torch.le(mag2d, plan.bounds, out=ind2d)
+        rows = ind2d.sum(1, dtype=torch.float64)
+        counts = plan.counts.zero_().index_add_(0, plan.row_owner, rows).tolist()
+        for i, (size, keep) in enumerate(zip(sizes, keeps)):
+            drop, r0, r1 = size - keep, plan.starts[i] // ROW, plan.ends[i] // ROW
+            if keep in (0, size):
+                ind2d[r0:r1].fill_(keep == 0)
+            elif counts[i] != drop:
+                k = plan.keys[i]
+                cut = self._cuts.get(k, (-math.inf, None))[0]
+                self._drop_(ind2d[r0:r1], mag2d[r0:r1], size, drop, k,
+                            (cut, rows[r0:r1], int(counts[i])))
+                plan.bounds[r0:r1].fill_(self._cuts.get(k, (-math.inf, None))[0])
+
     def _scratch(self, padded: int, like: torch.Tensor):
         """Magnitudes in ``like``'s dtype and indicators, ``padded`` long, shared by all keys."""
         if (self._mag is None or self._mag.numel() < padded or self._mag.device != like.device
@@ -115,10 +172,11 @@ class TopKSelector:
             self._ind = torch.empty(padded, device=like.device, dtype=torch.float32)
         return self._mag[:padded], self._ind[:padded]
 
-    def _drop_(self, ind2d, mag2d, n: int, drop: int, key) -> None:
-        """Set ``ind2d`` to 1 at the ``drop`` smallest magnitudes (ties: lowest indices)."""
+    def _drop_(self, ind2d, mag2d, n: int, drop: int, key, counted=None) -> None:
+        """Set ``ind2d`` to 1 at the ``drop`` smallest magnitudes (ties: lowest indices);
+        ``counted``, when given, is the count at the last cut already in ``ind2d``."""
         cut, gap = self._cuts.get(key, (-math.inf, None))  # a first call: bracket everything
-        counted = _count(mag2d, cut, ind2d)
+        counted = counted or _count(mag2d, cut, ind2d)
         if counted[2] == drop:  # exactly ``drop`` entries up to the cut: no tie straddles it
             return
         up = counted[2] < drop  # the threshold lies above the cut
@@ -140,6 +198,39 @@ class TopKSelector:
             self._cuts.pop(key, None)
             return
         self._cuts[key] = _select_band_(ind2d, mag2d, n, drop, lo, hi)
+
+
+def _checked(masks, scores) -> list:
+    """The sizes of ``scores``, once each mask is seen to be a contiguous tensor as large."""
+    sizes = [s.numel() for s in scores]
+    if len(masks) != len(scores) or not sizes or any(
+            m.numel() != size or not m.is_contiguous() for m, size in zip(masks, sizes)):
+        raise ValueError("each mask must be a contiguous tensor shaped like its scores, got "
+                         f"masks {[tuple(m.shape) for m in masks]} for scores "
+                         f"{[tuple(s.shape) for s in scores]}")
+    return sizes
+
+
+class _Layout:
+    """Where :meth:`TopKSelector.select_each_` puts each tensor: from a row boundary on, so
+    every row belongs to one tensor and holds that tensor's cut in ``bounds``."""
+
+    def __init__(self, sizes: list, like: torch.Tensor, key):
+        self.sizes = list(sizes)
+        self.ends, self.starts, start = [], [], 0
+        for size in sizes:
+            self.starts.append(start)
+            start += -(-size // ROW) * ROW
+            self.ends.append(start)
+        self.padded = start
+        rows = torch.tensor([-(-size // ROW) for size in sizes], device=like.device)
+        self.row_owner = torch.repeat_interleave(torch.arange(len(sizes), device=like.device),
+                                                 rows)
+        self.bounds = torch.full((start // ROW, 1), -math.inf, dtype=like.dtype, device=like.device)
+        self.counts = torch.zeros(len(sizes), dtype=torch.float64, device=like.device)
+        pads = [torch.arange(b + n, e) for b, n, e in zip(self.starts, sizes, self.ends) if b + n < e]
+        self.pads = torch.cat(pads).to(like.device) if pads else None
+        self.keys = [(key, i) for i in range(len(sizes))]
 
 
 def _count(mag2d, bound: float, ind2d):
