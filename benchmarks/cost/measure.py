@@ -92,13 +92,18 @@ def paired_ratio(times: Dict[str, List[float]], num: str, den: str) -> tuple:
     return statistics.median(ratios), (q1, q3)
 
 
+def tuner_settings(mode: str, keep_ratio: float) -> dict:
+    """The ``FinetuneConfig`` fields of every timed run: long enough that the cosine schedule
+    never ends while being timed."""
+    return dict(mode=mode, epochs=10 ** 6, lr=0.01, momentum=0.9, weight_decay=1e-4,
+                nesterov=True, keep_ratio=keep_ratio, threshold="layer", freeze_weights=True,
+                beta=1.0, min_lr=0.0, seed=0, precision="fp32", progress=False)
+
+
 def tuner_for(model: nn.Module, mode: str, xi: float, keep_ratio: float, steps: int) -> Finetuner:
-    """An engine run that never reaches the end of its cosine schedule while being timed."""
-    config = FinetuneConfig(mode=mode, epochs=10 ** 6, lr=0.01, momentum=0.9, weight_decay=1e-4,
-                            nesterov=True, keep_ratio=keep_ratio, threshold="layer",
-                            freeze_weights=True, beta=1.0, min_lr=0.0, seed=0, precision="fp32",
-                            progress=False)
-    return Finetuner(model, xi, config, steps_per_epoch=steps)
+    """An engine run of ``mode`` at ``xi`` with :func:`tuner_settings`."""
+    return Finetuner(model, xi, FinetuneConfig(**tuner_settings(mode, keep_ratio)),
+                     steps_per_epoch=steps)
 
 
 def variant_tuners(base: nn.Module, keep_ratio: float, steps: int) -> Dict[str, Finetuner]:
