@@ -17,6 +17,7 @@ import subprocess
 import sys
 import tarfile
 import tempfile
+import time
 
 import torch
 
@@ -64,8 +65,11 @@ def load() -> list:
     return list(os.getloadavg())
 
 
+CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
+
+
 def compare(name: str, batch: int, rounds: int, steps: int, warmup: int, keep_ratio: float,
-            modules) -> dict:
+            modules, clock: str) -> dict:
     """Interleaved plain / UMAP-after / UMAP-before steps of one model; masks compared after."""
     base, x, y = model_and_batch(name, batch, torch.device("cpu"))
     batches = [(x, y)] * steps
@@ -75,8 +79,8 @@ def compare(name: str, batch: int, rounds: int, steps: int, warmup: int, keep_ra
                                             steps)}
     fns = {k: (lambda t=t: t.train_epoch(batches)) for k, t in tuners.items()}
     start = load()
-    times = interleaved(fns, rounds, warmup, torch.device("cpu"))
-    res = {"model": name, "batch": batch, "rounds": rounds, "round_steps": steps,
+    times = interleaved(fns, rounds, warmup, torch.device("cpu"), CLOCKS[clock])
+    res = {"model": name, "batch": batch, "rounds": rounds, "round_steps": steps, "clock": clock,
            "load_start": start, "load_end": load(),
            "step_s": {k: v / steps for k, v in median(times).items()}}
     for num, den in (("umap_after", "plain"), ("umap_before", "plain"),
@@ -104,7 +108,7 @@ def _masks_of(model):
 
 def markdown(results: dict) -> str:
     lines = [f"Before ({results['baseline']}) / after ({results['after']}), one process, "
-             f"{results['threads']} thread(s), plain / UMAP-after / UMAP-before interleaved; "
+             f"{results['threads']} thread(s), {results['clock']} clock, plain / UMAP-after / UMAP-before interleaved; "
              "median of the ratio within a round [interquartile range] (ratio of the fastest "
              "rounds, which load disturbs least); load average "
              "(1, 5, 15 min) at the start and end of each row.\n",
@@ -135,6 +139,9 @@ def build_parser() -> OneLineParser:
     p.add_argument("--round-steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
+                   help="wall time, or this thread's CPU time (which other processes' load "
+                        "does not inflate; with --threads 1 it is all of the work)")
     p.add_argument("--out", default="results/cost")
     return p
 
@@ -152,10 +159,11 @@ def run(a) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         modules = load_baseline(a.baseline, folder)
         results = {"baseline": a.baseline, "after": after, "threads": torch.get_num_threads(),
+                   "clock": a.clock,
                    "rows": []}
         for name in a.models:
             results["rows"].append(compare(name, a.batch, a.rounds, a.round_steps, a.warmup,
-                                           OFFICIAL_UMAP_KEEP_RATIO, modules))
+                                           OFFICIAL_UMAP_KEEP_RATIO, modules, a.clock))
             print(markdown(results).splitlines()[-1], flush=True)
     results["table"] = markdown(results)
     with open(os.path.join(a.out, "versus.json"), "w") as fh:

@@ -38,6 +38,9 @@ SPREAD, SLACK = 3, 8
 # A bound that fails is tried WIDEN times farther, TRIES times in all; then the infinite bound
 # (a selection over the whole moved side) is taken. Three tries reach 256x the expected gap.
 WIDEN, TRIES = 16, 3
+# A band of at most this many entries gives its threshold and the entry after it from one
+# partial sort (``topk``); a larger one (a first selection) takes one ``kthvalue``.
+RANKED_MAX = 256
 # Off the CPU (no host sync), from this size on one stable sort beats ``kthvalue``, which
 # runs one thread block per slice.
 SORT_MIN = 100_000
@@ -151,8 +154,8 @@ class TopKSelector:
             mag.index_fill_(0, plan.pads, math.nan)  # row padding: never counted nor in a band
         ind2d, mag2d = ind.view(-1, ROW), mag.view(-1, ROW)
         torch.le(mag2d, plan.bounds, out=ind2d)
-        rows = ind2d.sum(1, dtype=torch.float64)
-        counts = plan.counts.zero_().index_add_(0, plan.row_owner, rows).tolist()
+        rows = ind2d.sum(1)  # at most ROW per row: exact in float32
+        counts = plan.counts.zero_().index_add_(0, plan.row_owner, rows.double()).tolist()
         for i, (size, keep) in enumerate(zip(sizes, keeps)):
             drop, r0, r1 = size - keep, plan.starts[i] // ROW, plan.ends[i] // ROW
             if keep in (0, size):
@@ -258,28 +261,34 @@ def _select_band_(ind2d, mag2d, n: int, drop: int, lo, hi):
     ``lo`` and ``hi`` are :func:`_count` results with fewer and more than ``drop`` entries
     up to them; ``ind2d`` holds one of the two comparisons, right outside those rows.
     """
-    (low, rows_lo, below), (high, rows_hi, _) = lo, hi
+    (low, rows_lo, below), (high, rows_hi, up_to_high) = lo, hi
     rows = torch.nonzero(rows_lo != rows_hi).view(-1)
     near = mag2d.index_select(0, rows)
     flat = near.view(-1)
     band = flat[(flat > low) & (flat <= high)]
-    t = torch.kthvalue(band, drop - below).values
-    dropped = torch.le(near, t).float()
-    kept_ties = below + int(torch.count_nonzero(band <= t)) - drop
-    if kept_ties:  # tied entries straddle t: the stable sort keeps the highest indices
+    k = drop - below  # the threshold's rank in the band
+    if k < band.numel() <= RANKED_MAX:  # the k-th and the next entry from one partial sort
+        t, following = torch.topk(band, k + 1, largest=False).values[k - 1:].tolist()
+        straddle = following == t  # else exactly k band entries are <= t
+    else:
+        t = float(torch.kthvalue(band, k).values)
+        above = band[band > t]
+        following = float(above.min()) if above.numel() else high
+        straddle = True  # counted below
+    dropped = torch.empty(near.shape, dtype=ind2d.dtype, device=ind2d.device)
+    torch.le(near, t, out=dropped)
+    kept_ties = below + int(torch.count_nonzero(band <= t)) - drop if straddle else 0
+    if kept_ties:  # the stable sort keeps the tied entries of the highest indices
         tied = torch.nonzero(flat == t).view(-1)
         dropped.view(-1)[tied[tied.numel() - kept_ties:]] = 0
     ind2d.index_copy_(0, rows, dropped)
-    value = float(t)
     gap = (high - low) / band.numel()
     if not math.isfinite(gap):  # a selection from scratch: as if spread evenly over [0, 2t]
-        gap = 2 * value / n
-    gap = max(gap, math.ulp(value))
-    above = band[band > t]  # every entry above the band exceeds ``high``
-    following = float(above.min()) if above.numel() else high
+        gap = 2 * t / n
+    gap = max(gap, math.ulp(t))
     if kept_ties or not math.isfinite(following):
-        return value, gap
-    return (value + following) / 2, gap  # halfway to the next entry: room for small moves
+        return t, gap
+    return (t + following) / 2, gap  # halfway to the next entry: room for small moves
 
 
 def _drop_sync_free_(ind: torch.Tensor, mag: torch.Tensor, drop: int) -> None:
