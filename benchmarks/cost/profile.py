@@ -26,17 +26,15 @@ FLOOR_PASSES = (("forward: weight * mask", 1), ("backward: grad * weight * sign(
 TOP = 14  # ops listed, largest difference first
 
 
-def self_cpu_by_op(tuner, batches, rounds: int) -> Dict[str, float]:
-    """Self CPU microseconds per step by op name over ``rounds`` profiled epochs."""
-    totals: Dict[str, float] = defaultdict(float)
-    steps = 0
-    for _ in range(rounds):
-        with profile(activities=[ProfilerActivity.CPU]) as prof:
-            tuner.train_epoch(batches)
-        for evt in prof.key_averages():
-            totals[evt.key] += evt.self_cpu_time_total
-        steps += len(batches)
-    return {k: v / steps for k, v in totals.items()}
+def self_cpu_by_op(tuner, batches) -> Dict[str, tuple]:
+    """``(self CPU microseconds, calls)`` per step by op name over one profiled epoch."""
+    totals: Dict[str, list] = defaultdict(lambda: [0.0, 0])
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        tuner.train_epoch(batches)
+    for evt in prof.key_averages():
+        totals[evt.key][0] += evt.self_cpu_time_total
+        totals[evt.key][1] += evt.count
+    return {k: (t / len(batches), c / len(batches)) for k, (t, c) in totals.items()}
 
 
 def pass_time(weights: List[torch.Tensor], repeats: int = 20) -> float:
@@ -53,24 +51,28 @@ def pass_time(weights: List[torch.Tensor], repeats: int = 20) -> float:
 
 def umap_profile(tuners: dict, batches, rounds: int, plain_step_s: float) -> dict:
     """The UMAP-minus-plain breakdown by op and the floor, from the benchmark's tuners."""
-    per = {k: {} for k in ("plain", "umap")}
-    runs = {k: [] for k in per}
+    per, calls = {}, {}
+    runs = {k: [] for k in ("plain", "umap")}
     for r in range(rounds):  # interleaved, one epoch each, so load falls on both alike
         for k in (("plain", "umap") if r % 2 == 0 else ("umap", "plain")):
-            runs[k].append(self_cpu_by_op(tuners[k], batches, 1))
+            runs[k].append(self_cpu_by_op(tuners[k], batches))
     for k, dicts in runs.items():  # the least time per op: load only ever adds time
         keys = set().union(*dicts)
-        per[k] = {op: min(d.get(op, 0.0) for d in dicts) for op in keys}
+        per[k] = {op: min(d.get(op, (0.0, 0))[0] for d in dicts) for op in keys}
+        calls[k] = {op: dicts[-1].get(op, (0.0, 0))[1] for op in keys}
     plain_total = sum(per["plain"].values())
     ops = set(per["plain"]) | set(per["umap"])
     diff = {op: per["umap"].get(op, 0.0) - per["plain"].get(op, 0.0) for op in ops}
     rows = sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:TOP]
+    extra_calls = {op: calls["umap"].get(op, 0) - calls["plain"].get(op, 0) for op in ops}
     weights = [p.detach() for p in score_parameters(tuners["umap"].model)]
     one_pass = pass_time(weights)
     floor = sum(n for _, n in FLOOR_PASSES) * one_pass
     return {"plain_self_cpu_us_per_step": plain_total,
             "umap_minus_plain_share": (sum(per["umap"].values()) - plain_total) / plain_total,
             "by_op_share": {op: d / plain_total for op, d in rows},
+            "by_op_extra_calls": {op: extra_calls[op] for op, _ in rows},
+            "extra_calls_per_step": sum(v for k, v in extra_calls.items() if k.startswith("aten::")),
             "masked_weights": sum(w.numel() for w in weights),
             "one_pass_s": one_pass, "floor_passes": [list(p) for p in FLOOR_PASSES],
             "floor_share": floor / plain_step_s}
@@ -82,8 +84,12 @@ def profile_markdown(name: str, batch: int, prof: dict) -> str:
              f"the plain step ({prof['plain_self_cpu_us_per_step'] / 1e3:.2f} ms self CPU "
              f"under the profiler); total {100 * prof['umap_minus_plain_share']:+.2f}%; wall time "
              f"UMAP/plain {prof['wall_ratio_umap_vs_plain']:.3f} (unprofiled):\n",
-             "| op | UMAP - plain, % of plain step |", "|---|---|"]
-    lines += [f"| `{op}` | {100 * s:+.2f}% |" for op, s in prof["by_op_share"].items()]
+             "| op | UMAP - plain, % of plain step | calls per step, UMAP - plain |",
+             "|---|---|---|"]
+    lines += [f"| `{op}` | {100 * s:+.2f}% | {prof['by_op_extra_calls'][op]:+g} |"
+              for op, s in prof["by_op_share"].items()]
+    lines.append(f"\nUMAP calls {prof['extra_calls_per_step']:+g} aten ops per step more than "
+                 "plain (a count: the machine's load does not change it).")
     passes = ", ".join(f"{n} x {what}" for what, n in prof["floor_passes"])
     lines.append(f"\nFloor: {passes} over the {prof['masked_weights']:,} masked weights; one "
                  f"such pass takes {prof['one_pass_s'] * 1e3:.3f} ms here, so the floor is "

@@ -11,17 +11,30 @@ import torch
 
 
 class SignBuffer:
-    """``sign(scores)`` written into memory reused across layers and steps (per device, dtype)."""
+    """``sign(scores)`` written into memory reused across layers and steps (per device, dtype).
+
+    A fresh tensor per layer and step would cost the allocator a large block each time; the
+    buffer's view shaped like each layer is kept too, so a step creates no view either.
+    """
 
     def __init__(self):
-        self._bufs: dict = {}
+        self._bufs: dict = {}  # (device, dtype) -> flat buffer
+        self._views: dict = {}  # (device, dtype, shape) -> view of that buffer
 
     def of(self, scores: torch.Tensor) -> torch.Tensor:
+        key = (scores.device, scores.dtype, scores.shape)
+        view = self._views.get(key)
+        if view is None:
+            view = self._views[key] = self._grow(scores)
+        return torch.sign(scores.detach(), out=view)
+
+    def _grow(self, scores: torch.Tensor) -> torch.Tensor:
         key, n = (scores.device, scores.dtype), scores.numel()
         buf = self._bufs.get(key)
         if buf is None or buf.numel() < n:
             self._bufs[key] = buf = torch.empty(n, dtype=scores.dtype, device=scores.device)
-        return torch.sign(scores.detach(), out=buf[:n].view(scores.shape))
+            self._views = {k: v for k, v in self._views.items() if k[:2] != key}  # old buffer
+        return buf[:n].view(scores.shape)
 
 
 class _MaskedWeight(torch.autograd.Function):

@@ -122,17 +122,18 @@ class TopKSelector:
         first = scores[0]
         plan = self._plan(key, sizes, first)
         mag, ind = self._scratch(plan.padded, first)
+        mags, inds = plan.views(mag, ind, scores, masks)
         with torch.no_grad():
-            for s, start, size in zip(scores, plan.starts, sizes):
-                torch.abs(s.detach().reshape(-1), out=mag[start:start + size])
+            for s, m in zip(scores, mags):
+                torch.abs(s, out=m)
             if self._sync_free(first):
                 for start, size, keep in zip(plan.starts, sizes, keeps):
                     _drop_sync_free_(ind[start:start + size], mag[start:start + size],
                                      size - keep)
             else:
                 self._drop_each_(plan, ind, mag, sizes, keeps)
-            for m, start, size in zip(masks, plan.starts, sizes):
-                torch.eq(ind[start:start + size], 0, out=m.view(-1))
+            for m, i in zip(masks, inds):
+                torch.eq(i, 0, out=m)
 
     def _sync_free(self, like: torch.Tensor) -> bool:
         return self.sync_free if self.sync_free is not None else like.device.type != "cpu"
@@ -234,6 +235,16 @@ class _Layout:
         pads = [torch.arange(b + n, e) for b, n, e in zip(self.starts, sizes, self.ends) if b + n < e]
         self.pads = torch.cat(pads).to(like.device) if pads else None
         self.keys = [(key, i) for i in range(len(sizes))]
+        self._views: tuple = (None, None, None)
+
+    def views(self, mag, ind, scores, masks) -> tuple:
+        """Each tensor's slices of the scratch, shaped like it (kept while the scratch is)."""
+        key = (mag.data_ptr(), ind.data_ptr(), [s.shape for s in scores], [m.shape for m in masks])
+        if self._views[0] != key:
+            mags = [mag[b:b + n].view(s.shape) for b, n, s in zip(self.starts, self.sizes, scores)]
+            inds = [ind[b:b + n].view(m.shape) for b, n, m in zip(self.starts, self.sizes, masks)]
+            self._views = (key, mags, inds)
+        return self._views[1], self._views[2]
 
 
 def _count(mag2d, bound: float, ind2d):
