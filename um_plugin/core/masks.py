@@ -6,8 +6,7 @@ methods of the model keep working, and :func:`bake_masks` leaves a plain model w
 ``state_dict`` (keys and their order) loads into a fresh instance of its class.
 
 The top-k itself (rounding, the stable-sort tie rule, the fast exact selection) lives in
-:mod:`.topk`; its public names are re-exported here. The keep-ratio and threshold rules are
-:mod:`.config`'s.
+:mod:`.topk`. The keep-ratio and threshold rules are :mod:`.config`'s.
 """
 from __future__ import annotations
 
@@ -22,8 +21,7 @@ from torch.nn.utils import parametrize
 
 from .config import validate_keep_ratio, validate_threshold
 from .popup import SignBuffer, masked_weight
-from .topk import (TopKSelector, num_kept, sorted_reference_mask,  # noqa: F401  (re-exported)
-                   topk_mask_)
+from .topk import TopKSelector, num_kept
 
 # Weights per selection call under per-layer thresholds: small layers are selected together
 # (one comparison and count for all), a larger layer alone, so the shared scratch stays small.
@@ -41,6 +39,8 @@ class ScoreParameter(nn.Parameter):
     edited after it (or a NumPy view) escapes: edit scores in place under ``no_grad`` instead.
     """
 
+    # Overrides torch's private ``TensorBase.data`` descriptor: the only hook on ``.data`` edits,
+    # which the mask's cache would otherwise miss (see the class docstring).
     @property
     def data(self):
         self._um_edits = getattr(self, "_um_edits", 0) + 1
@@ -116,7 +116,8 @@ class _MaskGroup:
         if self._plan is None or self._plan[0] != signature:
             chunks, total = [], 0
             for i, (device, dtype, n) in enumerate(signature):
-                if chunks and signature[chunks[-1][-1]][:2] == (device, dtype) and total + n <= CHUNK:
+                same_kind = chunks and signature[chunks[-1][-1]][:2] == (device, dtype)
+                if same_kind and total + n <= CHUNK:
                     chunks[-1].append(i)
                     total += n
                 else:
@@ -132,15 +133,22 @@ class _MaskGroup:
         self._seen = tuple(m.seen for m in self.members)
 
 
+def random_scores(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Popup scores for a weight shaped like ``like``: kaiming-uniform, as the official code.
+
+    Drawn on the CPU so that one seed gives one mask on every device, then moved to ``like``'s.
+    """
+    scores = torch.empty(like.shape, dtype=like.dtype)
+    nn.init.kaiming_uniform_(scores, a=math.sqrt(5), generator=generator)
+    return scores.to(like.device)
+
+
 class ScoreMask(nn.Module):
     """Parametrization ``weight -> weight * topk(|scores|)`` with learnable popup scores."""
 
     def __init__(self, weight: torch.Tensor, group: _MaskGroup, generator: torch.Generator | None):
         super().__init__()
-        scores = torch.empty(weight.shape, dtype=weight.dtype)
-        # Initialised on the CPU so that one seed gives one mask on every device.
-        nn.init.kaiming_uniform_(scores, a=math.sqrt(5), generator=generator)
-        self.scores = ScoreParameter(scores.to(weight.device))
+        self.scores = ScoreParameter(random_scores(weight, generator))
         # A plain attribute, not a buffer: it is a function of the scores, so it needs no
         # saving, moving, broadcasting or per-step backing up with the BatchNorm statistics.
         self.mask = torch.ones_like(self.scores.detach())
@@ -232,6 +240,7 @@ def attach_score_masks(model: nn.Module, keep_ratio: float, *, include=None,
         mask = ScoreMask(module.weight.detach(), group, generator)
         mask.parameter_order = order  # restored on removal: optimizers match state by position
         group.members.append(mask)
+        # unsafe: skip the registration's trial forward, which would select a mask for nothing
         parametrize.register_parametrization(module, "weight", mask, unsafe=True)
     return [n for n, _ in chosen]
 
@@ -335,18 +344,6 @@ def masks_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in zip(masks, previous):
             m.enabled = flag
-
-
-@contextlib.contextmanager
-def random_score_mask(model: nn.Module, keep_ratio: float, *, include=None,
-                      threshold: str = "layer",
-                      generator: torch.Generator | None = None) -> Iterator[nn.Module]:
-    """Attach a random mask for the duration of a block; the model comes back unmasked."""
-    attach_score_masks(model, keep_ratio, include=include, threshold=threshold, generator=generator)
-    try:
-        yield model
-    finally:
-        remove_score_masks(model)
 
 
 def refresh_masks(model: nn.Module) -> None:

@@ -69,10 +69,6 @@ class TopKSelector:
         self._cuts: dict = {}  # key -> (cut, magnitude gap per entry near the threshold)
         self._plans: dict = {}  # key -> _Layout of select_each_
 
-    def select_layer_(self, mask: torch.Tensor, scores: torch.Tensor, keep: int, key) -> None:
-        """:meth:`select_` for one layer."""
-        self.select_([mask], [scores], keep, key)
-
     def select_(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], keep: int,
                 key=0) -> None:
         """Fill ``masks`` with 1 at the ``keep`` largest ``|score|`` over all of ``scores``.
@@ -144,7 +140,7 @@ class TopKSelector:
         if plan is None or plan.sizes != sizes or plan.bounds.device != like.device \
                 or plan.bounds.dtype != like.dtype:
             plan = self._plans[key] = _Layout(sizes, like, key)
-            for i, start in enumerate(plan.starts):  # cuts left by select_layer_ still hold
+            for i, start in enumerate(plan.starts):  # a cut is a hint its count certifies
                 cut = self._cuts.get(plan.keys[i], (-math.inf, None))[0]
                 plan.bounds[start // ROW:plan.ends[i] // ROW].fill_(cut)
         return plan
@@ -239,7 +235,8 @@ class _Layout:
 
     def views(self, mag, ind, scores, masks) -> tuple:
         """Each tensor's slices of the scratch, shaped like it (kept while the scratch is)."""
-        key = (mag.data_ptr(), ind.data_ptr(), [s.shape for s in scores], [m.shape for m in masks])
+        key = (mag.data_ptr(), ind.data_ptr(), [s.shape for s in scores],
+               [m.shape for m in masks])
         if self._views[0] != key:
             mags = [mag[b:b + n].view(s.shape) for b, n, s in zip(self.starts, self.sizes, scores)]
             inds = [ind[b:b + n].view(m.shape) for b, n, m in zip(self.starts, self.sizes, masks)]
