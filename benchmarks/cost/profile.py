@@ -72,7 +72,8 @@ def umap_profile(tuners: dict, batches, rounds: int, plain_step_s: float) -> dic
             "umap_minus_plain_share": (sum(per["umap"].values()) - plain_total) / plain_total,
             "by_op_share": {op: d / plain_total for op, d in rows},
             "by_op_extra_calls": {op: extra_calls[op] for op, _ in rows},
-            "extra_calls_per_step": sum(v for k, v in extra_calls.items() if k.startswith("aten::")),
+            "extra_calls_per_step": sum(v for k, v in extra_calls.items()
+                                        if k.startswith("aten::")),
             "masked_weights": sum(w.numel() for w in weights),
             "one_pass_s": one_pass, "floor_passes": [list(p) for p in FLOOR_PASSES],
             "floor_share": floor / plain_step_s}

@@ -108,7 +108,8 @@ def _masks_of(model):
 
 def markdown(results: dict) -> str:
     lines = [f"Before ({results['baseline']}) / after ({results['after']}), one process, "
-             f"{results['threads']} thread(s), {results['clock']} clock, plain / UMAP-after / UMAP-before interleaved; "
+             f"{results['threads']} thread(s), {results['clock']} clock, plain / UMAP-after / "
+             "UMAP-before interleaved; "
              "median of the ratio within a round [interquartile range] (ratio of the fastest "
              "rounds, which load disturbs least); load average "
              "(1, 5, 15 min) at the start and end of each row.\n",
