@@ -114,3 +114,27 @@ def test_masks_equal_the_sort_after_every_engine_step(threshold):
             assert torch.equal(got, sorted_reference_mask(scores, 0.7))
         moved += any(not torch.equal(b, m.mask) for b, m in zip(before, masks))
     assert moved >= 4  # the masks really changed along the way
+
+
+def test_another_importance_changes_what_is_ranked_and_the_gradient_alike():
+    """The one seam for what a mask ranks: here the signed scores themselves (slope 1)."""
+    from um_plugin.core.topk import Magnitude
+
+    class Signed(Magnitude):
+        def rank(self, scores, out=None):
+            return scores.clone() if out is None else out.copy_(scores)
+
+        def slope(self, scores, out=None):
+            return torch.ones_like(scores) if out is None else out.fill_(1)
+
+    lin = nn.Linear(40, 3, bias=False)
+    attach_score_masks(lin, 0.5, generator=torch.Generator().manual_seed(0), importance=Signed())
+    x = torch.randn(6, 40)
+    lin(x).sum().backward()
+    m = next(iter_score_masks(lin))[2]
+    assert torch.equal(m.mask, sorted_reference_mask(m.scores, 0.5, Signed()))
+    assert torch.equal(m.mask, (m.scores > m.scores.detach().flatten().median()).float())
+    w = lin.parametrizations.weight.original
+    assert torch.allclose(m.scores.grad, x.sum(0, keepdim=True).expand(3, 40) * w.detach())
+    with pytest.raises(TypeError, match="importance must have rank"):
+        attach_score_masks(nn.Linear(2, 2), 0.5, importance=abs)

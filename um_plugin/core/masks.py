@@ -20,8 +20,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .config import validate_keep_ratio, validate_threshold
-from .popup import SignBuffer, masked_weight
-from .topk import TopKSelector, num_kept
+from .popup import SlopeBuffer, masked_weight
+from .topk import MAGNITUDE, Magnitude, TopKSelector, check_importance, num_kept
 
 # Weights per selection call under per-layer thresholds: small layers are selected together
 # (one comparison and count for all), a larger layer alone, so the shared scratch stays small.
@@ -60,12 +60,12 @@ class _MaskGroup:
     first stale one refreshes every stale mask of the group (see :meth:`refresh`).
     """
 
-    def __init__(self, keep_ratio: float, threshold: str):
+    def __init__(self, keep_ratio: float, threshold: str, importance: Magnitude):
         self.keep_ratio = keep_ratio
         self.threshold = threshold
         self.members: list[ScoreMask] = []
-        self.selector = TopKSelector()
-        self.sign = SignBuffer()  # shared by the layers' backward passes, which run one by one
+        self.selector = TopKSelector(importance=importance)
+        self.slope = SlopeBuffer(importance)  # shared by the layers' backward passes, one by one
         self._seen: tuple | None = None
         self._plan: tuple | None = None  # (members' device, dtype, size), their chunks
 
@@ -161,7 +161,7 @@ class ScoreMask(nn.Module):
         if not self.enabled:
             return weight
         self.group.refresh(self)
-        return masked_weight(weight, self.scores, self.mask, self.group.sign)
+        return masked_weight(weight, self.scores, self.mask, self.group.slope)
 
     def extra_repr(self) -> str:
         return f"keep_ratio={self.group.keep_ratio}, threshold={self.group.threshold!r}"
@@ -218,23 +218,25 @@ def mask_settings(model: nn.Module) -> tuple[float, str] | None:
 
 
 def attach_score_masks(model: nn.Module, keep_ratio: float, *, include=None,
-                       threshold: str = "layer",
-                       generator: torch.Generator | None = None) -> list[str]:
+                       threshold: str = "layer", generator: torch.Generator | None = None,
+                       importance: Magnitude = MAGNITUDE) -> list[str]:
     """Mask the weights of ``model``'s Conv2d/Linear layers in place; return their names.
 
     ``include`` picks layers by module name and/or type (default: all). ``threshold`` is
     ``'layer'`` (top-k per layer, the official default) or ``'global'`` (one top-k over all).
     Scores are kaiming-uniform as in the official code; pass a seeded ``generator`` to make
     the mask reproducible. A weight shared by several layers gets one mask per layer, as in
-    the official code (each layer applies its own).
+    the official code (each layer applies its own). ``importance`` is what the masks rank:
+    ``|scores|`` by default (:class:`.topk.Magnitude`, the one seam for another ranking).
     """
     keep_ratio = validate_keep_ratio(keep_ratio)
+    check_importance(importance)
     validate_threshold(threshold)
     if has_score_masks(model):
         raise RuntimeError(f"{type(model).__name__} already has score masks; call bake_masks() "
                            "or remove_score_masks() before masking it again")
     chosen = _selected_modules(model, include)
-    group = _MaskGroup(keep_ratio, threshold)
+    group = _MaskGroup(keep_ratio, threshold, importance)
     for _, module in chosen:
         order = list(module._parameters)
         mask = ScoreMask(module.weight.detach(), group, generator)

@@ -51,6 +51,30 @@ def num_kept(numel: int, keep_ratio: float) -> int:
     return numel - int((1 - keep_ratio) * numel)
 
 
+class Magnitude:
+    """What a score mask ranks, said in this one place: ``|scores|``, as the paper does
+    (``GetSubnet`` sorts ``scores.abs()``), and that ranking's slope, through which the popup
+    gradient reaches the scores. Another ranking is a subclass overriding both (as
+    ``importance_scores`` is ``torch.nn.utils.prune``'s one seam)."""
+
+    def rank(self, scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.abs(scores, out=out)
+
+    def slope(self, scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sign(scores, out=out)
+
+
+MAGNITUDE = Magnitude()
+
+
+def check_importance(importance) -> "Magnitude":
+    """``importance`` if it ranks and has a slope (a :class:`Magnitude` or alike)."""
+    if not all(callable(getattr(importance, k, None)) for k in ("rank", "slope")):
+        raise TypeError(f"importance must have rank(scores, out) and slope(scores, out) methods "
+                        f"(e.g. a topk.Magnitude subclass), got {importance!r}")
+    return importance
+
+
 class TopKSelector:
     """Exact top-k ``|score|`` masks with reused scratch; see the module docstring.
 
@@ -60,10 +84,11 @@ class TopKSelector:
     sort for large selections, ``kthvalue`` and one ``cumsum`` for the ties below that.
     """
 
-    def __init__(self, sync_free: bool | None = None):
+    def __init__(self, sync_free: bool | None = None, importance: Magnitude = MAGNITUDE):
         if sync_free not in (None, True, False):
             raise ValueError(f"sync_free must be None (auto), True or False, got {sync_free!r}")
         self.sync_free = sync_free
+        self.importance = check_importance(importance)  # what is ranked: |scores| by default
         self._mag: torch.Tensor | None = None  # magnitudes, NaN past the last row's end
         self._ind: torch.Tensor | None = None  # float32 indicators of the dropped entries
         self._cuts: dict = {}  # key -> (cut, magnitude gap per entry near the threshold)
@@ -90,7 +115,7 @@ class TopKSelector:
         offset = 0
         with torch.no_grad():
             for s, size in zip(scores, sizes):
-                torch.abs(s.detach().reshape(-1), out=mag[offset:offset + size])
+                self.importance.rank(s.detach().reshape(-1), out=mag[offset:offset + size])
                 offset += size
             if sync_free:
                 _drop_sync_free_(ind[:n], mag[:n], n - keep)
@@ -121,7 +146,7 @@ class TopKSelector:
         mags, inds = plan.views(mag, ind, scores, masks)
         with torch.no_grad():
             for s, m in zip(scores, mags):
-                torch.abs(s, out=m)
+                self.importance.rank(s, out=m)
             if self._sync_free(first):
                 for start, size, keep in zip(plan.starts, sizes, keeps):
                     _drop_sync_free_(ind[start:start + size], mag[start:start + size],
@@ -324,9 +349,10 @@ def topk_mask_(mask: torch.Tensor, scores: torch.Tensor, keep: int,
     return mask
 
 
-def sorted_reference_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+def sorted_reference_mask(scores: torch.Tensor, keep_ratio: float,
+                          importance: Magnitude = MAGNITUDE) -> torch.Tensor:
     """The authors' full-sort mask, made stable, the reference the fast path is tested against."""
-    flat = scores.detach().abs().flatten()
+    flat = importance.rank(scores.detach()).flatten()
     out = torch.empty_like(flat)
     idx = flat.sort(stable=True).indices
     j = int((1 - keep_ratio) * flat.numel())
