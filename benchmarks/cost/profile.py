@@ -1,11 +1,11 @@
-"""Where UMAP's extra time goes: self CPU time by op, UMAP minus plain, as a share of plain.
+"""Where UMAP's extra time goes: self time by op, UMAP minus plain, as a share of plain.
 
 ``python -m benchmarks.cost --profile`` profiles steps of both variants with
 ``torch.profiler`` (interleaved, a few rounds each) and prints, per op, how much more self
 CPU time a UMAP step spends than a plain one (each op's least time over the rounds, since
 load only adds time), as a percentage of the plain step. It also
 states the *floor*: the element-wise passes over the masked weights that UMAP cannot avoid,
-timed here as plain memory passes over those weights.
+timed here as plain memory passes over those weights. On a GPU the time is the kernels'.
 """
 from __future__ import annotations
 
@@ -18,6 +18,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from um_plugin.core.masks import score_parameters
 
+from .measure import sync
+
 # The passes over every masked weight that any UMAP step needs, whatever the implementation:
 # the forward's ``weight * mask``, the backward's ``grad * weight * sign(scores)`` (one fused
 # pass at best) and the selection reading every score once against the threshold.
@@ -26,36 +28,44 @@ FLOOR_PASSES = (("forward: weight * mask", 1), ("backward: grad * weight * sign(
 TOP = 14  # ops listed, largest difference first
 
 
-def self_cpu_by_op(tuner, batches) -> Dict[str, tuple]:
-    """``(self CPU microseconds, calls)`` per step by op name over one profiled epoch."""
+def self_cpu_by_op(tuner, batches, device: torch.device = torch.device("cpu")
+                   ) -> Dict[str, tuple]:
+    """``(self microseconds, calls)`` per step by op name over one profiled epoch: CPU time,
+    or on a GPU the time its kernels ran (the host's time there is mostly waiting)."""
     totals: Dict[str, list] = defaultdict(lambda: [0.0, 0])
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = device.type == "cuda"
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         tuner.train_epoch(batches)
+        sync(device)
     for evt in prof.key_averages():
-        totals[evt.key][0] += evt.self_cpu_time_total
+        totals[evt.key][0] += evt.self_device_time_total if cuda else evt.self_cpu_time_total
         totals[evt.key][1] += evt.count
     return {k: (t / len(batches), c / len(batches)) for k, (t, c) in totals.items()}
 
 
-def pass_time(weights: List[torch.Tensor], repeats: int = 20) -> float:
+def pass_time(weights: List[torch.Tensor], device: torch.device, repeats: int = 20) -> float:
     """Seconds for one element-wise pass (read two, write one) over every masked weight."""
     outs = [torch.empty_like(w) for w in weights]
     best = float("inf")
     for _ in range(repeats):
+        sync(device)
         start = time.perf_counter()
         for w, o in zip(weights, outs):
             torch.mul(w, w, out=o)
+        sync(device)
         best = min(best, time.perf_counter() - start)
     return best
 
 
-def umap_profile(tuners: dict, batches, rounds: int, plain_step_s: float) -> dict:
+def umap_profile(tuners: dict, batches, rounds: int, plain_step_s: float,
+                 device: torch.device = torch.device("cpu")) -> dict:
     """The UMAP-minus-plain breakdown by op and the floor, from the benchmark's tuners."""
     per, calls = {}, {}
     runs = {k: [] for k in ("plain", "umap")}
     for r in range(rounds):  # interleaved, one epoch each, so load falls on both alike
         for k in (("plain", "umap") if r % 2 == 0 else ("umap", "plain")):
-            runs[k].append(self_cpu_by_op(tuners[k], batches))
+            runs[k].append(self_cpu_by_op(tuners[k], batches, device))
     for k, dicts in runs.items():  # the least time per op: load only ever adds time
         keys = set().union(*dicts)
         per[k] = {op: min(d.get(op, (0.0, 0))[0] for d in dicts) for op in keys}
@@ -66,9 +76,10 @@ def umap_profile(tuners: dict, batches, rounds: int, plain_step_s: float) -> dic
     rows = sorted(diff.items(), key=lambda kv: -abs(kv[1]))[:TOP]
     extra_calls = {op: calls["umap"].get(op, 0) - calls["plain"].get(op, 0) for op in ops}
     weights = [p.detach() for p in score_parameters(tuners["umap"].model)]
-    one_pass = pass_time(weights)
+    one_pass = pass_time(weights, device)
     floor = sum(n for _, n in FLOOR_PASSES) * one_pass
-    return {"plain_self_cpu_us_per_step": plain_total,
+    return {"plain_self_cpu_us_per_step": plain_total, "clock": "device" if
+            device.type == "cuda" else "cpu",
             "umap_minus_plain_share": (sum(per["umap"].values()) - plain_total) / plain_total,
             "by_op_share": {op: d / plain_total for op, d in rows},
             "by_op_extra_calls": {op: extra_calls[op] for op, _ in rows},
@@ -81,8 +92,9 @@ def umap_profile(tuners: dict, batches, rounds: int, plain_step_s: float) -> dic
 
 def profile_markdown(name: str, batch: int, prof: dict) -> str:
     """The breakdown as a table, then the floor in one sentence."""
-    lines = [f"\nUMAP minus plain, self CPU time by op ({name}, batch {batch}), as a share of "
-             f"the plain step ({prof['plain_self_cpu_us_per_step'] / 1e3:.2f} ms self CPU "
+    what = "GPU kernel" if prof["clock"] == "device" else "CPU"
+    lines = [f"\nUMAP minus plain, self {what} time by op ({name}, batch {batch}), as a share of "
+             f"the plain step ({prof['plain_self_cpu_us_per_step'] / 1e3:.2f} ms self {what} "
              f"under the profiler); total {100 * prof['umap_minus_plain_share']:+.2f}%; wall time "
              f"UMAP/plain {prof['wall_ratio_umap_vs_plain']:.3f} (unprofiled):\n",
              "| op | UMAP - plain, % of plain step | calls per step, UMAP - plain |",

@@ -144,7 +144,8 @@ def profile_run(cfg: CostConfig, device: torch.device, results: dict, say) -> di
                 f"{cfg.round_steps} steps")
             fns = {k: (lambda t=tuners[k]: t.train_epoch(batches)) for k in ("plain", "umap")}
             step = median(interleaved(fns, cfg.rounds, cfg.warmup, device))
-            prof = umap_profile(tuners, batches, cfg.rounds, step["plain"] / cfg.round_steps)
+            prof = umap_profile(tuners, batches, cfg.rounds, step["plain"] / cfg.round_steps,
+                                device)
             prof.update(model=name, batch=batch,
                         wall_ratio_umap_vs_plain=step["umap"] / step["plain"])
             results["profiles"].append(prof)

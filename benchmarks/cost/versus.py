@@ -27,7 +27,7 @@ from um_plugin.core.topk import sorted_reference_mask
 
 from ..checks import BenchmarkError, writable_folder
 from ..cli import OneLineParser, comma_list, run_main
-from .measure import (MODELS, XI, interleaved, median, paired_ratio, tuner_for,
+from .measure import (MODELS, XI, count_syncs, interleaved, median, paired_ratio, tuner_for,
                       tuner_settings)
 from .run import model_and_batch
 
@@ -50,6 +50,8 @@ def load_baseline(rev: str, folder: str):
     with tarfile.open(path) as tar:
         tar.extractall(folder, filter="data")
     os.rename(os.path.join(folder, "um_plugin"), os.path.join(folder, ALIAS))
+    for name in [n for n in sys.modules if n == ALIAS or n.startswith(ALIAS + ".")]:
+        del sys.modules[name]  # an earlier run's baseline in this process
     sys.path.insert(0, folder)
     return importlib.import_module(f"{ALIAS}.core.finetune"), importlib.import_module(
         f"{ALIAS}.core.config")
@@ -69,9 +71,10 @@ CLOCKS = {"wall": time.perf_counter, "cpu": time.thread_time}
 
 
 def compare(name: str, batch: int, rounds: int, steps: int, warmup: int, keep_ratio: float,
-            modules, clock: str) -> dict:
-    """Interleaved plain / UMAP-after / UMAP-before steps of one model; masks compared after."""
-    base, x, y = model_and_batch(name, batch, torch.device("cpu"))
+            modules, clock: str, device: torch.device) -> dict:
+    """Interleaved plain / UMAP-after / UMAP-before steps of one model; masks compared after;
+    on a GPU, host-device syncs per step of each."""
+    base, x, y = model_and_batch(name, batch, device)
     batches = [(x, y)] * steps
     tuners = {"plain": tuner_for(copy.deepcopy(base).train(), "um", 0.0, keep_ratio, steps),
               "umap_after": tuner_for(copy.deepcopy(base).train(), "umap", XI, keep_ratio, steps),
@@ -79,7 +82,7 @@ def compare(name: str, batch: int, rounds: int, steps: int, warmup: int, keep_ra
                                             steps)}
     fns = {k: (lambda t=t: t.train_epoch(batches)) for k, t in tuners.items()}
     start = load()
-    times = interleaved(fns, rounds, warmup, torch.device("cpu"), CLOCKS[clock])
+    times = interleaved(fns, rounds, warmup, device, CLOCKS[clock])
     res = {"model": name, "batch": batch, "rounds": rounds, "round_steps": steps, "clock": clock,
            "load_start": start, "load_end": load(),
            "step_s": {k: v / steps for k, v in median(times).items()}}
@@ -89,6 +92,8 @@ def compare(name: str, batch: int, rounds: int, steps: int, warmup: int, keep_ra
         res[f"ratio_{num}_vs_{den}"], res[f"ratio_{num}_vs_{den}_iqr"] = ratio, iqr
         # load only ever adds time: the fastest rounds are the least disturbed ones
         res[f"fastest_{num}_vs_{den}"] = min(times[num]) / min(times[den])
+    if device.type == "cuda":
+        res["syncs_per_step"] = {k: count_syncs(f) / steps for k, f in fns.items()}
     after = [m for _, _, m in iter_score_masks(tuners["umap_after"].model)]
     before = [m for _, _, m in _masks_of(tuners["umap_before"].model)]
     after[0].group.refresh()
@@ -107,8 +112,9 @@ def _masks_of(model):
 
 
 def markdown(results: dict) -> str:
-    lines = [f"Before ({results['baseline']}) / after ({results['after']}), one process, "
-             f"{results['threads']} thread(s), {results['clock']} clock, plain / UMAP-after / "
+    lines = [f"Before ({results['baseline']}) / after ({results['after']}), one process on "
+             f"{results['device']}, {results['threads']} thread(s), {results['clock']} clock, "
+             "plain / UMAP-after / "
              "UMAP-before interleaved; "
              "median of the ratio within a round [interquartile range] (ratio of the fastest "
              "rounds, which load disturbs least); load average "
@@ -127,7 +133,11 @@ def markdown(results: dict) -> str:
             f"{cell('ratio_umap_after_vs_umap_before')} | "
             f"{r['masks_identical_before_after']}, {r['masks_equal_stable_sort']} | "
             f"{' '.join(f'{v:.2f}' for v in r['load_start'])} -> "
-            f"{' '.join(f'{v:.2f}' for v in r['load_end'])} |")
+            f"{' '.join(f'{v:.2f}' for v in r['load_end'])} |"
+            + ("" if "syncs_per_step" not in r else " host syncs per step (an epoch's, end "
+               "included, / its steps) plain / after / before: "
+               + " / ".join(f"{r['syncs_per_step'][k]:g}"
+                            for k in ("plain", "umap_after", "umap_before"))))
     return "\n".join(lines) + "\n"
 
 
@@ -140,6 +150,7 @@ def build_parser() -> OneLineParser:
     p.add_argument("--round-steps", type=int, default=2)
     p.add_argument("--warmup", type=int, default=2)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--clock", choices=sorted(CLOCKS), default="wall",
                    help="wall time, or this thread's CPU time (which other processes' load "
                         "does not inflate; with --threads 1 it is all of the work)")
@@ -153,6 +164,9 @@ def run(a) -> dict:
         raise BenchmarkError(f"need models from {list(MODELS)} and batch, rounds, round-steps, "
                              f"threads >= 1; got models {a.models}, batch {a.batch}, rounds "
                              f"{a.rounds}, round-steps {a.round_steps}, threads {a.threads}")
+    if a.device == "cuda" and (not torch.cuda.is_available() or a.clock == "cpu"):
+        raise BenchmarkError("--device cuda needs a GPU and the wall clock (--clock wall); "
+                             f"GPU available: {torch.cuda.is_available()}, --clock {a.clock}")
     writable_folder("out", a.out)
     torch.set_num_threads(a.threads)
     after = subprocess.run(["git", "describe", "--always", "--dirty"], capture_output=True,
@@ -160,11 +174,12 @@ def run(a) -> dict:
     with tempfile.TemporaryDirectory() as folder:
         modules = load_baseline(a.baseline, folder)
         results = {"baseline": a.baseline, "after": after, "threads": torch.get_num_threads(),
-                   "clock": a.clock,
+                   "clock": a.clock, "device": a.device,
                    "rows": []}
         for name in a.models:
             results["rows"].append(compare(name, a.batch, a.rounds, a.round_steps, a.warmup,
-                                           OFFICIAL_UMAP_KEEP_RATIO, modules, a.clock))
+                                           OFFICIAL_UMAP_KEEP_RATIO, modules, a.clock,
+                                           torch.device(a.device)))
             print(markdown(results).splitlines()[-1], flush=True)
     results["table"] = markdown(results)
     with open(os.path.join(a.out, "versus.json"), "w") as fh:
