@@ -29,6 +29,7 @@ from ..checks import BenchmarkError, writable_folder
 from ..cli import OneLineParser, comma_list, run_main
 from .measure import (MODELS, XI, count_syncs, interleaved, median, paired_ratio, tuner_for,
                       tuner_settings)
+from .profile import self_cpu_by_op
 from .run import model_and_batch
 
 PROG = "python -m benchmarks.cost.versus"
@@ -92,6 +93,10 @@ def compare(name: str, batch: int, rounds: int, steps: int, warmup: int, keep_ra
         res[f"ratio_{num}_vs_{den}"], res[f"ratio_{num}_vs_{den}_iqr"] = ratio, iqr
         # load only ever adds time: the fastest rounds are the least disturbed ones
         res[f"fastest_{num}_vs_{den}"] = min(times[num]) / min(times[den])
+    # a count, which the machine's load does not change
+    res["aten_calls_per_step"] = {k: sum(c for op, (_, c) in self_cpu_by_op(t, batches).items()
+                                         if op.startswith("aten::"))
+                                  for k, t in tuners.items()}
     if device.type == "cuda":
         res["syncs_per_step"] = {k: count_syncs(f) / steps for k, f in fns.items()}
     after = [m for _, _, m in iter_score_masks(tuners["umap_after"].model)]
@@ -120,8 +125,9 @@ def markdown(results: dict) -> str:
              "rounds, which load disturbs least); load average "
              "(1, 5, 15 min) at the start and end of each row.\n",
              "| model | batch | rounds x steps | UMAP/plain after | UMAP/plain before | "
-             "after/before | masks identical, = stable sort | load start -> end |",
-             "|---|---|---|---|---|---|---|---|"]
+             "after/before | aten calls per step, plain / after / before | masks identical, "
+             "= stable sort | load start -> end |",
+             "|---|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         def cell(key):
             lo, hi = r[f"{key}_iqr"]
@@ -131,6 +137,8 @@ def markdown(results: dict) -> str:
             f"| {r['model']} | {r['batch']} | {r['rounds']} x {r['round_steps']} | "
             f"{cell('ratio_umap_after_vs_plain')} | {cell('ratio_umap_before_vs_plain')} | "
             f"{cell('ratio_umap_after_vs_umap_before')} | "
+            + " / ".join(f"{r['aten_calls_per_step'][k]:g}"
+                         for k in ("plain", "umap_after", "umap_before")) + " | "
             f"{r['masks_identical_before_after']}, {r['masks_equal_stable_sort']} | "
             f"{' '.join(f'{v:.2f}' for v in r['load_start'])} -> "
             f"{' '.join(f'{v:.2f}' for v in r['load_end'])} |"

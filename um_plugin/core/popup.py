@@ -2,8 +2,8 @@
 
 The gradient of the masked weight reaches ``weight`` through the mask, and ``scores``
 straight through the top-k: ``grad * weight * sign(scores)`` (the sign is the slope of the
-ranked ``|scores|``, :class:`.topk.Magnitude`), as the official ``GetSubnet`` does. Gradients come back in each input's own dtype, so mixed
-dtypes and autocast work.
+ranked ``|scores|``, :class:`.topk.Magnitude`), as the official ``GetSubnet`` does.
+Gradients come back in each input's own dtype, so mixed dtypes and autocast work.
 """
 from __future__ import annotations
 

@@ -253,7 +253,8 @@ class _Layout:
                                                  rows)
         self.bounds = torch.full((start // ROW, 1), -math.inf, dtype=like.dtype, device=like.device)
         self.counts = torch.zeros(len(sizes), dtype=torch.float64, device=like.device)
-        pads = [torch.arange(b + n, e) for b, n, e in zip(self.starts, sizes, self.ends) if b + n < e]
+        pads = [torch.arange(b + n, e) for b, n, e in zip(self.starts, sizes, self.ends)
+                if b + n < e]
         self.pads = torch.cat(pads).to(like.device) if pads else None
         self.keys = [(key, i) for i in range(len(sizes))]
         self._views: tuple = (None, None, None)
