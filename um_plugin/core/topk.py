@@ -18,7 +18,10 @@ off by ``m`` entries, the threshold moved past about ``m`` entries, so one compa
 ``m`` entry gaps away, on the side the count says, brackets it; only the rows holding
 entries between the two bounds are selected among (``kthvalue``) and rewritten. Magnitudes
 are viewed as rows of :data:`ROW` so that one row-sum per comparison locates those rows. A
-first call has no cut: its bracket is the whole range, i.e. a plain ``kthvalue``.
+first call has no cut: its bracket is the whole range, i.e. a plain ``kthvalue``. Per-layer
+thresholds of several layers are certified together (:meth:`TopKSelector.select_each_`): each
+layer starts on a row of its own, so one comparison against every row's cut and one count
+serve them all, and only a layer whose count is off is mended, as above.
 """
 from __future__ import annotations
 
