@@ -96,7 +96,8 @@ def profile_markdown(name: str, batch: int, prof: dict) -> str:
     lines = [f"\nUMAP minus plain, self {what} time by op ({name}, batch {batch}), as a share of "
              f"the plain step ({prof['plain_self_cpu_us_per_step'] / 1e3:.2f} ms self {what} "
              f"under the profiler); total {100 * prof['umap_minus_plain_share']:+.2f}%; wall time "
-             f"UMAP/plain {prof['wall_ratio_umap_vs_plain']:.3f} (unprofiled):\n",
+             f"UMAP/plain {prof['wall_ratio_umap_vs_plain']:.3f} (unprofiled); load average "
+             f"{prof['load_start'][0]:.2f} -> {prof['load_end'][0]:.2f}:\n",
              "| op | UMAP - plain, % of plain step | calls per step, UMAP - plain |",
              "|---|---|---|"]
     lines += [f"| `{op}` | {100 * s:+.2f}% | {prof['by_op_extra_calls'][op]:+g} |"

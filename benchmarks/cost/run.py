@@ -143,10 +143,12 @@ def profile_run(cfg: CostConfig, device: torch.device, results: dict, say) -> di
             say(f"{name}, batch {batch}: profiling {cfg.rounds} interleaved epochs of "
                 f"{cfg.round_steps} steps")
             fns = {k: (lambda t=tuners[k]: t.train_epoch(batches)) for k in ("plain", "umap")}
+            load_start = list(os.getloadavg())
             step = median(interleaved(fns, cfg.rounds, cfg.warmup, device))
             prof = umap_profile(tuners, batches, cfg.rounds, step["plain"] / cfg.round_steps,
                                 device)
-            prof.update(model=name, batch=batch,
+            prof.update(model=name, batch=batch, load_start=load_start,
+                        load_end=list(os.getloadavg()),
                         wall_ratio_umap_vs_plain=step["umap"] / step["plain"])
             results["profiles"].append(prof)
             tables.append(profile_markdown(name, batch, prof))
