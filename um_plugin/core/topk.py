@@ -152,8 +152,11 @@ class TopKSelector:
                 self.importance.rank(s, out=m)
             if self._sync_free(first):
                 for start, size, keep in zip(plan.starts, sizes, keeps):
-                    _drop_sync_free_(ind[start:start + size], mag[start:start + size],
-                                     size - keep)
+                    if keep in (0, size):  # nothing to select (and kthvalue needs k >= 1)
+                        ind[start:start + size].fill_(keep == 0)
+                    else:
+                        _drop_sync_free_(ind[start:start + size], mag[start:start + size],
+                                         size - keep)
             else:
                 self._drop_each_(plan, ind, mag, sizes, keeps)
             for m, i in zip(masks, inds):
