@@ -12,11 +12,14 @@ from openood_fixtures import lenet, make_openood_layout, make_tiny_benchmark, ru
 def test_configs_listing_and_install(oo, tmp_path):
     from um_plugin.cli import main
     from um_plugin.shipped import install_configs, shipped_configs
-    assert shipped_configs() == ["postprocessors/um.yml", "postprocessors/umap.yml",
-                                 "train_um.yml", "train_umap.yml"]
+    assert shipped_configs() == ["networks/densenet_bc100.yml",
+                                 "postprocessors/um.yml", "postprocessors/umap.yml",
+                                 "train_um.yml", "train_um_oe.yml", "train_umap.yml",
+                                 "train_umap_oe.yml"]
     written = install_configs(str(tmp_path))
     assert sorted(os.path.relpath(p, tmp_path) for p in written) == [
-        "pipelines/train/train_um.yml", "pipelines/train/train_umap.yml",
+        "networks/densenet_bc100.yml", "pipelines/train/train_um.yml", "pipelines/train/train_um_oe.yml",
+        "pipelines/train/train_umap.yml", "pipelines/train/train_umap_oe.yml",
         "postprocessors/um.yml", "postprocessors/umap.yml"]
     assert install_configs(str(tmp_path)) == []  # same content: no-op
     (tmp_path / "postprocessors" / "um.yml").write_text("edited")

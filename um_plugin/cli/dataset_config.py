@@ -28,6 +28,9 @@ def add_parser(sub) -> None:
         ds.add_argument(f"--{split}", default=None, metavar="IMGLIST",
                         help=f"{split} image list relative to the data root "
                              f"(default: benchmark_imglist/NAME/{split}_NAME.txt)")
+    ds.add_argument("--oe", default=None, metavar="IMGLIST",
+                    help="image list of auxiliary outliers (relative to the data root): adds the "
+                         "'oe' split that pipeline train_oe (trainers um_oe, umap_oe) reads")
     ds.add_argument("--normalization", default="default", metavar="TYPE",
                     help="'default' (mean = std = 0.5) or a name in OpenOOD's normalization_dict")
     ds.add_argument("--batch-size", type=positive_int, default=128, help="training batch size")
@@ -107,7 +110,8 @@ def run(args) -> int:
                                 id_train=lists["train"], id_val=lists["val"],
                                 id_test=lists["test"], data_dir=args.data_dir,
                                 image_size=args.image_size, pre_size=args.pre_size,
-                                normalization=_normalization(args), batch_size=args.batch_size)
+                                normalization=_normalization(args), batch_size=args.batch_size,
+                                oe=args.oe)
         print(save_yaml(config, args.out, f"benchmark {args.name!r} under "
                                           f"{os.path.abspath(args.data_root)}"))
         if args.benchmark_out is not None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import os
 
+from um_plugin.workers import default_workers
+
 from .common import CommandError, positive_int
 from .gate import add_gate_arguments, gate_options, read_baseline, report
 
@@ -48,7 +50,8 @@ def add_parser(sub) -> None:
     ev.add_argument("--checkpoint-name", default="best.ckpt",
                     help="checkpoint file in each s* folder (default best.ckpt)")
     ev.add_argument("--batch-size", type=positive_int, default=200)
-    ev.add_argument("--num-workers", type=int, default=4, help="data loader workers (default 4)")
+    ev.add_argument("--num-workers", type=int, default=default_workers(),
+                    help="data loader workers (default: 4, at most the CPUs available)")
     ev.add_argument("--data-root", default=None,
                     help="folder holding benchmark_imglist/ (default: --benchmark's, else ./data)")
     ev.add_argument("--config-root", default=None,

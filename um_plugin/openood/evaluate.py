@@ -39,7 +39,9 @@ from .cpu import enable_cpu_fallback
 from .config_discovery import base_config_candidates, config_roots
 from .names import is_method_name, known_postprocessor_names, split_name
 from .postprocessor_config import ResolvedPostprocessor, build, resolve_all
+from .networks import NETWORKS
 from .sweep_report import add_chosen, save_search_tables, sweep_from_flags
+from .wrapping import original
 
 # eval_ood.py's networks for OpenOOD's own ID sets; anything else needs --network
 DEFAULT_NETWORK = {"cifar10": "resnet18_32x32", "cifar100": "resnet18_32x32",
@@ -65,10 +67,11 @@ class Plan:
 
 
 def openood_network_names() -> List[str]:
-    """The names ``openood.networks.get_network`` builds (read from its source)."""
+    """The names ``openood.networks.get_network`` builds (read from its source), and ours."""
     from openood.networks import utils as net_utils
     return sorted(set(re.findall(r"network_config\.name\s*==\s*'([\w-]+)'",
-                                 inspect.getsource(net_utils.get_network))))
+                                 inspect.getsource(original(net_utils.get_network))))
+                  | set(NETWORKS))
 
 
 def network_factory(spec: str, num_classes: int, device: str) -> Callable[[], torch.nn.Module]:

@@ -23,11 +23,14 @@ LAYOUT = (
     ("openood.evaluation_api.postprocessor", "postprocessors", dict),
     ("openood.evaluation_api.datasets", "DATA_INFO", dict),
     ("openood.evaluation_api.datasets", "benchmarks_dict", dict),
+    ("openood.evaluation_api.datasets", "dir_dict", dict),
+    ("openood.evaluation_api.datasets", "data_setup", types.FunctionType),
     ("openood.evaluation_api.preprocessor", "default_preprocessing_dict", dict),
     ("openood.preprocessors.test_preprocessor", "TestStandardPreProcessor", type),
     ("openood.utils.comm", "is_main_process", types.FunctionType),
     ("openood.utils.launch", "_distributed_worker", types.FunctionType),
     ("openood.recorders.utils", "get_recorder", types.FunctionType),
+    ("openood.networks.utils", "get_network", types.FunctionType),
 )
 
 

@@ -25,6 +25,7 @@ from openood.utils.config import Config
 from um_plugin.core.runs import RUNNERS
 
 from .base_method import base_net, build_base
+from .cpu import require_device
 from .fit_check import log, prepare_xi
 from .loaders import evaluator_train_preprocessor, like, retransformed, shuffled_loader
 from .names import split_name
@@ -191,6 +192,7 @@ class UnleashingPostprocessor(BasePostprocessor):
 
     # --- OpenOOD's postprocessor contract --------------------------------------------------
     def setup(self, net, id_loader_dict, ood_loader_dict):
+        require_device(f"postprocessor {self.name!r}")  # before fine-tuning, not after
         if "train" not in id_loader_dict:
             raise KeyError(f"{self.mode} needs id_loader_dict['train'] (ID training data) to "
                            f"estimate xi and fine-tune; got splits {sorted(id_loader_dict)}")

@@ -16,10 +16,9 @@ import os
 import torch
 from openood.recorders.base_recorder import BaseRecorder
 
-from um_plugin.core import MODES
 from um_plugin.leaderboard.runs import CHECKSUM_SUFFIX, write_checksum
 
-from .options import RouteStop
+from .options import TRAINER_NAMES, RouteStop
 
 BEST = "best.ckpt"
 
@@ -51,11 +50,12 @@ class FinalModelRecorder(BaseRecorder):
 
 
 def make_get_recorder(openood_get_recorder):
-    """Wrap OpenOOD's ``get_recorder``: the ``um`` / ``umap`` trainers get the final model."""
+    """Wrap OpenOOD's ``get_recorder``: our trainers (um, umap, um_oe, umap_oe) get the final
+    model."""
 
     def get_recorder(config):
         trainer = config.trainer.name if config.get("trainer") is not None else None
-        if trainer not in MODES:
+        if trainer not in TRAINER_NAMES:
             return openood_get_recorder(config)
         name = config.recorder.name
         if name != "base":

@@ -11,9 +11,8 @@ import inspect
 import os
 import re
 
-from um_plugin.core import MODES
-
 from .evaluate import load_weights
+from .options import TRAINER_NAMES
 
 
 def openood_trainer_names() -> list:
@@ -38,7 +37,7 @@ def check_trainer_name(config) -> None:
     name = trainer.get("name") if trainer is not None else None
     if name is None:
         return
-    known = sorted(set(openood_trainer_names()) | set(MODES))
+    known = sorted(set(openood_trainer_names()) | set(TRAINER_NAMES))
     if name not in known:
         raise ValueError(f"--trainer.name {name!r} is not a trainer OpenOOD or um-plugin knows; "
                          f"use one of {known}")
@@ -91,6 +90,6 @@ def check_route1(config) -> None:
     check_trainer_name(config)
     _positive(config, "dataset.train.batch_size")
     trainer = config.trainer.name if config.get("trainer") is not None else None
-    if trainer in MODES:
+    if trainer in TRAINER_NAMES:
         check_base_checkpoint(config, trainer)
         check_data_paths(config)
