@@ -62,7 +62,7 @@ def test_base_yaml_found_from_each_documented_place(oo, checkout, tmp_path, monk
 
 def test_missing_base_yaml_names_where_it_looked_and_the_three_ways(oo, tmp_path, monkeypatch):
     from openood.evaluation_api.postprocessor import get_postprocessor
-    import um_plugin.openood.config_discovery as ours
+    import um_plugin.openood.registry.config_discovery as ours
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPENOOD_CONFIG_ROOT", raising=False)
     monkeypatch.delenv("UM_PLUGIN_OPENOOD_ROOT", raising=False)

@@ -162,8 +162,8 @@ def test_each_setting_is_the_plain_run_bit_for_bit(oo, tiny_bench, checkout, tmp
 def test_failed_setting_is_marked_and_the_search_goes_on(oo, tiny_bench, checkout, tmp_path,
                                                          monkeypatch, capsys):
     from um_plugin.core.finetune import NonFiniteLossError
-    from um_plugin.openood import postprocessors as ours
-    from um_plugin.openood.options import RouteStop
+    from um_plugin.openood.postprocessing import postprocessors as ours
+    from um_plugin.openood.settings.options import RouteStop
     real = dict(ours.RUNNERS)
 
     def nan_for_big_xi(model, loader, xi, config):
@@ -206,7 +206,7 @@ def test_failed_setting_is_marked_and_the_search_goes_on(oo, tiny_bench, checkou
 
 def test_sweep_values_are_checked_in_one_line(oo, checkout, tmp_path):
     from openood.evaluation_api.postprocessor import get_postprocessor
-    from um_plugin.openood.sweep import parse_flag
+    from um_plugin.openood.postprocessing.sweep import parse_flag
     cases = [("um", {"loss_constraint_list": ["huge"]}, r"loss_constraint_list: 'huge' is not a "
               r"loss constraint; use a number > 0, 'auto' .* '2x'"),
              ("um", {"keep_ratio_list": [0.5]}, r"keep_ratio_list is a UMAP setting"),
@@ -228,7 +228,7 @@ def test_sweep_values_are_checked_in_one_line(oo, checkout, tmp_path):
 
 
 def test_chosen_column_over_runs(oo):
-    from um_plugin.openood.sweep_report import chosen_column
+    from um_plugin.openood.evaluation.sweep_report import chosen_column
     a = {"temperature": 10, "loss_constraint": "2x", "xi": 0.5}
     b = {"temperature": 1, "loss_constraint": 0.3, "xi": 0.3}
     assert chosen_column([a, dict(a)]) == "temperature=10, loss_constraint=2x (xi 0.5)"
@@ -244,7 +244,7 @@ def test_eval_with_the_sweep_gives_the_evaluators_choice_and_row(oo, tiny_bench,
     import csv
 
     from um_plugin.cli import main
-    from um_plugin.openood.sweep_report import chosen_text
+    from um_plugin.openood.evaluation.sweep_report import chosen_text
     xis = [0.5, "auto", "2x"]
     swept = _config_root(checkout, tmp_path / "swept", "um", {"loss_constraint_list": xis})
     plain = _config_root(checkout, tmp_path / "plain", "um")

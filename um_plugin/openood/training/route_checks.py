@@ -11,8 +11,8 @@ import inspect
 import os
 import re
 
-from .evaluate import load_weights
-from .options import TRAINER_NAMES
+from um_plugin.openood.evaluation.evaluate import load_weights
+from um_plugin.openood.settings.options import TRAINER_NAMES
 
 
 def openood_trainer_names() -> list:

@@ -1,18 +1,18 @@
 """What ``um-openood eval`` says about a UM sweep: the leaderboard row's ``chosen`` column, the
 search tables beside the OOD CSVs, and the ``--sweep`` flag.
 
-:func:`um_plugin.openood.evaluate.score_one` leaves each run's choice and table on the metrics
+:func:`um_plugin.openood.evaluation.evaluate.score_one` leaves each run's choice and table on the metrics
 table it returns (``table.attrs['chosen']`` / ``['search_table']``); these helpers read them.
 The flag's lists are checked against each postprocessor's config by
-:func:`um_plugin.openood.postprocessor_config.resolve`, which also puts them in the config hash.
+:func:`um_plugin.openood.evaluation.postprocessor_config.resolve`, which also puts them in the config hash.
 """
 from __future__ import annotations
 
 from typing import List
 
-from .names import is_method_name
-from .search import save_table
-from .sweep import parse_flag
+from um_plugin.openood.postprocessing.search import save_table
+from um_plugin.openood.postprocessing.sweep import parse_flag
+from um_plugin.openood.registry.names import is_method_name
 
 
 def chosen_text(values: dict) -> str:

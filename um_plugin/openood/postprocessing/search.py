@@ -27,8 +27,8 @@ from tqdm.auto import tqdm
 from um_plugin.core.distributed import is_main_process
 from um_plugin.leaderboard.table import write_atomic
 
-from .options import MethodOptions, RouteStop, XiOptions
-from .sweep import Setting, Sweep
+from um_plugin.openood.postprocessing.sweep import Setting, Sweep
+from um_plugin.openood.settings.options import MethodOptions, RouteStop, XiOptions
 
 FAILURES = (RouteStop, FloatingPointError)  # fit check stops, NaN/inf loss (NonFiniteLossError)
 

@@ -18,7 +18,7 @@ from typing import Mapping, Optional, Tuple
 
 from um_plugin.core.config import validate_keep_ratio, validate_xi
 
-from .options import MethodOptions, XiOptions, convert
+from um_plugin.openood.settings.options import MethodOptions, XiOptions, convert
 
 # sweep key -> postprocessor_args key it varies (OpenOOD names its lists '<arg>_list')
 UM_SWEEP_KEYS = {"loss_constraint_list": "loss_constraint", "keep_ratio_list": "keep_ratio",
