@@ -140,7 +140,7 @@ def check(args) -> None:
             for folder in {os.path.dirname(c) for c in model.checkpoints} | {model.csv_dir}:
                 _writable_folder(folder, "--save-score/--save-csv: run folder")
     args.models = models
-    from um_plugin.openood import evaluate  # noqa: F401  OpenOOD from here on
+    from um_plugin.openood.evaluation import evaluate  # noqa: F401  OpenOOD from here on
     args.plan = evaluate.plan(args)
 
 
