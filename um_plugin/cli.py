@@ -148,7 +148,9 @@ def main(argv=None) -> int:
         _check(args)
         if args.command == "run":
             prepare_run(args.cpu)
+            from um_plugin.openood.launching import plan_launch
             from um_plugin.openood.script_config import check_script_config
+            args.args, plan = plan_launch(args.script, args.args, cpu=args.cpu)
             check_script_config(args.script, args.args)
         elif args.command == "install-configs":
             for path in install_configs(args.dest, force=args.force):
@@ -162,11 +164,16 @@ def main(argv=None) -> int:
     except (ValueError, OSError, RuntimeError, ImportError) as exc:
         return _error(str(exc))
     if args.command == "run":  # the script's own errors are its own: not caught above
+        from um_plugin.openood.launching import RanksFailed, launching
         from um_plugin.openood.options import RouteStop
         try:
-            run_script(args.script, args.args, cpu=args.cpu)
+            with launching(plan):  # --num_gpus/--num_machines: OpenOOD's launch, see launching.py
+                run_script(args.script, args.args, cpu=args.cpu)
         except RouteStop as exc:  # e.g. the fit check: the run stopped before any training
             return _error(str(exc))
+        except RanksFailed as exc:  # a rank raised or died; the launcher stopped the others
+            _error(str(exc))
+            return 1
     return 0
 
 

@@ -23,8 +23,12 @@ AUTHORS_PREPROCESSING = "train"
 _NOT_SETTINGS = ("mode", "progress", "seed", "precision")
 
 
-def differences(options: MethodOptions, batch_size: Optional[int]) -> list[str]:
-    """``'name value (authors: value)'`` for each setting that is not the authors'."""
+def differences(options: MethodOptions, batch_size: Optional[int], world_size: int = 1) -> list[str]:
+    """``'name value (authors: value)'`` for each setting that is not the authors'.
+
+    ``batch_size`` is per process; with ``world_size`` > 1 processes the line names both, since
+    each rank's loss ``|CE - xi| + xi`` is taken on its own batch, not on the global one.
+    """
     mine = options.finetune
     authors = FinetuneConfig(mode=mine.mode)
     out = []
@@ -36,7 +40,10 @@ def differences(options: MethodOptions, batch_size: Optional[int]) -> list[str]:
         value, theirs = getattr(mine, f.name), getattr(authors, f.name)
         if value != theirs:
             out.append(f"{f.name} {value!r} (authors: {theirs!r})")
-    if batch_size is not None and batch_size != AUTHORS_BATCH_SIZE:
+    if batch_size is not None and world_size > 1:
+        out.append(f"world size {world_size} x batch_size {batch_size} = global batch "
+                   f"{world_size * batch_size} (authors: one process, batch {AUTHORS_BATCH_SIZE})")
+    elif batch_size is not None and batch_size != AUTHORS_BATCH_SIZE:
         out.append(f"batch_size {batch_size} (authors: {AUTHORS_BATCH_SIZE})")
     if options.data.preprocessing != AUTHORS_PREPROCESSING:
         out.append(f"preprocessing {options.data.preprocessing!r} (authors: "
@@ -50,9 +57,10 @@ def differences(options: MethodOptions, batch_size: Optional[int]) -> list[str]:
     return out
 
 
-def log_differences(options: MethodOptions, who: str, *, batch_size: Optional[int]) -> list[str]:
+def log_differences(options: MethodOptions, who: str, *, batch_size: Optional[int],
+                    world_size: int = 1) -> list[str]:
     """Print one line: the authors' setting, or every way this run differs from it."""
-    diffs = differences(options, batch_size)
+    diffs = differences(options, batch_size, world_size)
     if is_main_process():
         if diffs:
             print(f"[um-plugin] {who} differs from the authors' setting in: {'; '.join(diffs)}",

@@ -23,7 +23,7 @@ from .loaders import like, test_time_dataset
 from .options import trainer_options
 from .presets import log_differences
 from .reuse import Mark, claim, new_token, refuse_reuse
-from .sync import average_gradients, broadcast_buffers, mean_over_ranks, unwrap
+from .sync import average_gradients, broadcast_buffers, mean_over_ranks, unwrap, world_size
 
 _WHERE = "trainer.trainer_args"
 
@@ -50,7 +50,8 @@ class UnleashingTrainer:
             dataset = test_time_dataset(train_loader, config, what)
             xi_loader = like(train_loader, dataset, what, shuffle=False)
             self.fit_loader = like(train_loader, dataset, what, shuffle=True)
-        log_differences(self.options, f"the {self.mode} trainer", batch_size=train_loader.batch_size)
+        log_differences(self.options, f"the {self.mode} trainer",
+                        batch_size=train_loader.batch_size, world_size=world_size())
         self.xi = prepare_xi(self.model, xi_loader, self.options.xi, self.options.data,
                              where=_WHERE, reference=val_loader)
         self.plain = PlainCopy(self.model) if self.mode == "umap" else None  # before masking
