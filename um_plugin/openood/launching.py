@@ -20,8 +20,12 @@ from __future__ import annotations
 import contextlib
 import datetime
 import importlib
+import logging
 import os
+import re
+import signal
 import socket
+import types
 from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
@@ -143,21 +147,57 @@ def plan_launch(script: str, args: list, *, cpu: bool) -> tuple:
 
 # ---------------------------------------------------------------- the launching process
 
-def _failure(exc, plan_rank_base: int) -> Exception:
-    """One line for a failed rank: a RouteStop stays one (exit 2), anything else RanksFailed."""
+def _gloo_lost(text: str) -> Optional[str]:
+    """The gist of a gloo error a rank raises when a peer went away, or None."""
+    if "gloo" not in text.lower():
+        return None
+    found = re.search(r"gloo[^ ]*\] (.*?(?:by peer|[Tt]imed out|[Tt]imeout)[^.]*)", text)
+    return found.group(1) if found else None
+
+
+def _failure(exc, processes, rank_base: int) -> Exception:
+    """One line for a failed launch. A rank that died of a signal is named even when a rank
+    waiting on it raised first; a RouteStop stays one (exit 2); anything else RanksFailed."""
     from torch.multiprocessing.spawn import ProcessExitedException
-    rank = plan_rank_base + exc.error_index
-    if isinstance(exc, ProcessExitedException):
-        how = (f"was killed by {exc.signal_name}" if exc.signal_name
-               else f"exited with code {exc.exit_code}")
-        return RanksFailed(f"rank {rank} (pid {exc.error_pid}) {how}; the other ranks were "
-                           "stopped and nothing was saved as finished")
     last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
+    lost = None if isinstance(exc, ProcessExitedException) else _gloo_lost(last)
+    if lost is not None:
+        for index, process in enumerate(processes):  # the launcher SIGTERMs the others itself
+            if process.exitcode is not None and process.exitcode < 0 and \
+                    process.exitcode != -signal.SIGTERM:
+                return _died(rank_base + index, process.pid, signal.Signals(-process.exitcode).name)
+        return RanksFailed(f"rank {rank_base + exc.error_index} lost its connection to another "
+                           f"rank, which stopped or died (on another machine: see its error "
+                           f"line); the other ranks here were stopped and nothing was saved as "
+                           f"finished (gloo: {lost})")
+    if isinstance(exc, ProcessExitedException):
+        return _died(rank_base + exc.error_index, exc.error_pid, exc.signal_name,
+                     exc.exit_code)
     kind, _, message = last.partition(": ")
     stop = _route_stop(kind)
     if stop is not None:
         return stop(message)
-    return RanksFailed(f"rank {rank} stopped the run: {last}")
+    return RanksFailed(f"rank {rank_base + exc.error_index} stopped the run: {last}")
+
+
+def _died(rank: int, pid: int, signal_name: Optional[str], exit_code: int = 0) -> RanksFailed:
+    how = f"was killed by {signal_name}" if signal_name else f"exited with code {exit_code}"
+    return RanksFailed(f"rank {rank} (pid {pid}) {how}; the other ranks were stopped and "
+                       "nothing was saved as finished")
+
+
+def _spawn(processes: list):
+    """``mp.spawn`` for OpenOOD's launch, keeping the processes so :func:`_failure` sees them."""
+    import torch.multiprocessing as mp
+
+    def spawn(fn, args=(), nprocs=1, join=True, daemon=False, start_method="spawn"):
+        context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, daemon=daemon,
+                                     start_method=start_method)
+        processes[:] = context.processes
+        while not context.join():
+            pass
+
+    return types.SimpleNamespace(spawn=spawn)
 
 
 def _route_stop(qualified: str):
@@ -176,7 +216,7 @@ def launching(plan: LaunchPlan):
     :func:`cpu_worker` with ``--cpu``, and turns a failed rank into one exception line."""
     utils = importlib.import_module("openood.utils")
     openood_launch = original(utils.launch)
-    saved_worker = _launch._distributed_worker
+    saved_worker, saved_mp = _launch._distributed_worker, _launch.mp
 
     def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None,
                args=(), timeout=_launch.DEFAULT_TIMEOUT):
@@ -187,20 +227,26 @@ def launching(plan: LaunchPlan):
             timeout = datetime.timedelta(seconds=plan.timeout_s)
         if plan.cpu and num_gpus_per_machine * num_machines > 1:
             _launch._distributed_worker = cpu_worker
+        processes = []
+        _launch.mp = _spawn(processes)
         try:
             return openood_launch(main_func, num_gpus_per_machine, num_machines=num_machines,
                                   machine_rank=machine_rank, dist_url=dist_url, args=args,
                                   timeout=timeout)
         except ProcessException as exc:
-            raise _failure(exc, machine_rank * num_gpus_per_machine) from None
+            raise _failure(exc, processes, machine_rank * num_gpus_per_machine) from None
 
     launch.__wrapped__ = openood_launch
     utils.launch = launch
+    spawn_log = logging.getLogger("torch.multiprocessing.spawn")
+    level = spawn_log.level
+    spawn_log.setLevel(logging.ERROR)  # its "Terminating process" lines: our one line says it
     try:
         yield plan
     finally:
         utils.launch = openood_launch
-        _launch._distributed_worker = saved_worker
+        _launch._distributed_worker, _launch.mp = saved_worker, saved_mp
+        spawn_log.setLevel(level)
 
 
 # ---------------------------------------------------------------- a spawned CPU rank
