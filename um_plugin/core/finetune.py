@@ -2,9 +2,8 @@
 benchmarks, users) drives it instead of writing a loop of its own.
 
 UM trains the weights under the loss constraint; UMAP freezes them, learns a top-k popup mask
-under the same constraint and bakes it in at the end. What differs between callers is passed
-in: the loader, ``grad_hook`` (e.g. a gradient all-reduce), the progress description.
-:mod:`um_plugin.core.runs` wraps it in the one-shot ``run_um`` / ``run_umap``.
+and bakes it in at the end. Callers pass in what differs: the loader, ``grad_hook`` (e.g. a
+gradient all-reduce), the progress description. ``runs.py``: the one-shot ``run_um[ap]``.
 
 Per step the engine makes one host-device synchronisation, the one NaN safety needs (the loss
 value and, under torch.distributed, a collective finiteness flag), so that a non-finite loss
@@ -25,7 +24,7 @@ from tqdm.auto import tqdm
 from .batches import check_labels, checked_logits, label_rule, unpack_batch, valid_labels
 from .checkpoint import check_entries, check_writable, loader_generators, save_checkpoint
 from .config import FinetuneConfig, validate_xi
-from .distributed import is_distributed, is_main_process
+from .distributed import is_distributed, is_main_process, set_sampler_epoch
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
                     mask_settings, restore_requires_grad)
 from .objective import LossConstraint
@@ -235,8 +234,8 @@ class Finetuner:
     def train_epoch(self, loader, epoch: Optional[int] = None, *, desc: Optional[str] = None) -> dict:
         """Train one epoch; returns the sample-weighted mean loss and accuracy.
 
-        The loader is iterated exactly as ``for batch in loader`` would (the progress bar never
-        wraps it), so its shuffle draws from the same RNG state as any plain loop.
+        The loader is iterated as ``for batch in loader`` would (no progress-bar wrapper), so
+        its shuffle draws from the same RNG state as any plain loop.
         """
         epoch = self.epoch if epoch is None else epoch
         n = self._bind(loader)
@@ -300,6 +299,7 @@ class Finetuner:
             check_writable(checkpoint_path)
         self._bind(loader)
         while self.epoch < self.config.epochs:
+            set_sampler_epoch(loader, self.epoch)  # DistributedSampler: each epoch its own order
             self.train_epoch(loader)
             if checkpoint_path is not None:
                 save_checkpoint(self, checkpoint_path)
