@@ -172,6 +172,7 @@ def main(argv=None) -> int:
         except RouteStop as exc:  # e.g. the fit check: the run stopped before any training
             return _error(str(exc))
         except RanksFailed as exc:  # a rank raised or died; the launcher stopped the others
+            print(file=sys.stderr)  # a stopped rank's progress bar may have left a line open
             _error(str(exc))
             return 1
     return 0
