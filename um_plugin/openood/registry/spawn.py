@@ -5,7 +5,7 @@ process starts a fresh interpreter that never ran ``import um_plugin.openood``, 
 ``trainer.name: umap`` would be unknown there. :func:`register` points ``launch`` at
 :func:`registered_worker`, which is pickled by reference: unpickling it in the child imports
 this module, hence its package ``um_plugin.openood``, which registers on import. It then runs
-OpenOOD's own ``_distributed_worker``.
+OpenOOD's own ``_distributed_worker`` (``--cpu`` spawns ``launching.cpu_worker`` instead).
 """
 from __future__ import annotations
 
@@ -18,5 +18,12 @@ _launch = importlib.import_module("openood.utils.launch")
 
 
 def registered_worker(*args, **kwargs):
-    """OpenOOD's ``_distributed_worker``, in a process where um/umap are registered."""
-    return original(_launch._distributed_worker)(*args, **kwargs)
+    """OpenOOD's ``_distributed_worker``, in a process where um/umap are registered, leaving
+    its process group destroyed (OpenOOD never destroys it; see ``launching.py``)."""
+    import torch._dynamo  # noqa: F401  before the group: it captures WORLD when imported
+
+    from .launching import leave_process_group
+    try:
+        return original(_launch._distributed_worker)(*args, **kwargs)
+    finally:
+        leave_process_group()
