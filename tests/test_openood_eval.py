@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 import torch
 
-from openood_fixtures import checkout_env, make_tiny_benchmark
+from openood_fixtures import checkout_env, main_py_argv, make_tiny_benchmark
 
 # One interpreter imports OpenOOD once and forks a child per main.py run (each as
 # `um-openood run --cpu main.py ...`): the same runs as separate commands, without paying the
@@ -51,18 +51,17 @@ def trained(oo, checkout, tmp_path_factory):
     kwargs = make_tiny_benchmark(str(tmp / "data"), name="evalbench", per_split=24)
     bench_yml = write_benchmark_file(kwargs, str(tmp / "bench.yml"))
     oo.register_benchmark(**kwargs, dataset_yaml=str(tmp / "evalbench.yml"))
-    common = ["run", "--cpu", os.path.join(checkout, "main.py"), "--config",
-              str(tmp / "evalbench.yml"), os.path.join(checkout, "configs/networks/lenet.yml"),
-              os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml")]
-    flags = ["--num_workers", "0", "--output_dir", str(tmp / "runs"), "--dataset.train.batch_size", "8"]
-    runs = [common + [os.path.join(checkout, "configs/pipelines/train/baseline.yml"), *flags,
-                      "--optimizer.num_epochs", "2", "--seed", str(s), "--exp_name", f"base/s{s}"]
+    flags = ["--num_workers", "0", "--output_dir", tmp / "runs", "--dataset.train.batch_size", "8"]
+    runs = [main_py_argv(checkout, tmp / "evalbench.yml", "lenet",
+                         os.path.join(checkout, "configs/pipelines/train/baseline.yml"), *flags,
+                         "--optimizer.num_epochs", "2", "--seed", s, "--exp_name", f"base/s{s}")
             for s in (0, 1)]
     for method in ("um", "umap"):
-        runs += [common + [os.path.join(configs_root(), f"train_{method}.yml"), *flags,
-                           "--optimizer.num_epochs", "1", "--seed", str(s),
-                           "--network.checkpoint", str(tmp / "runs" / "base" / f"s{s}" / "best.ckpt"),
-                           "--exp_name", f"{method}/s{s}"] for s in (0, 1)]
+        runs += [main_py_argv(checkout, tmp / "evalbench.yml", "lenet",
+                              os.path.join(configs_root(), f"train_{method}.yml"), *flags,
+                              "--optimizer.num_epochs", "1", "--seed", s, "--network.checkpoint",
+                              tmp / "runs" / "base" / f"s{s}" / "best.ckpt", "--exp_name", f"{method}/s{s}")
+                 for s in (0, 1)]
     _main_py_runs(runs, cwd=tmp)
     yield tmp, kwargs, bench_yml
     oo.unregister_benchmark("evalbench")

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from bench_helpers import one_line, one_line_error
 from openood_fixtures import lenet, make_tiny_benchmark
 
 
@@ -79,9 +80,7 @@ def test_malformed_csvs_end_in_one_line_and_exit_2(oo, tmp_path, capsys, text, s
     bad.write_text(text)
     for argv in (["gate", good, "--baseline", str(bad)], ["gate", str(bad), "--baseline", good]):
         assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("um-openood: error: leaderboard CSV ") and says in err
-        assert len(err.splitlines()) == 1
+        one_line(capsys.readouterr().err, says, prefix="um-openood: error: leaderboard CSV ")
     assert main(["gate", good, "--baseline", str(tmp_path / "nope.csv")]) == 2
     assert "cannot be read" in capsys.readouterr().err
 
@@ -142,9 +141,7 @@ def test_bad_eval_arguments_stop_before_any_scoring(eval_setup, capsys, monkeypa
         elif value is not None:
             argv += [flag, value.replace("RUN", str(tmp / "run"))]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("um-openood: error: ") and len(err.splitlines()) == 1, err
-    assert says in err, err
+    one_line_error(capsys, "um-openood", says)
 
 
 def test_dataset_config_writes_the_benchmark_file_eval_reads(oo, tmp_path, capsys):

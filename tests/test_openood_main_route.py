@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from openood_fixtures import lenet, make_halves_benchmark, run_cli, run_python
+from openood_fixtures import lenet, make_halves_benchmark, run_main_py, run_python
 
 
 @pytest.fixture(scope="module")
@@ -60,13 +60,10 @@ def halves(oo, checkout, tmp_path_factory):
 
 def _main_py(checkout, halves, trainer, out, *extra, expect=0):
     from um_plugin.shipped import configs_root
-    return run_cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config", halves["yml"],
-                   os.path.join(checkout, "configs/networks/lenet.yml"),
-                   os.path.join(configs_root(), f"train_{trainer}.yml"),
-                   os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
-                   "--network.checkpoint", halves["ckpt"],
-                   "--num_workers", "0", "--output_dir", str(out), *extra,
-                   cwd=halves["root"], expect=expect)
+    return run_main_py(checkout, halves["yml"], "lenet",
+                       os.path.join(configs_root(), f"train_{trainer}.yml"),
+                       "--network.checkpoint", halves["ckpt"], "--num_workers", "0",
+                       "--output_dir", out, *extra, cwd=halves["root"], expect=expect)
 
 
 def test_a_base_that_does_not_fit_the_augmented_images_stops_main_py_in_one_line(
