@@ -63,9 +63,9 @@ def test_plain_step_is_the_engine_at_xi_zero_and_equals_cross_entropy_sgd():
 
 @pytest.mark.parametrize("argv, message", [
     (["--models", "vgg"], "unknown model(s) ['vgg']; valid"),
-    (["--batches", "64,0"], "--batches must be integers >= 1"),
-    (["--rounds", "0"], "--rounds must be >= 1"),
-    (["--threads", "-1"], "--threads must be >= 0"),
+    (["--batches", "64,0"], "--batches must be an integer >= 1, got 0"),
+    (["--rounds", "0"], "--rounds must be an integer >= 1, got 0"),
+    (["--threads", "-1"], "--threads must be an integer >= 0, got -1"),
     (["--keep-ratio", "2"], "--keep-ratio: keep_ratio must be in (0, 1]"),
     (["--device", "tpu"], "--device must be 'auto', 'cpu' or 'cuda'"),
     (["--batches", "x"], "argument --batches: invalid"),

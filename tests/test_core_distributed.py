@@ -4,7 +4,8 @@ import re
 import torch
 import torch.multiprocessing as mp
 
-from core_helpers import free_port, loader, trained_model
+from core_helpers import TinyCNN, free_port, loader, state_equal, trained_model
+from um_plugin.core.distributed import strip_ddp_prefix
 from um_plugin.core.masks import attach_score_masks, score_parameters
 from um_plugin.core.xi import estimate_xi
 
@@ -104,3 +105,17 @@ def test_gloo_group_fails_when_the_group_outlives_it():
     assert re.search(r"rank 0: [1-9]\d* gloo thread\(s\) outlived destroy_process_group",
                      message), message
     assert left_after_release == 0
+
+
+
+def test_a_wrapped_models_state_loads_into_the_bare_model():
+    """``module.`` (DataParallel / DDP) is stripped from every key; a bare state is unchanged."""
+    torch.manual_seed(0)
+    source = TinyCNN()
+    wrapped = torch.nn.DataParallel(source).state_dict()
+    assert all(k.startswith("module.") for k in wrapped)
+    bare = TinyCNN()
+    bare.load_state_dict(strip_ddp_prefix(wrapped), strict=True)
+    assert state_equal(bare, source)
+    plain = source.state_dict()
+    assert list(strip_ddp_prefix(dict(plain))) == list(plain)

@@ -32,7 +32,7 @@ def test_refuses_missing_files_and_openood_names(oo, tmp_path):
         oo.register_benchmark(**kwargs)
     with pytest.raises(FileNotFoundError, match="benchmark_imglist' does not exist"):
         oo.register_benchmark(**dict(kwargs, data_root=str(tmp_path / "empty")))
-    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1, got 0"):
         oo.register_benchmark(**dict(kwargs, num_classes=0))
 
 

@@ -217,7 +217,7 @@ def test_route1_bad_yaml_values_stop_in_one_line(oo, checkout, tmp_path, monkeyp
     mine.write_text(open(os.path.join(configs_root(), "train_um.yml")).read()
                     .replace("xi_draws: 1", "xi_draws: many"))
     _one_line_error(capsys, _route1(checkout, tmp_path, str(mine)),
-                    "trainer.trainer_args.xi_draws must be an integer, got 'many'")
+                    "trainer.trainer_args.xi_draws: draws must be an integer >= 1, got 'many'")
     argv = _route1(checkout, tmp_path, os.path.join(checkout, "configs/pipelines/test/test_ood.yml"),
                    os.path.join(configs_root(), "postprocessors", "umap.yml"),
                    extra=["--postprocessor.postprocessor_args.epochs", "0"])

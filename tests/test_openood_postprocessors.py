@@ -36,8 +36,8 @@ def test_bad_postprocessor_args(oo, checkout, monkeypatch):
     with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.fit_check must be one "
                                          r"of \('stop', 'warn'\), got 'ignore'"):
         get_postprocessor(_pipeline_config("um", fit_check="ignore"))
-    with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.batch_size must be a "
-                                         r"positive integer .*0"):
+    with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.batch_size must be an "
+                                         r"integer >= 1, got 0 \(null: the ID training"):
         get_postprocessor(_pipeline_config("um", batch_size=0))
     options = get_postprocessor(_pipeline_config("umap", freeze_weights="false", lr="0.5")).options
     assert options.finetune.freeze_weights is False and options.finetune.lr == 0.5
@@ -109,3 +109,16 @@ def test_setup_once_per_net_and_pickles_without_net(oo, tiny_bench, checkout):
     with oo.enable_cpu_fallback():
         clone.setup(fresh, {"train": loader, "val": loader}, {"val": loader})
     assert not torch.equal(before, fresh.fc.weight)  # a reloaded postprocessor runs UMAP again
+
+
+def test_xi_settings_are_typed_and_a_keep_ratio_not_the_authors_is_reported(oo):
+    from um_plugin.core.xi import OFFICIAL_ESTIMATE_KEEP_RATIO
+    from um_plugin.openood.options import postprocessor_options
+    from um_plugin.openood.presets import differences
+    authors = postprocessor_options({}, "um")
+    assert authors.xi.value is None and authors.xi.keep_ratio == OFFICIAL_ESTIMATE_KEEP_RATIO
+    assert not [d for d in differences(authors, 256) if "xi" in d or "loss_constraint" in d]
+    mine = postprocessor_options({"xi_keep_ratio": "0.9", "xi_draws": "3", "xi_seed": 2}, "um")
+    assert (mine.xi.keep_ratio, mine.xi.draws, mine.xi.seed) == (0.9, 3, 2)
+    assert mine.xi.estimate_kwargs == {"keep_ratio": 0.9, "seed": 2, "draws": 3}
+    assert differences(mine, 256) == ["xi_keep_ratio 0.9 (authors: 0.965)"]

@@ -21,10 +21,12 @@ import runpy
 import sys
 
 from um_plugin import cli_eval
-from um_plugin.cli_eval import positive_int
+from um_plugin.cli_eval import check_device, positive_int
 from um_plugin.shipped import configs_root, install_configs, shipped_configs
 
 PROG = "um-openood"
+# um_plugin.openood is imported inside the functions that use it: it imports OpenOOD, which the
+# parser, --help, install-configs and the one-line "OpenOOD is missing" error must not need.
 
 
 def prepare_run(cpu: bool = False) -> None:
@@ -89,22 +91,13 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _check_device(cpu: bool) -> None:
-    """OpenOOD's scripts call ``.cuda()`` unconditionally: without a GPU they need ``--cpu``."""
-    import torch
-    if not cpu and not torch.cuda.is_available():
-        raise ValueError("no CUDA GPU is available (torch.cuda.is_available() is False) and "
-                         "OpenOOD's scripts call .cuda(); add --cpu (um-openood run --cpu SCRIPT "
-                         "...) to run them on the CPU")
-
-
 def _check(args) -> None:
     """Raise ValueError (one line) for an argument that cannot work, before any work."""
     if args.command == "run":
         if not os.path.isfile(args.script):
             raise ValueError(f"script {args.script!r} not found (cwd {os.getcwd()!r}); run from "
                              "your OpenOOD checkout or pass the script's path")
-        _check_device(args.cpu)
+        check_device(args.cpu)
     if args.command == "install-configs" and not os.path.isdir(args.dest):
         raise ValueError(f"{args.dest!r} is not a folder; pass OpenOOD's configs/ directory")
     if args.command == "dataset-config":

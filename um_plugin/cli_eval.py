@@ -19,10 +19,21 @@ import os
 import sys
 import warnings
 
+# um_plugin.openood is imported inside the functions that use it: it imports OpenOOD, which
+# the parser and `um-openood --help` must not need.
 COMMANDS = ("eval", "gate")
 # eval_ood.py's networks for OpenOOD's own ID sets; anything else needs --network
 DEFAULT_NETWORK = {"cifar10": "resnet18_32x32", "cifar100": "resnet18_32x32",
                    "imagenet200": "resnet18_224x224", "imagenet": "resnet50"}
+
+
+def check_device(cpu: bool) -> None:
+    """OpenOOD calls ``.cuda()`` unconditionally (its scripts, trainers, Evaluator): without a
+    GPU, ``run`` and ``eval`` need ``--cpu``."""
+    import torch  # keeps `um-openood --help` fast
+    if not cpu and not torch.cuda.is_available():
+        raise ValueError("no CUDA GPU is available (torch.cuda.is_available() is False) and "
+                         "OpenOOD calls .cuda(); add --cpu to run on the CPU")
 
 
 def positive_int(text):
@@ -182,9 +193,7 @@ def prepare(args) -> _Prepared:
         if args.baseline is None:
             raise ValueError("gate needs --baseline CSV")
         return _Prepared(plan=read_csv(args.csv), baseline=read_csv(args.baseline), args=args)
-    import torch
-    if not args.cpu and not torch.cuda.is_available():
-        raise ValueError("no CUDA device is available; pass --cpu to score on the CPU")
+    check_device(args.cpu)
     import um_plugin.openood  # noqa: F401  registers um / umap with OpenOOD
     from um_plugin.openood import evaluate as ev
     from um_plugin.openood.leaderboard import sort_columns

@@ -24,6 +24,8 @@ import torch
 from openood.evaluation_api import datasets as oo_datasets
 from openood.evaluation_api import postprocessor as eval_pp
 
+from um_plugin.core.distributed import strip_ddp_prefix
+
 from .config_discovery import base_config_candidates, config_roots
 from .names import is_method_name, known_postprocessor_names, split_name
 
@@ -136,8 +138,7 @@ def load_weights(net: torch.nn.Module, path: str) -> torch.nn.Module:
         raise ValueError(f"checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise ValueError(f"checkpoint {path!r} is not a state_dict (got {type(state).__name__})")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    strip_ddp_prefix(state)
     own = net.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]

@@ -44,9 +44,9 @@ def differences(options: MethodOptions, batch_size: Optional[int]) -> list[str]:
     if options.xi.value is not None:
         out.append(f"loss_constraint {options.xi.value:g} (authors: estimated)")
     else:
-        keep = options.xi.estimate_kwargs.get("keep_ratio", OFFICIAL_ESTIMATE_KEEP_RATIO)
-        if keep != OFFICIAL_ESTIMATE_KEEP_RATIO:
-            out.append(f"xi_keep_ratio {keep:g} (authors: {OFFICIAL_ESTIMATE_KEEP_RATIO})")
+        if options.xi.keep_ratio != OFFICIAL_ESTIMATE_KEEP_RATIO:
+            out.append(f"xi_keep_ratio {options.xi.keep_ratio:g} (authors: "
+                       f"{OFFICIAL_ESTIMATE_KEEP_RATIO})")
     return out
 
 
