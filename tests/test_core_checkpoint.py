@@ -4,7 +4,6 @@ bit-exactly; every other checkpoint error names the path, the fault and what wou
 import os
 import re
 import stat
-import warnings
 
 import pytest
 import torch
@@ -14,7 +13,7 @@ from core_helpers import (CountingLoader, TinyCNN, fresh_copy, loader, seeded_lo
                           state_equal)
 from um_plugin.core import (FinetuneConfig, Finetuner, load_checkpoint, run_um, run_umap,
                             save_checkpoint)
-from um_plugin.core.checkpoint import UnverifiedCheckpointWarning, read_state, write_state
+from um_plugin.core.checkpoint import read_state, write_state
 
 CONFIG = FinetuneConfig(epochs=3, lr=0.05, progress=False)
 
@@ -188,24 +187,13 @@ def test_another_architectures_file_is_refused_by_load_checkpoint(base, tmp_path
         load_checkpoint(Wider(), path)
 
 
-def test_pre_checksum_checkpoint_loads_with_a_warning_and_the_next_save_adds_one(base, tmp_path):
-    torch.manual_seed(3)
-    whole = fresh_copy(base)
-    Finetuner(whole, 0.15, CONFIG).fit(seeded_loader())
-    torch.manual_seed(3)
-    first = Finetuner(fresh_copy(base), 0.15, CONFIG)
-    first.train_epoch(seeded_loader())
-    path = tmp_path / "old.pt"
-    torch.save(first.state_dict(), path)  # what save_checkpoint wrote before checksums
-    with pytest.warns(UnverifiedCheckpointWarning, match=r"old\.pt' was written before "
-                                                        "checkpoints carried a checksum"):
-        resumed = load_checkpoint(fresh_copy(base), path)
-    resumed.fit(seeded_loader(), checkpoint_path=path)
-    assert state_equal(resumed.model, whole)
-    assert path.read_bytes().startswith(b"um-plugin checkpoint v2 sha256=")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert read_state(path)["epoch"] == 3
+def test_a_bare_torch_save_file_is_refused_naming_what_is_valid(base, tmp_path):
+    """Only save_checkpoint's format (header, checksum) is read; a bare ``torch.save`` of a run's
+    state is not a checkpoint."""
+    path = tmp_path / "bare.pt"
+    torch.save(Finetuner(fresh_copy(base), 0.15, CONFIG).state_dict(), path)
+    raises_one_line(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
+                    "is not a um-plugin checkpoint", "save_checkpoint")
 
 
 def test_unwritable_checkpoint_path_fails_before_training(base, tmp_path):

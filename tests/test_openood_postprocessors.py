@@ -31,7 +31,7 @@ def test_bad_postprocessor_args(oo, checkout, monkeypatch):
         get_postprocessor(_pipeline_config("umap", freeze_weights="maybe"))
     with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.xi_keep_ratio: .*1.5"):
         get_postprocessor(_pipeline_config("umap", xi_keep_ratio=1.5))
-    with pytest.raises(ValueError, match=r"xi_preprocessing was renamed: use preprocessing"):
+    with pytest.raises(ValueError, match=r"has unknown keys \['xi_preprocessing'\]; valid keys "):
         get_postprocessor(_pipeline_config("umap", xi_preprocessing="test"))
     with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.fit_check must be one "
                                          r"of \('stop', 'warn'\), got 'ignore'"):

@@ -42,9 +42,6 @@ _DATA_KEYS = ("preprocessing", "fit_check", "fit_margin")
 TRAINER_KEYS = _XI_KEYS + _DATA_KEYS + _SHARED_FINETUNE_KEYS
 POSTPROCESSOR_KEYS = (_XI_KEYS + _DATA_KEYS + ("batch_size",) + _SHARED_FINETUNE_KEYS
                       + _POSTPROCESSOR_FINETUNE_KEYS)
-RENAMED_KEYS = {"xi_preprocessing": "preprocessing (it now sets the images of both xi and "
-                                    "fine-tuning)",
-                "xi_accuracy_margin": "fit_margin (with fit_check: stop|warn)"}
 
 
 class RouteStop(ValueError):
@@ -185,9 +182,6 @@ def _data_options(section: dict, where: str) -> DataOptions:
 
 def _section(section: Optional[Mapping], valid: tuple, where: str) -> dict:
     section = {k: v for k, v in dict(section or {}).items() if v is not None}
-    renamed = sorted(set(section) & set(RENAMED_KEYS))
-    if renamed:
-        raise ValueError(f"{where}.{renamed[0]} was renamed: use {RENAMED_KEYS[renamed[0]]}")
     unknown = sorted(set(section) - set(valid))
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {list(valid)}")
