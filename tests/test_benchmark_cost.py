@@ -9,6 +9,7 @@ from benchmarks import cost
 from benchmarks.cost import measure
 
 
+@pytest.mark.slow
 def test_cost_lenet_tiny_reports_every_ratio_with_its_target(tmp_path, capsys):
     rc = cost.main(["--models", "lenet", "--batches", "8", "--rounds", "1", "--round-steps", "1",
                     "--warmup", "0", "--xi-images", "16", "--device", "cpu", "--out", str(tmp_path),
@@ -29,6 +30,7 @@ def test_cost_lenet_tiny_reports_every_ratio_with_its_target(tmp_path, capsys):
     assert "| lenet | 8 |" in (tmp_path / "cost.md").read_text()
 
 
+@pytest.mark.slow
 def test_mask_only_measures_the_selection_alone(tmp_path, capsys):
     """``--mask-only``: the one mask-timing measurement, no training steps, no model table."""
     assert cost.main(["--mask-only", "--rounds", "1", "--warmup", "0", "--device", "cpu",

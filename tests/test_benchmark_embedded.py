@@ -23,6 +23,7 @@ def _cache(tmp_path_factory, monkeypatch):
     monkeypatch.setenv("UM_PLUGIN_CACHE", str(tmp_path_factory.getbasetemp() / "um-cache"))
 
 
+@pytest.mark.slow
 def test_quick_mode_writes_every_output(tmp_path, capsys):
     out = tmp_path / "res"
     rc = cli.main(["--quick", "--out", str(out), "--backend", "plugin", "--no-progress"])
@@ -113,6 +114,7 @@ def test_checkpoint_of_another_architecture_gets_one_line(tmp_path, capsys):
     one_line_error(capsys, cli.PROG, "is not a LeNet")
 
 
+@pytest.mark.slow
 def test_interrupted_run_keeps_finished_seeds(tmp_path, monkeypatch):
     real = protocol.run_seed
     calls = []
@@ -133,6 +135,7 @@ def test_interrupted_run_keeps_finished_seeds(tmp_path, monkeypatch):
     assert "baseline | msp" in (out / "summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path, capsys):
     need_openood()
     from benchmarks.metrics import id_ood_metrics

@@ -41,6 +41,7 @@ def test_um_plugin_never_imports_the_benchmarks():
             assert not any(n == "benchmarks" or n.startswith("benchmarks.") for n in names), path
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("module, bad", [
     ("benchmarks.embedded", ["--keep-ratio", "2"]),
     ("benchmarks.cost", ["--threads", "-1"]),

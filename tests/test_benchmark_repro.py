@@ -13,6 +13,7 @@ from benchmarks.checks import BenchmarkError
 pytestmark = pytest.mark.usefixtures("bench_extras")
 
 
+@pytest.mark.slow
 def test_cifar10_dry_run_goes_through_openood(tmp_path, capsys):
     need_openood()
     rc = repro.main(["cifar10", "--dry-run", "--out", str(tmp_path), "--methods", "baseline,umap",

@@ -1,6 +1,7 @@
 """ξ under torch.distributed: two CPU processes (gloo) must agree with one process on all data."""
 import re
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
@@ -28,6 +29,7 @@ def _worker(rank, world, port, state, out):
         out[rank] = (est.xi, est.num_samples, torch.cat([p.detach().flatten() for p in score_parameters(probe)]).tolist())
 
 
+@pytest.mark.slow
 def test_xi_is_all_reduced_and_masks_agree_across_ranks():
     model = trained_model(epochs=20)
     single = estimate_xi(model, loader(batch_size=16), keep_ratio=0.8, seed=5, progress=False)
@@ -62,6 +64,7 @@ def _nan_worker(rank, world, port, state, out):
             out[rank] = ("stopped", err.step, same)
 
 
+@pytest.mark.slow
 def test_nan_on_one_rank_stops_every_rank_without_hanging():
     model = trained_model(epochs=5)
     out = mp.Manager().dict()
@@ -96,6 +99,7 @@ def _leaky_worker(rank, world, port, out):
         out[rank] = (str(err), gloo_threads())
 
 
+@pytest.mark.slow
 def test_gloo_group_fails_when_the_group_outlives_it():
     """The check the distributed tests rely on can fail: a group something still holds when the
     block ends is an error every time, not a random abort at the worker's exit."""

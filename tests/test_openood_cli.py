@@ -35,6 +35,7 @@ def test_configs_listing_and_install(oo, tmp_path):
     assert not (fresh / "postprocessors").exists()  # checked before anything was written
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["um"])  # umap: see the end-to-end test below
 def test_main_py_on_a_registered_offline_benchmark_with_the_written_dataset_yaml(
         oo, checkout, tmp_path, capsys, trainer):
@@ -95,6 +96,7 @@ def test_bad_arguments_end_in_one_line_and_exit_2(tmp_path, monkeypatch, capsys,
     _one_line_error(capsys, args, says)
 
 
+@pytest.mark.slow
 def test_umap_train_then_stock_eval_ood_script(oo, checkout, tmp_path):
     """Route 1 end to end on a miniature offline CIFAR-10 tree: main.py trains UMAP from a
     ResNet18_32x32 checkpoint, then the stock scripts/eval_ood.py (symlinked, so its ROOT_DIR

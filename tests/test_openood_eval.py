@@ -80,6 +80,7 @@ def _reference(checkout, kwargs, checkpoint, postprocessor):
     return evaluator.eval_ood(progress=False)
 
 
+@pytest.mark.slow
 def test_eval_rows_and_csvs_equal_the_evaluators_numbers(oo, checkout, trained, capsys):
     from um_plugin.cli import main
     tmp, kwargs, bench_yml = trained
@@ -128,6 +129,7 @@ def test_eval_rows_and_csvs_equal_the_evaluators_numbers(oo, checkout, trained, 
     assert 0.15 < (umap["fc.weight"] == 0).float().mean().item() < 0.25  # UMAP's checkpoint
 
 
+@pytest.mark.slow
 def test_eval_gate_on_its_own_leaderboard(oo, trained, capsys, tmp_path):
     """The same run gated on its own CSV passes (tolerance 0); a baseline 3 points better on far
     AUROC fails with one line naming it."""

@@ -66,6 +66,7 @@ def _main_py(checkout, halves, trainer, out, *extra, expect=0):
                        "--output_dir", out, *extra, cwd=halves["root"], expect=expect)
 
 
+@pytest.mark.slow
 def test_a_base_that_does_not_fit_the_augmented_images_stops_main_py_in_one_line(
         oo, checkout, halves, tmp_path):
     proc = _main_py(checkout, halves, "um", tmp_path / "results", expect=2)
@@ -80,6 +81,7 @@ def test_a_base_that_does_not_fit_the_augmented_images_stops_main_py_in_one_line
                                                            recursive=True)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["um", "umap"])
 def test_best_ckpt_is_the_final_epochs_model(oo, checkout, halves, tmp_path, trainer):
     # xi = 2 drives the training loss up to 2 (above chance for 2 classes), so ID validation
@@ -102,6 +104,7 @@ def test_best_ckpt_is_the_final_epochs_model(oo, checkout, halves, tmp_path, tra
     assert "differs from the authors' setting in: epochs 4" in proc.stdout
 
 
+@pytest.mark.slow
 def test_spawned_workers_get_the_final_model_recorder_too(oo):
     """num_gpus > 1: OpenOOD's launch spawns fresh interpreters, which unpickle our worker
     (importing um_plugin.openood.spawn, hence registering); the recorder the train pipeline

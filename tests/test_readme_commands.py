@@ -13,6 +13,7 @@ import re
 import shlex
 import shutil
 
+import pytest
 import torch
 
 from core_helpers import TinyCNN, loader
@@ -53,6 +54,7 @@ def test_dataset_config_command_runs_as_written(oo, tmp_path, monkeypatch, capsy
     assert capsys.readouterr().out.strip() == "mybench.yml" and (tmp_path / "mybench.yml").is_file()
 
 
+@pytest.mark.slow
 def test_route1_commands_then_route2_snippet_run_as_written(oo, checkout, tmp_path, monkeypatch,
                                                            capsys):
     from openood.networks import ResNet18_32x32
