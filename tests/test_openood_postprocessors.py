@@ -5,6 +5,8 @@ import pickle
 import pytest
 import torch
 
+from bench_helpers import one_line
+
 
 def _pipeline_config(name, **args):
     from openood.utils import Config
@@ -69,8 +71,7 @@ def test_missing_base_yaml_names_where_it_looked_and_the_three_ways(oo, tmp_path
     monkeypatch.setattr(ours.openood, "__file__", str(tmp_path / "site" / "openood" / "__init__.py"))
     with pytest.raises(FileNotFoundError) as caught:
         get_postprocessor(str(tmp_path / "mine"), "um_msp", "tinybench")
-    message = str(caught.value)
-    assert "\n" not in message and "no config for base postprocessor 'msp'" in message
+    message = one_line(str(caught.value), "no config for base postprocessor 'msp'")
     assert str(tmp_path / "mine" / "postprocessors" / "msp.yml") in message
     for way in ("config_root", "$OPENOOD_CONFIG_ROOT", "$UM_PLUGIN_OPENOOD_ROOT"):
         assert way in message
