@@ -33,10 +33,10 @@ def _missing(reason, env=REQUIRE_ENV, what="the OpenOOD integration tests"):
 
 def need_openood():
     """Skip (or fail, under UM_PLUGIN_REQUIRE_OPENOOD=1) a test when OpenOOD is missing."""
-    try:
-        importlib.import_module("openood")
-    except ImportError as exc:
-        _missing(f"OpenOOD is not importable ({exc})")
+    from um_plugin.requirements import missing_openood_runtime, openood_missing_message
+    missing = missing_openood_runtime()
+    if missing:
+        _missing(openood_missing_message(missing))
 
 
 def _installed_openood_parent():

@@ -48,6 +48,37 @@ def test_quick_mode_writes_every_output(tmp_path, capsys):
                .splitlines() if ln.startswith("noise,")]
     assert float(noise[2]) == pytest.approx(auroc, abs=1e-6)  # one seed: the table is its value
     assert [e["epoch"] for e in rec["train_log"]] == list(range(1, QUICK["epochs"] + 1))
+    summary = (out / "summary.md").read_text()  # one seed: no "± 0.00" posing as a spread
+    assert "±" not in summary and "one seed: single values, no spread" in summary
+
+
+def test_spread_is_the_sample_std_over_seeds_and_says_so(tmp_path):
+    out = tmp_path / "two"
+    assert cli.main(["--quick", "--seeds", "0", "1", "--out", str(out), "--backend", "plugin",
+                     "--methods", "baseline", "--scores", "msp", "--no-progress"]) == 0
+    seeds = json.loads((out / "results.json").read_text())["seeds"]
+    near = [seeds[s]["models"]["baseline"]["metrics"]["msp"]["sets"]["nearood"]["auroc"]
+            for s in ("0", "1")]
+    summary = (out / "summary.md").read_text()
+    assert "mean ± sample std (ddof=1) over the 2 seeds" in summary
+    row = next(ln for ln in summary.splitlines() if ln.startswith("| baseline | msp |"))
+    assert f"| {np.mean(near):.2f} ± {np.std(near, ddof=1):.2f} |" in row
+
+
+def test_threads_bound_torch_and_every_openmp_blas_pool_then_restore(monkeypatch):
+    from threadpoolctl import threadpool_info, threadpool_limits
+    seen = []
+    monkeypatch.setattr(protocol, "_run", lambda cfg: seen.append(
+        (torch.get_num_threads(), {p["num_threads"] for p in threadpool_info()})))
+    monkeypatch.setattr(BenchConfig, "validate", lambda self: self)
+    torch_before = torch.get_num_threads()
+    with threadpool_limits(limits=2):  # as a shell without OMP_NUM_THREADS=1 starts it
+        torch.set_num_threads(2)
+        before = (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()])
+        protocol.run(BenchConfig(threads=1))
+        after = (torch.get_num_threads(), [p["num_threads"] for p in threadpool_info()])
+        torch.set_num_threads(torch_before)
+    assert seen == [(1, {1})] and after == before
 
 
 @pytest.mark.parametrize("argv, message", [

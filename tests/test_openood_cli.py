@@ -14,11 +14,14 @@ from openood_fixtures import (lenet, main_py_argv, make_openood_layout, make_tin
 def test_configs_listing_and_install(oo, tmp_path):
     from um_plugin.cli import main
     from um_plugin.shipped import install_configs, shipped_configs
-    assert shipped_configs() == ["postprocessors/um.yml", "postprocessors/umap.yml",
-                                 "train_um.yml", "train_umap.yml"]
+    assert shipped_configs() == ["networks/densenet_bc100.yml",
+                                 "postprocessors/um.yml", "postprocessors/umap.yml",
+                                 "train_um.yml", "train_um_oe.yml", "train_umap.yml",
+                                 "train_umap_oe.yml"]
     written = install_configs(str(tmp_path))
     assert sorted(os.path.relpath(p, tmp_path) for p in written) == [
-        "pipelines/train/train_um.yml", "pipelines/train/train_umap.yml",
+        "networks/densenet_bc100.yml", "pipelines/train/train_um.yml", "pipelines/train/train_um_oe.yml",
+        "pipelines/train/train_umap.yml", "pipelines/train/train_umap_oe.yml",
         "postprocessors/um.yml", "postprocessors/umap.yml"]
     assert install_configs(str(tmp_path)) == []  # same content: no-op
     (tmp_path / "postprocessors" / "um.yml").write_text("edited")
@@ -236,3 +239,40 @@ def test_help_is_plain_text(capsys, command):
     out = capsys.readouterr().out
     assert stop.value.code == 0 and "usage: um-openood" in out
     assert "``" not in out and ":func:" not in out
+
+
+def test_ctrl_c_ends_in_one_line_and_exit_130(monkeypatch, capsys):
+    from um_plugin import cli
+
+    def interrupted(args):
+        raise KeyboardInterrupt
+    monkeypatch.setattr(cli.configs, "run", interrupted)
+    assert cli.main(["configs"]) == 130
+    one_line(capsys.readouterr().err, prefix="um-openood: interrupted (Ctrl-C)")
+
+
+def test_help_and_argument_errors_import_neither_torch_nor_openood(tmp_path):
+    """`python -m um_plugin.cli` is the console script; --help and an eval argument error stop
+    before torch or OpenOOD is imported."""
+    from openood_fixtures import run_python
+    proc = run_python(f"""
+        import sys
+        from um_plugin.cli import main
+        assert main(['eval', '--root', {str(tmp_path / 'nowhere')!r}, '--id-data', 'x']) == 2
+        assert main(['gate', 'x.csv']) == 2
+        try:
+            main(['eval', '--help'])
+        except SystemExit as exc:
+            assert exc.code == 0
+        print(sorted({{'torch', 'openood'}} & set(sys.modules)))
+    """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip().splitlines()[-1] == "[]"
+    assert "is neither a run folder nor a checkpoint file" in proc.stderr
+    assert "gate needs --baseline CSV or --versus MODEL" in proc.stderr
+    import subprocess
+    import sys
+    from openood_fixtures import checkout_env
+    module = subprocess.run([sys.executable, "-m", "um_plugin.cli", "gate", "x.csv"],
+                            env=checkout_env(), capture_output=True, text=True, timeout=120)
+    assert module.returncode == 2 and module.stderr.startswith("um-openood: error: gate needs")

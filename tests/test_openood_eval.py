@@ -2,7 +2,9 @@
 trained by main.py in two seed folders, then UM and UMAP by main.py; every number is the
 Evaluator's for the same checkpoint and postprocessor."""
 import csv
+import json
 import os
+import shutil
 import subprocess
 import sys
 
@@ -11,6 +13,7 @@ import pytest
 import torch
 
 from openood_fixtures import checkout_env, main_py_argv, make_tiny_benchmark
+from um_plugin.leaderboard.provenance import sha256_file
 
 # One interpreter imports OpenOOD once and forks a child per main.py run (each as
 # `um-openood run --cpu main.py ...`): the same runs as separate commands, without paying the
@@ -102,11 +105,20 @@ def test_eval_rows_and_csvs_equal_the_evaluators_numbers(oo, checkout, trained, 
     far = [float(r["far_AUROC"]) for r in rows]
     assert far == sorted(far, reverse=True)  # --sort-by far_AUROC, best first
     with open(out / "leaderboard.md") as f:
-        assert f.read().splitlines() == table
+        markdown = f.read().splitlines()
+    assert markdown[:len(table)] == table
+    assert markdown[-1].startswith("\u00b1 = population std over the n runs of a row (n = 1: no \u00b1)")
+    with open(out / "leaderboard.json") as f:
+        described = json.load(f)["rows"]
+    assert sorted((r["model"], r["postprocessor"]) for r in described) == sorted(
+        (r["model"], r["postprocessor"]) for r in rows)
 
     for row in rows:
         assert row["runs"] == "2"
         folders = [os.path.join(tmp, "runs", row["model"], s, "best.ckpt") for s in ("s0", "s1")]
+        assert row["checkpoint_sha256"] == ";".join(sha256_file(c) for c in folders)
+        assert len(row["benchmark"]) == 64 and len(row["config_sha256"]) == 64
+        assert row["versions"].startswith("um-plugin 0.1.0; OpenOOD ") and "; torch " in row["versions"]
         tables = [_reference(checkout, kwargs, c, row["postprocessor"]) for c in folders]
         stack = np.stack([t.to_numpy(dtype=float) for t in tables])
         mean, std = stack.mean(0), stack.std(0)
@@ -156,5 +168,99 @@ def test_eval_gate_on_its_own_leaderboard(oo, trained, capsys, tmp_path):
     assert main(args + ["--baseline", str(better), "--tolerance", "2"]) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert [line for line in err if line.startswith("um-openood: gate:")] == [
-        f"um-openood: gate: um / msp: far_AUROC fell 3.00 points (baseline "
+        f"um-openood: gate: um / msp: far_AUROC fell 3.00 points (reference "
         f"{float(rows[0]['far_AUROC']):.2f}, now {float(rows[0]['far_AUROC']) - 3:.2f}, tolerance 2)"]
+
+
+def _tree(folder):
+    """Every file under ``folder`` with its bytes' hash: what a run folder holds."""
+    return {os.path.relpath(os.path.join(d, f), folder): sha256_file(os.path.join(d, f))
+            for d, _, files in os.walk(folder) for f in files}
+
+
+def _eval(main, capsys, bench_yml, root, *extra, config_root=None):
+    argv = ["eval", "--cpu", "--benchmark", bench_yml, "--network", "lenet", "--root", str(root),
+            "--postprocessor", "ebo", "--num-workers", "0", "--batch-size", "16", *extra]
+    if config_root:
+        argv += ["--config-root", str(config_root)]
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, out + err
+    row = next(r for r in out.splitlines() if r.startswith("| um | ebo |"))
+    return row, [line for line in err.splitlines() if "recomputing" in line or "skipped" in line
+                 ] + [line for line in out.splitlines() if "skipped" in line]
+
+
+@pytest.mark.slow
+def test_cached_scores_are_used_only_for_the_same_checkpoint_config_and_benchmark(
+        oo, checkout, trained, capsys, tmp_path):
+    """Without --save-* the run folder is unchanged; with --save-score a rerun reuses the cache,
+    and after the checkpoint, the postprocessor YAML or an image list changed (or the cache file
+    was cut short) it recomputes, says why, and its row is a fresh Evaluator's."""
+    from um_plugin.cli import main
+    from um_plugin.leaderboard.runs import STOP_MARKER
+    tmp, kwargs, _ = trained
+    root = tmp_path / "um"
+    shutil.copytree(tmp / "runs" / "um", root, ignore=shutil.ignore_patterns("ood"))
+    (root / "s2").mkdir()
+    (root / "s2" / STOP_MARKER).write_text("the fit check stopped this run\n")
+    data = tmp_path / "data"
+    shutil.copytree(kwargs["data_root"], data)
+    from um_plugin.openood.benchmark_file import write_benchmark_file
+    bench = write_benchmark_file({**kwargs, "data_root": str(data)}, str(tmp_path / "bench.yml"))
+    configs = tmp_path / "configs"
+    shutil.copytree(os.path.join(checkout, "configs", "postprocessors"), configs / "postprocessors")
+
+    def expected(checkpoints, config_root=configs, data_root=str(data)):
+        from openood.evaluation_api import Evaluator
+        from openood.networks.lenet import LeNet
+        tables = []
+        for checkpoint in checkpoints:
+            net = LeNet(num_classes=3, num_channel=3)
+            net.load_state_dict(torch.load(checkpoint, map_location="cpu"))
+            tables.append(Evaluator(net.eval(), id_name=kwargs["name"], data_root=data_root,
+                                    config_root=str(config_root), postprocessor_name="ebo",
+                                    batch_size=16, num_workers=0).eval_ood(progress=False))
+        near = np.mean([t.loc["nearood", "AUROC"] for t in tables]) * 1
+        return f"{near:.2f} \u00b1"
+
+    before = _tree(root)
+    row, said = _eval(main, capsys, bench, root, config_root=configs)
+    assert _tree(root) == before  # nothing written into the run folder
+    assert said == [f"um-openood eval: --root {str(root)!r}: s2/ skipped, its run was stopped: "
+                    "the fit check stopped this run"]
+    checkpoints = [str(root / s / "best.ckpt") for s in ("s0", "s1")]
+    assert row.split(" | ")[3].startswith(expected(checkpoints))
+    first, said = _eval(main, capsys, bench, root, "--save-score", config_root=configs)
+    assert os.path.isfile(root / "s0" / "scores" / "ebo.pkl") and len(said) == 1  # the skip
+    again, said = _eval(main, capsys, bench, root, "--save-score", config_root=configs)
+    assert again == first and len(said) == 1  # from the cache
+
+    shutil.copy(tmp / "runs" / "base" / "s0" / "best.ckpt", root / "s0" / "best.ckpt")
+    assert main(["eval", "--cpu", "--benchmark", bench, "--network", "lenet", "--root",
+                 str(root), "--num-workers", "0"]) == 2  # the recorder's checksum: refused
+    assert "does not match its checksum file" in capsys.readouterr().err
+    os.remove(root / "s0" / "best.ckpt.sha256")  # as the message says, for a deliberate swap
+    row, said = _eval(main, capsys, bench, root, "--save-score", config_root=configs)
+    assert any(f"recomputing {root / 's0' / 'scores' / 'ebo.pkl'}: made from other checkpoint "
+               "bytes" in line for line in said), said
+    assert not any("s1" in line and "recomputing" in line for line in said)
+    assert row.split(" | ")[3].startswith(expected(checkpoints))
+
+    (configs / "postprocessors" / "ebo.yml").write_text(
+        (configs / "postprocessors" / "ebo.yml").read_text().replace("temperature: 1", "temperature: 1000"))
+    row, said = _eval(main, capsys, bench, root, "--save-score", config_root=configs)
+    assert sum("made from other postprocessor config" in line for line in said) == 4, said
+    assert row.split(" | ")[3].startswith(expected(checkpoints))
+
+    near = data / kwargs["near_ood"]["noise_near"]
+    near.write_text("".join(near.read_text().splitlines(keepends=True)[:-5]))
+    row, said = _eval(main, capsys, bench, root, "--save-score", config_root=configs)
+    assert sum("made from other benchmark" in line for line in said) == 4, said
+    assert row.split(" | ")[3].startswith(expected(checkpoints))
+
+    scores = root / "s1" / "scores" / "ebo.pkl"
+    scores.write_bytes(scores.read_bytes()[:100])
+    row, said = _eval(main, capsys, bench, root, "--save-score", config_root=configs)
+    assert any(f"recomputing {scores}: its bytes are not the ones written" in l for l in said), said
+    assert row.split(" | ")[3].startswith(expected(checkpoints))

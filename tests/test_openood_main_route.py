@@ -11,6 +11,7 @@ import os
 import pytest
 import torch
 
+from bench_helpers import one_line_error
 from openood_fixtures import lenet, make_halves_benchmark, run_main_py, run_python
 
 
@@ -79,6 +80,61 @@ def test_a_base_that_does_not_fit_the_augmented_images_stops_main_py_in_one_line
     assert "Fix: set trainer.trainer_args.preprocessing: test" in lines[0]
     assert "um epoch" not in proc.stderr and not glob.glob(str(tmp_path / "results/**/*.ckpt"),
                                                            recursive=True)
+    [marker] = glob.glob(str(tmp_path / "results" / "*" / "s0" / "um-plugin-stopped.txt"))
+    with open(marker) as f:
+        assert f.read().startswith("fit check: the model's accuracy on the training images")
+    from um_plugin.leaderboard.runs import model_from_root
+    with pytest.raises(ValueError, match=r"every run folder was stopped \(--root .*: s0/ "
+                                         r"skipped, its run was stopped: fit check: "):
+        model_from_root(os.path.dirname(os.path.dirname(marker)))
+
+
+def _route1_argv(checkout, halves, out, *extra, trainer="um", checkpoint=True):
+    from um_plugin.shipped import configs_root
+    return ["run", "--cpu", os.path.join(checkout, "main.py"), "--config", halves["yml"],
+            os.path.join(checkout, "configs/networks/lenet.yml"),
+            os.path.join(configs_root(), f"train_{trainer}.yml"),
+            os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
+            *(["--network.checkpoint", halves["ckpt"]] if checkpoint else []),
+            "--num_workers", "0", "--output_dir", str(out), *extra]
+
+
+@pytest.mark.parametrize("extra, says", [
+    (["--trainer.name", "umm"], "--trainer.name 'umm' is not a trainer OpenOOD or um-plugin knows"),
+    (["--network.checkpoint", "MISSING"], "--network.checkpoint 'MISSING' does not exist"),
+    (["--network.checkpoint", "TRUNCATED"], "cannot be read"),
+    (["--network.checkpoint", "none"], "the um trainer fine-tunes a trained network; pass "
+                                       "--network.checkpoint PATH"),
+    (["--network.checkpoint", "FIVE", "--network.num_classes", "5"],
+     "--network.num_classes 5 differs from dataset.num_classes 2"),
+    (["--network.checkpoint", "FIVE"], "--network.checkpoint: checkpoint 'FIVE' does not fit "
+                                       "--network LeNet: shape of 'fc.weight' (5, 84)"),
+    (["--dataset.train.batch_size", "0"], "--dataset.train.batch_size must be an integer >= 1, "
+                                          "got 0"),
+    (["--trainer.trainer_args.xi_draws", "0"], "trainer.trainer_args.xi_draws: draws must be an "
+                                               "integer >= 1, got 0 (random masks averaged"),
+    (["--dataset.train.data_dir", "NOWHERE"], "--dataset.train.data_dir: 'NOWHERE' does not exist"),
+])
+def test_route1_fields_that_would_end_in_a_traceback_stop_in_one_line(
+        oo, checkout, halves, tmp_path, capsys, extra, says):
+    from um_plugin.cli import main
+    names = {"MISSING": str(tmp_path / "missing.ckpt"), "TRUNCATED": str(tmp_path / "cut.ckpt"),
+             "FIVE": str(tmp_path / "five.ckpt"), "NOWHERE": str(tmp_path / "nowhere")}
+    with open(halves["ckpt"], "rb") as f:
+        (tmp_path / "cut.ckpt").write_bytes(f.read()[:300])
+    torch.save(lenet(5).state_dict(), tmp_path / "five.ckpt")
+    extra = [names.get(e, e) for e in extra]
+    says = says.replace("'MISSING'", repr(names["MISSING"])).replace(
+        "'FIVE'", repr(names["FIVE"])).replace("'NOWHERE'", repr(names["NOWHERE"]))
+    cwd = os.getcwd()
+    os.chdir(halves["root"])
+    try:
+        code = main(_route1_argv(checkout, halves, tmp_path / "results", *extra))
+    finally:
+        os.chdir(cwd)
+    assert code == 2
+    one_line_error(capsys, "um-openood", says)
+    assert not (tmp_path / "results").exists()
 
 
 @pytest.mark.slow
@@ -96,6 +152,9 @@ def test_best_ckpt_is_the_final_epochs_model(oo, checkout, halves, tmp_path, tra
     [best_acc] = glob.glob(os.path.join(run, "best_epoch*_acc*.ckpt"))
     assert not os.path.basename(best_acc).startswith("best_epoch4_"), proc.stdout[-3000:]
     best = torch.load(os.path.join(run, "best.ckpt"), weights_only=True)
+    from um_plugin.leaderboard.provenance import sha256_file
+    with open(os.path.join(run, "best.ckpt.sha256")) as f:
+        assert f.read() == f"{sha256_file(os.path.join(run, 'best.ckpt'))}  best.ckpt\n"
     final = torch.load(last, weights_only=True)
     assert best.keys() == final.keys() and all(torch.equal(best[k], final[k]) for k in best)
     early = torch.load(best_acc, weights_only=True)
@@ -156,3 +215,12 @@ def test_eval_with_um_stops_in_one_line_when_the_base_does_not_fit_the_augmented
     assert code == 2 and err[-1].startswith("um-openood: error: the model's accuracy on the "
                                             "training images with train-time preprocessing")
     assert "Traceback" not in "\n".join(err)
+    assert "Fix: pass --set preprocessing=test, or pass --set fit_check=warn" in err[-1]
+    try:  # the fix it names works
+        code = main(["eval", "--cpu", "--benchmark", bench, "--network", "lenet",
+                     "--root", halves["ckpt"], "--postprocessor", "um_msp", "--num-workers", "0",
+                     "--set", "preprocessing=test", "--set", "epochs=1", "--set", "batch_size=8"])
+    finally:
+        oo.unregister_benchmark("halvesfit")
+    out = capsys.readouterr().out
+    assert code == 0 and "/base | um_msp | 1 |" in out, out

@@ -112,7 +112,7 @@ def test_setup_once_per_net_and_pickles_without_net(oo, tiny_bench, checkout):
     assert not torch.equal(before, fresh.fc.weight)  # a reloaded postprocessor runs UMAP again
 
 
-def test_xi_settings_are_typed_and_a_keep_ratio_not_the_authors_is_reported(oo):
+def test_xi_settings_are_typed_and_those_not_the_authors_or_shipped_are_named(oo):
     from um_plugin.core.xi import OFFICIAL_ESTIMATE_KEEP_RATIO
     from um_plugin.openood.options import postprocessor_options
     from um_plugin.openood.presets import differences
@@ -122,4 +122,6 @@ def test_xi_settings_are_typed_and_a_keep_ratio_not_the_authors_is_reported(oo):
     mine = postprocessor_options({"xi_keep_ratio": "0.9", "xi_draws": "3", "xi_seed": 2}, "um")
     assert (mine.xi.keep_ratio, mine.xi.draws, mine.xi.seed) == (0.9, 3, 2)
     assert mine.xi.estimate_kwargs == {"keep_ratio": 0.9, "seed": 2, "draws": 3}
-    assert differences(mine, 256) == ["xi_keep_ratio 0.9 (authors: 0.965)"]
+    assert differences(mine, 256) == ["xi_keep_ratio 0.9 (authors: 0.965)",
+                                      "xi_draws 3 (authors: 1 random mask)",
+                                      "xi_seed 2 (shipped: 0)"]

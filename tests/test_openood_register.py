@@ -23,7 +23,25 @@ def test_missing_openood_says_how_to_install():
         except ImportError as exc:
             print(type(exc).__name__, exc)
     """)
-    assert "OpenOODNotInstalledError" in proc.stdout and "pip install" in proc.stdout, proc.stderr
+    assert "OpenOODNotInstalledError" in proc.stdout and "bash install.sh" in proc.stdout, proc.stderr
+
+
+def test_every_missing_openood_dependency_is_named_at_once():
+    """Three missing packages are named in one line with the installer, before OpenOOD's
+    own imports fail on the first of them."""
+    proc = run_python("""
+        import sys
+        for name in ('libmr', 'statsmodels', 'timm'):
+            sys.modules[name] = None  # as if not installed
+        try:
+            import um_plugin.openood
+        except ImportError as exc:
+            print(type(exc).__name__, exc)
+    """)
+    [line] = proc.stdout.splitlines()
+    assert line.startswith("OpenOODNotInstalledError"), proc.stderr
+    assert "missing: libmr (no wheel: built against numpy), statsmodels (statsmodels), timm (timm)" in line
+    assert "bash install.sh" in line and "openood" not in proc.stderr
 
 
 @pytest.mark.slow

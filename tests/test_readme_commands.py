@@ -1,12 +1,12 @@
 """Every command README.md shows runs as written, on tiny data made here.
 
 * the method's Python snippet, with ``model`` / ``train_loader`` a tiny CNN and its data;
-* ``um-openood dataset-config ...`` with ``/data`` a tiny benchmark on disk;
+* Route 1 offline on ``benchmarks.tiny`` (dataset-config, main.py, eval), as written;
 * Route 1's two commands, in a miniature OpenOOD tree (``main.py``, ``configs/``, a tiny
   offline CIFAR-10 under ``./data``, a base checkpoint where the command expects it), with
   ``--cpu`` (this machine has no GPU) and ``--num_workers 0`` added, and 2 epochs instead of
   100 (into the folder the second command reads) to keep the test short;
-* Route 2's Python snippet in that tree, under the CPU fallback (its ``umap.yml``: 2 epochs).
+* Route 2's Python snippet in that tree, as written (it calls ``use_cpu()``; its ``umap.yml``: 2 epochs).
 """
 import os
 import re
@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from core_helpers import TinyCNN, loader
-from openood_fixtures import REPO, make_openood_layout, make_tiny_benchmark, run_cli
+from openood_fixtures import REPO, make_openood_layout, run_cli
 
 README = open(os.path.join(REPO, "README.md"), encoding="utf-8").read()
 
@@ -39,19 +39,6 @@ def test_the_method_snippet_runs(capsys):
     model = TinyCNN()
     exec(compile(snippet, "README.md", "exec"), {"model": model, "train_loader": loader()})
     assert "xi =" in capsys.readouterr().out
-
-
-def test_dataset_config_command_runs_as_written(oo, tmp_path, monkeypatch, capsys):
-    from um_plugin.cli import main
-    [command] = [c for c in re.findall(r"`(um-openood dataset-config[^`]*)`", README, flags=re.S)]
-    args = shlex.split(command.replace("\n", " "))[1:]
-    data = tmp_path / "data"
-    make_tiny_benchmark(str(data), name="mybench", num_classes=10)
-    args = [str(data) if a == "/data" else a for a in args]
-    assert "/data" in command and str(data) in args
-    monkeypatch.chdir(tmp_path)
-    assert main(args) == 0
-    assert capsys.readouterr().out.strip() == "mybench.yml" and (tmp_path / "mybench.yml").is_file()
 
 
 @pytest.mark.slow
@@ -93,8 +80,35 @@ def test_route1_commands_then_route2_snippet_run_as_written(oo, checkout, tmp_pa
     monkeypatch.chdir(tree)
     net = ResNet18_32x32(num_classes=10)
     net.load_state_dict(torch.load(base, weights_only=True))
-    with oo.enable_cpu_fallback():
-        exec(compile(snippet, "README.md", "exec"), {"net": net})
+    assert "um_plugin.openood.use_cpu()" in snippet  # the CPU switch, shown where it is needed
+    exec(compile(snippet, "README.md", "exec"), {"net": net})
     out = capsys.readouterr().out
     assert "postprocessor 'umap_ebo' differs from the authors' setting in: epochs 2" in out
     assert "farood" in out
+
+
+@pytest.mark.slow
+def test_route1_offline_block_runs_as_written(oo, checkout, tmp_path):
+    """Route 1 on the tiny benchmark (benchmarks.tiny, dataset-config, main.py baseline then
+    train_um[ap].yml, eval), the README's bash block run in one bash as written, from a folder
+    holding ``OpenOOD/`` (its main.py and scripts, a copy of its configs/, which the block's
+    install-configs writes into) with the checkout on PYTHONPATH, the test's venv on PATH."""
+    import subprocess
+    import sys
+
+    from openood_fixtures import checkout_env
+    blocks = [b for b in _blocks("bash") if "python -m benchmarks.tiny" in b and "main.py" in b]
+    [block] = blocks
+    tree = tmp_path / "OpenOOD"
+    tree.mkdir()
+    for name in ("main.py", "scripts"):
+        os.symlink(os.path.join(checkout, name), tree / name)
+    shutil.copytree(os.path.join(checkout, "configs"), tree / "configs")
+    env = checkout_env(PATH=os.pathsep.join([os.path.dirname(sys.executable),
+                                             os.environ.get("PATH", "")]))
+    proc = subprocess.run(["bash", "--noprofile", "--norc", "-eo", "pipefail", "-c", block],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, f"{proc.stdout[-3000:]}\n{proc.stderr[-3000:]}"
+    assert "best.ckpt holds the final epoch's model" in proc.stdout + proc.stderr
+    table = [ln for ln in proc.stdout.splitlines() if ln.startswith("| um ")]
+    assert table and not any("nan" in ln.lower() for ln in table)

@@ -8,6 +8,7 @@ FPR@95, AUROC, AUPR-In/Out per set plus near/far means and ID accuracy, mean ± 
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import time
@@ -61,6 +62,29 @@ def prepare_inputs(data: emb.EmbeddedData, cfg: BenchConfig) -> Inputs:
 def run(cfg: BenchConfig) -> BenchResult:
     """Run the whole benchmark; writes results under ``cfg.out`` after every seed."""
     cfg.validate()
+    with thread_limits(cfg.threads):
+        return _run(cfg)
+
+
+@contextlib.contextmanager
+def thread_limits(threads: int):
+    """``threads`` for torch and every OpenMP / BLAS pool (numpy's and scipy's OpenBLAS, faiss's
+    OpenMP), whatever OMP_NUM_THREADS says, so the run's time does not depend on the shell it
+    is started from; 0 leaves them all as they are. Restored on exit."""
+    if not threads:
+        yield
+        return
+    from threadpoolctl import threadpool_limits  # scikit-learn's dependency ([bench])
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        with threadpool_limits(limits=threads):
+            yield
+    finally:
+        torch.set_num_threads(before)
+
+
+def _run(cfg: BenchConfig) -> BenchResult:
     missing = openood_missing() if cfg.backend != "plugin" else None
     use_openood = cfg.backend == "openood" or (cfg.backend == "auto" and missing is None)
     if cfg.backend == "openood" and missing is not None:
@@ -71,8 +95,6 @@ def run(cfg: BenchConfig) -> BenchResult:
         print(f"scoring backend: the plug-in's scorers, not OpenOOD's Evaluator: OpenOOD cannot "
               f"be imported ({missing}); install it for OpenOOD's scoring (see README, Install)",
               file=sys.stderr)
-    if cfg.threads:
-        torch.set_num_threads(cfg.threads)
     out = os.path.abspath(cfg.out)
     t0 = time.time()
     data = emb.build_embedded(seed=0, n_ood=cfg.n_ood, n_val_ood=cfg.n_val_ood, sets=cfg.sets)

@@ -63,15 +63,22 @@ def summarize(result: BenchResult, set_split: Dict[str, str]) -> List[SummaryRow
     return rows
 
 
-def _fmt(mu, sd):
-    return f"{mu:.2f} ± {sd:.2f}"
+def _fmt(mu, sd, n, digits=2):
+    """``mean ± std`` over n > 1 seeds; one seed has no spread to show, so no ``±``."""
+    return f"{mu:.{digits}f} ± {sd:.{digits}f}" if n > 1 else f"{mu:.{digits}f}"
+
+
+def _spread_note(n: int) -> str:
+    """What a table's ``±`` means (``metrics.mean_std``: the sample std, ddof=1)."""
+    return (f"mean ± sample std (ddof=1) over the {n} seeds" if n > 1 else
+            "one seed: single values, no spread")
 
 
 def markdown_table(rows: List[SummaryRow], result: BenchResult) -> str:
     """Near/far means per method and score, then per-set AUROC / FPR95, then ξ notes."""
     seeds = list(result.seeds.values())
     lines = [f"Embedded benchmark (MNIST-5k ID), {len(seeds)} seed(s), scored via "
-             f"{result.backend}; mean ± std.\n",
+             f"{result.backend}; {_spread_note(len(seeds))}.\n",
              "| method | score | ID acc | near AUROC | near FPR95 | far AUROC | far FPR95 |",
              "|---|---|---|---|---|---|---|"]
     by = {(r.method, r.score, r.set): r for r in rows}
@@ -80,19 +87,18 @@ def markdown_table(rows: List[SummaryRow], result: BenchResult) -> str:
     for method, score in keys:
         near, far = by.get((method, score, "nearood")), by.get((method, score, "farood"))
         ref = near or far
-        cells = [method, score, _fmt(ref.mean["ACC"], ref.std["ACC"])]
+        cells = [method, score, _fmt(ref.mean["ACC"], ref.std["ACC"], ref.n_seeds)]
         for r in (near, far):
-            cells += ([_fmt(r.mean["AUROC"], r.std["AUROC"]), _fmt(r.mean["FPR@95"], r.std["FPR@95"])]
+            cells += ([_fmt(r.mean[c], r.std[c], r.n_seeds) for c in ("AUROC", "FPR@95")]
                       if r else ["-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
     sets = [r.set for r in rows if (r.method, r.score) == keys[0] and r.set not in SUMMARY_ROWS]
     lines += ["\nPer set, AUROC / FPR@95:\n", "| method | score | " + " | ".join(sets) + " |",
               "|---|---|" + "---|" * len(sets)]
     for method, score in keys:
-        cells = [method, score] + [
-            f"{by[(method, score, s)].mean['AUROC']:.1f}±{by[(method, score, s)].std['AUROC']:.1f} / "
-            f"{by[(method, score, s)].mean['FPR@95']:.1f}±{by[(method, score, s)].std['FPR@95']:.1f}"
-            for s in sets]
+        cells = [method, score] + [" / ".join(
+            _fmt(r.mean[c], r.std[c], r.n_seeds, digits=1) for c in ("AUROC", "FPR@95"))
+            for r in (by[(method, score, s)] for s in sets)]
         lines.append("| " + " | ".join(cells) + " |")
     lines.append("\n" + "\n".join(_xi_notes(result)))
     return "\n".join(lines) + "\n"
@@ -125,9 +131,12 @@ def sweep_table(result: BenchResult) -> str:
             continue
         score = next(k for k, v in seeds[0].sweeps[mode][0].metrics.items() if v.sets)
         if not lines:
-            lines += [f"ξ candidates, mean over {len(seeds)} seed(s); selection uses the "
-                      f"ood.val column only; test columns use {score}.\n",
-                      "| method | candidate | ξ (mean ± std) | val AUROC | near AUROC | near FPR95 "
+            xi_head = "ξ (mean ± std)" if len(seeds) > 1 else "ξ"
+            over = (f"over {len(seeds)} seeds: ξ as mean ± sample std (ddof=1), the other "
+                    "columns as means" if len(seeds) > 1 else "one seed")
+            lines += [f"ξ candidates, {over}; selection uses the ood.val column only; test "
+                      f"columns use {score}.\n",
+                      f"| method | candidate | {xi_head} | val AUROC | near AUROC | near FPR95 "
                       "| far AUROC | far FPR95 | letters FPR95 | animals FPR95 | ID acc |",
                       "|---|---|---|---|---|---|---|---|---|---|---|"]
         base = [r.models["baseline"].metrics[score] for r in seeds]
@@ -144,7 +153,7 @@ def sweep_table(result: BenchResult) -> str:
             ms = [r.sweeps[mode][i].metrics[score] for r in seeds]
             xs = [r.sweeps[mode][i].xi for r in seeds]
             val = np.mean([r.sweeps[mode][i].val_auroc for r in seeds])
-            lines.append(f"| {mode} | {entry.label} | {np.mean(xs):.4f} ± {np.std(xs):.4f} | "
+            lines.append(f"| {mode} | {entry.label} | {_fmt(*mean_std(xs), len(xs), 4)} | "
                          f"{val:.2f} | " + " | ".join(cells(ms)) +
                          f" | {np.mean([m.acc for m in ms]):.2f} |")
     return "\n".join(lines) + ("\n" if lines else "")

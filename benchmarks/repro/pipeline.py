@@ -1,13 +1,13 @@
-"""Paper reproduction through OpenOOD (GPU, OpenOOD's downloaded data and checkpoints).
+"""Paper reproduction through OpenOOD (GPU, OpenOOD's downloaded data, a base checkpoint).
 
-CIFAR-10 / CIFAR-100: OpenOOD's ResNet-18 (32x32) checkpoint -> baseline / UM / UMAP, each
-scored with msp / odin / ebo by OpenOOD's own Evaluator. ImageNet-1K: ResNet-50 -> UMAP +
-ODIN. Our numbers are printed next to the paper's where the paper's are known. By default it
-runs the authors' setting (their code's CIFAR configs): the core's ``FinetuneConfig`` defaults
-(SGD lr 0.1, momentum 0.9 without Nesterov, per-epoch cosine, 100 epochs, UMAP keep 0.8),
-batch 256, ξ estimated and fine-tuning run on the augmented training loader, OOD scores on the
-final model; ``--epochs`` / ``--lr`` / ``--batch`` / ``--keep-ratio`` depart from it and the
-results file records every setting used (``finetune``).
+CIFAR-10 / CIFAR-100: the authors' protocol (``authors.py``, printed by ``plan.py`` before any
+work): their DenseNet-BC-100 from the checkpoint given (theirs: the final epoch), their rows
+Energy, Energy+UM, Energy+UMAP, OE, OE+UM at their settings (UM/UMAP 100 epochs lr 0.1; OE 10
+epochs lr 0.01 with outliers; CIFAR-100 UMAP trains the weights too), scored with energy by
+OpenOOD's own Evaluator, averaged over their OOD sets that OpenOOD ships, ``--runs N`` times,
+next to their README's numbers. ImageNet-1K: ResNet-50 -> UMAP + ODIN, next to the paper's.
+``--epochs`` / ``--lr`` / ``--batch`` / ``--keep-ratio`` / ``--network`` depart from the
+protocol; the plan names each, and the results file records every ``FinetuneConfig`` used.
 
 ``--dry-run`` runs the same code on a tiny OpenOOD-format copy of the benchmark made of random
 images (written in OpenOOD's own DATA_INFO layout for that ID name, so ``Evaluator`` is used
@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import json
 import os
+import statistics
 import sys
 import tempfile
 import time
@@ -29,25 +30,32 @@ import torch
 import torchvision
 import torchvision.transforms as T
 
-from um_plugin.core import MODES, FinetuneConfig
+from um_plugin.core import FinetuneConfig
 from um_plugin.core.config import validate_keep_ratio, validate_xi
 from um_plugin.core.distributed import strip_ddp_prefix
 from um_plugin.core.runs import RUNNERS
 from um_plugin.core.xi import estimate_xi
+from um_plugin.workers import default_workers
 
 from .. import scorers as scoring
 from ..checks import BenchmarkError, core_rule, count, known, positive, writable_folder
 from ..cli import OneLineParser, comma_list, run_main
-from .suites import (DEFAULTS, METHODS, PAPER, SUITES, _openood_data_info,
-                     check_data, register_suite, suite_info, write_dry_run_data)
+from . import authors
+from .plan import NETWORK_NAMES, THEIR_NETWORK, plan_text
+from .suites import (DEFAULTS, PAPER, SUITES, _openood_data_info, check_data, oe_split,
+                     register_suite, suite_info, write_dry_run_data)
 
 PROG = "python -m benchmarks.repro"
 
 
 # ----------------------------------------------------------------------------- models
-def build_net(suite: str, checkpoint: Optional[str], dry_run: bool):
-    """OpenOOD's ResNet18_32x32 (CIFAR) or torchvision's ResNet-50 (ImageNet), loaded."""
-    if suite in ("cifar10", "cifar100"):
+def build_net(suite: str, checkpoint: Optional[str], dry_run: bool, network: str = THEIR_NETWORK):
+    """CIFAR: their DenseNet-BC-100 (or OpenOOD's ResNet18_32x32); ImageNet: torchvision's
+    ResNet-50; loaded from ``checkpoint`` (their ``*.state`` files load too)."""
+    if suite in ("cifar10", "cifar100") and network == THEIR_NETWORK:
+        from um_plugin.openood.densenet import DenseNetBC100
+        net = DenseNetBC100(num_classes=10 if suite == "cifar10" else 100)
+    elif suite in ("cifar10", "cifar100"):
         from openood.networks import ResNet18_32x32
         net = ResNet18_32x32(num_classes=10 if suite == "cifar10" else 100)
     else:
@@ -64,14 +72,16 @@ def build_net(suite: str, checkpoint: Optional[str], dry_run: bool):
             raise BenchmarkError(f"checkpoint {checkpoint!r} does not fit {type(net).__name__} "
                              f"for {suite}: {str(exc).splitlines()[0]}") from None
     elif not dry_run:
-        raise BenchmarkError(f"--checkpoint is required for {suite} (OpenOOD's "
-                         f"{'ResNet-18 s0/best.ckpt' if suite != 'imagenet' else 'ResNet-50'} weights)")
+        raise BenchmarkError(f"--checkpoint is required for {suite} (" + (
+            authors.BASE_CHECKPOINT[suite] if suite != "imagenet" else "ResNet-50 weights") + ")")
     return net
 
 
-def train_loader(id_name: str, data_root: str, suite: str, batch: int, workers: int):
-    """ID train split through OpenOOD's ImglistDataset with the authors' train augmentation
-    (CIFAR: random crop with padding 4 and horizontal flip), shuffled, last batch kept."""
+def train_loader(id_name: str, data_root: str, suite: str, batch: int, workers: int,
+                 split: Optional[dict] = None):
+    """ID train split (or ``split``: the OE one) through OpenOOD's ImglistDataset with the
+    authors' train augmentation (CIFAR: random crop with padding 4 and horizontal flip),
+    shuffled, last batch kept."""
     from openood.datasets.imglist_dataset import ImglistDataset
     from openood.evaluation_api.datasets import DATA_INFO
     from openood.evaluation_api.preprocessor import default_preprocessing_dict
@@ -83,7 +93,7 @@ def train_loader(id_name: str, data_root: str, suite: str, batch: int, workers: 
     tf = T.Compose([T.Lambda(lambda im: im.convert("RGB")), T.Resize(pre["pre_size"]),
                     T.CenterCrop(pre["pre_size"])] + aug +
                    [T.ToTensor(), T.Normalize(*pre["normalization"])])
-    split = DATA_INFO[id_name]["id"]["train"]
+    split = split or DATA_INFO[id_name]["id"]["train"]
     ds = ImglistDataset(name=f"{id_name}_train", imglist_pth=os.path.join(data_root, split["imglist_path"]),
                         data_dir=os.path.join(data_root, split["data_dir"]),
                         num_classes=DATA_INFO[id_name]["num_classes"], preprocessor=tf,
@@ -104,11 +114,13 @@ class ReproConfig:
     scores: Optional[List[str]] = None
     xi: Optional[float] = None
     xi_draws: int = 1     # the authors' estimate_loss.py draws one random mask
+    network: str = THEIR_NETWORK  # CIFAR only
+    runs: int = 1
     epochs: Optional[int] = None
     lr: Optional[float] = None
     batch: Optional[int] = None
     keep_ratio: Optional[float] = None
-    workers: int = 4
+    workers: int = default_workers()  # 4, at most the CPUs available
     dry_run: bool = False
     progress: bool = True
 
@@ -117,10 +129,11 @@ class ReproConfig:
         if self.suite not in SUITES:
             raise BenchmarkError(f"unknown suite {self.suite!r}; valid: {list(SUITES)}")
         imagenet = self.suite == "imagenet"
-        self.methods = list(dict.fromkeys(self.methods or (
-            ["baseline", "umap"] if imagenet else list(METHODS))))
-        self.methods = known("method", self.methods, METHODS)
-        self.scores = self.scores or (["odin"] if imagenet else ["msp", "odin", "ebo"])
+        valid = tuple(authors.rows(self.suite))
+        self.methods = list(dict.fromkeys(self.methods or valid))
+        self.methods = known("method", self.methods, valid)
+        self.scores = self.scores or (["odin"] if imagenet else ["ebo"])
+        known("network", [self.network], tuple(NETWORK_NAMES))
         try:
             self.scores = list(dict.fromkeys(scoring.check_scores(self.scores)))
         except ValueError as exc:
@@ -129,7 +142,7 @@ class ReproConfig:
             core_rule("xi", validate_xi, self.xi)
         if self.keep_ratio is not None:
             core_rule("keep_ratio", validate_keep_ratio, self.keep_ratio)
-        for name in ("epochs", "batch", "xi_draws"):
+        for name in ("epochs", "batch", "xi_draws", "runs"):
             if getattr(self, name) is not None:
                 count(name, getattr(self, name))
         count("workers", self.workers, 0)
@@ -147,13 +160,23 @@ class ReproConfig:
         return self
 
     def schedule(self) -> dict:
-        """The suite's defaults with the values given explicitly."""
-        cfg = dict(DEFAULTS[self.suite])
-        cfg.update({k: v for k, v in dict(epochs=self.epochs, lr=self.lr, batch=self.batch,
+        """The suite's defaults with the values given explicitly (epochs / lr None: each
+        row's own, see authors.rows)."""
+        cfg = dict(DEFAULTS[self.suite], epochs=self.epochs, lr=self.lr)
+        cfg.update({k: v for k, v in dict(batch=self.batch,
                                           keep_ratio=self.keep_ratio).items() if v is not None})
         if self.dry_run:
             cfg.update(epochs=1, batch=4)
         return cfg
+
+    def finetune_config(self, method: str, run_index: int, cfg: dict) -> FinetuneConfig:
+        """The engine's settings for ``method``'s row in run ``run_index``."""
+        row = authors.rows(self.suite)[method]
+        return FinetuneConfig(
+            mode="umap" if method.startswith("umap") else "um",
+            epochs=cfg["epochs"] or row.epochs, lr=cfg["lr"] or row.lr,
+            keep_ratio=cfg["keep_ratio"], freeze_weights=row.freeze_weights,
+            outlier_loss=row.outlier_loss, seed=1 + run_index, progress=self.progress)
 
 
 def evaluate(net, id_name: str, data_root: str, score: str, batch: int, workers: int):
@@ -165,68 +188,128 @@ def evaluate(net, id_name: str, data_root: str, score: str, batch: int, workers:
     return ev.eval_ood(fsood=False, progress=False)
 
 
-def run(rc: ReproConfig) -> dict:
-    """One reproduction: returns and writes {method: {score: metrics table}} plus ξ."""
-    rc.validate()
-    cfg = rc.schedule()
-    device = "cuda" if torch.cuda.is_available() else "cpu"
+def _data(rc: ReproConfig, cfg: dict, needs_outliers: bool):
+    """(id_name, data_root, workers, OE split or None), the data checked (dry run: written)."""
     data_root, workers = rc.data_root, rc.workers
+    extra = [(oe_split(rc.suite)["data_dir"], oe_split(rc.suite)["imglist_path"], True)] \
+        if needs_outliers else []
     if rc.dry_run:
         data_root = tempfile.mkdtemp(prefix=f"um-repro-{rc.suite}-")
         _, info = suite_info(rc.suite, data_root)
-        write_dry_run_data(info, data_root, info["num_classes"], 32 if rc.suite != "imagenet" else 64)
+        write_dry_run_data(info, data_root, info["num_classes"],
+                           32 if rc.suite != "imagenet" else 64, extra=tuple(extra))
         workers = 0
         torch.set_num_threads(1)  # tiny tensors: extra threads only contend
     id_name = register_suite(rc.suite, data_root)
-    check_data(_openood_data_info()[id_name], data_root)
+    check_data(_openood_data_info()[id_name], data_root, tuple(extra))
+    return id_name, data_root, workers, oe_split(rc.suite) if needs_outliers else None
+
+
+def run(rc: ReproConfig) -> dict:
+    """One reproduction (``rc.runs`` times): returns and writes, per run, {method: {score:
+    metrics table}}, ξ, and for CIFAR the authors' average next to their numbers."""
+    rc.validate()
+    cfg = rc.schedule()
+    rows = authors.rows(rc.suite)
+    print(plan_text(rc, cfg), flush=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    needs_outliers = any(rows[m].outlier_loss != "none" for m in rc.methods)
+    id_name, data_root, workers, oe = _data(rc, cfg, needs_outliers)
     if device == "cpu":
         if not rc.dry_run:
             print(f"{PROG}: warning: no GPU; this will be very slow", file=sys.stderr)
         from um_plugin.openood.cpu import enable_cpu_fallback  # imports OpenOOD (optional)
         enable_cpu_fallback()
-    net = build_net(rc.suite, rc.checkpoint, rc.dry_run).to(device)
+    net = build_net(rc.suite, rc.checkpoint, rc.dry_run, rc.network).to(device)
     loader = train_loader(id_name, data_root, rc.suite, cfg["batch"], workers)
+    outliers = None if oe is None else train_loader(id_name, data_root, rc.suite, cfg["batch"],
+                                                    workers, split=oe)
     results = {"suite": rc.suite, "dry_run": rc.dry_run, "device": device, "config": cfg,
-               "run": asdict(rc), "methods": {},
+               "run": asdict(rc), "runs": [],
                "paper": {f"{k[1]}+{k[2]}": v for k, v in PAPER.items() if k[0] == rc.suite}}
     t0 = time.time()
     xi = rc.xi
-    if xi is None and set(MODES) & set(rc.methods):
+    if xi is None and any(rows[m].xi == "estimated" for m in rc.methods):
         est = estimate_xi(net, loader, draws=rc.xi_draws, progress=rc.progress)
         xi = est.xi
         results["xi_estimate"] = {"xi": est.xi, "draws": list(est.xi_draws)}
     results["xi"] = xi
-    out = rc.out
-    for method in rc.methods:
-        model = copy.deepcopy(net)
-        if method != "baseline":
-            fc = FinetuneConfig(mode=method, epochs=cfg["epochs"], lr=cfg["lr"],
-                                keep_ratio=cfg["keep_ratio"], progress=rc.progress)
-            results.setdefault("finetune", {})[method] = asdict(fc)
-            RUNNERS[method](model, loader, xi, fc)
-        model.eval()
-        results["methods"][method] = {}
-        for s in rc.scores:
-            df = evaluate(model, id_name, data_root, s, cfg["batch"] * 2, workers)
-            results["methods"][method][s] = {i: {c: float(df.loc[i, c]) for c in df.columns}
-                                             for i in df.index}
-            df.to_csv(os.path.join(out, f"{rc.suite}_{method}_{s}.csv"))
-        with open(os.path.join(out, f"{rc.suite}_results.json"), "w") as fh:
-            json.dump(results, fh, indent=1)
+    for index in range(rc.runs):
+        tables = {}
+        results["runs"].append(tables)
+        for method in rc.methods:
+            if method == "baseline" and index > 0:  # no training: every run scores the same
+                tables[method] = results["runs"][0][method]
+                continue
+            torch.manual_seed(index)  # the data order (and dropout) of run `index`
+            model = copy.deepcopy(net)
+            if method != "baseline":
+                fc = rc.finetune_config(method, index, cfg)
+                results.setdefault("finetune", {})[method] = asdict(fc)
+                RUNNERS[fc.mode](model, loader, 0.0 if rows[method].xi == "0" else xi, fc,
+                                 outliers=outliers if fc.outlier_loss != "none" else None)
+            model.eval()
+            tables[method] = {}
+            for s in rc.scores:
+                df = evaluate(model, id_name, data_root, s, cfg["batch"] * 2, workers)
+                tables[method][s] = {i: {c: float(df.loc[i, c]) for c in df.columns}
+                                     for i in df.index}
+                df.to_csv(os.path.join(rc.out, f"{rc.suite}_{method}_{s}_run{index}.csv"))
+            _write(rc, results)
+    results["methods"] = results["runs"][0]
     results["elapsed_s"] = time.time() - t0
+    results["summary"] = summary(results)
     results["table"] = side_by_side(results)
-    with open(os.path.join(out, f"{rc.suite}_results.json"), "w") as fh:
-        json.dump(results, fh, indent=1)
-    with open(os.path.join(out, f"{rc.suite}_table.md"), "w") as fh:
+    _write(rc, results)
+    with open(os.path.join(rc.out, f"{rc.suite}_table.md"), "w") as fh:
         fh.write(results["table"])
     return results
 
 
-def side_by_side(results: dict) -> str:
-    """Our AUROC / FPR@95 per set and method+score, with the paper's where known."""
+def _write(rc: ReproConfig, results: dict) -> None:
+    with open(os.path.join(rc.out, f"{rc.suite}_results.json"), "w") as fh:
+        json.dump(results, fh, indent=1)
+
+
+def summary(results: dict) -> dict:
+    """CIFAR: {method: {score: {metric: [mean, std]}}} of the authors' average over runs."""
     suite = results["suite"]
-    lines = [f"{suite}{' (DRY RUN: random data and weights, numbers meaningless)' if results['dry_run'] else ''}"
-             f", ξ = {results['xi']}\n",
+    if suite not in authors.THEIR_OOD_SETS:
+        return {}
+    sets, _ = authors.available_sets(suite)
+    out = {}
+    for method in results["runs"][0]:
+        for score in results["runs"][0][method]:
+            per_run = [authors.average_as_they_do(run[method][score], sets)
+                       for run in results["runs"]]
+            out.setdefault(method, {})[score] = {
+                m: [statistics.fmean(v[m] for v in per_run),
+                    statistics.stdev(v[m] for v in per_run) if len(per_run) > 1 else 0.0]
+                for m in authors.METRICS}
+    return out
+
+
+def side_by_side(results: dict) -> str:
+    """CIFAR: our averages (mean ± std over runs) beside the authors' README rows; ImageNet:
+    our AUROC / FPR@95 per set beside the paper's where known."""
+    suite = results["suite"]
+    dry = " (DRY RUN: random data and weights, numbers meaningless)" if results["dry_run"] else ""
+    if results.get("summary"):
+        n = len(results["runs"])
+        lines = [f"{suite}{dry}, xi = {results['xi']}, {n} run(s), averaged over "
+                 f"{', '.join(authors.available_sets(suite)[0])}\n",
+                 "| row | score | AUROC | AUPR_IN | FPR@95 | ACC | theirs AUROC | AUPR | FPR95 "
+                 "| ACC |", "|---|---|---|---|---|---|---|---|---|---|"]
+        for method, by_score in results["summary"].items():
+            ref = authors.REFERENCE.get(suite, {}).get(method, {})
+            theirs = " | ".join(f"{ref[m][0]:.2f} ± {ref[m][1]:.2f}" if m in ref else "–"
+                                for m in authors.METRICS)
+            for score, vals in by_score.items():
+                ours = " | ".join(f"{vals[m][0]:.2f}" + (f" ± {vals[m][1]:.2f}" if n > 1 else "")
+                                 for m in authors.METRICS)
+                lines.append(f"| {authors.ROW_NAMES[method]} | {score} | {ours} | {theirs} |")
+        return "\n".join(lines) + "\n"
+    lines = [f"{suite}{dry}, ξ = {results['xi']}\n",
              "| method | score | set | ours AUROC | ours FPR95 | paper AUROC | paper FPR95 |",
              "|---|---|---|---|---|---|---|"]
     for method, by_score in results["methods"].items():
@@ -246,9 +329,13 @@ def build_parser() -> OneLineParser:
     p.add_argument("--data-root", default=None, help="OpenOOD's data folder (benchmark_imglist/, images_*)")
     p.add_argument("--checkpoint", default=None, help="base network weights (state_dict)")
     p.add_argument("--methods", type=comma_list, default=None,
-                   help="comma list (default: baseline,um,umap; imagenet: baseline,umap)")
+                   help="comma list (default: baseline,um,umap,oe,um_oe; imagenet: baseline,umap)")
     p.add_argument("--scores", type=comma_list, default=None,
-                   help="comma list (default: msp,odin,ebo; imagenet: odin)")
+                   help="comma list (default: ebo, the authors' energy; imagenet: odin)")
+    p.add_argument("--network", default=ReproConfig.network,
+                   help=f"CIFAR network: {' or '.join(NETWORK_NAMES)} (default: theirs)")
+    p.add_argument("--runs", type=int, default=ReproConfig.runs,
+                   help="fine-tuning runs per row, reported as mean ± std (default: 1)")
     p.add_argument("--xi", type=float, default=None, help="loss constraint (default: estimate)")
     p.add_argument("--xi-draws", type=int, default=ReproConfig.xi_draws)
     p.add_argument("--epochs", type=int, default=None, help="fine-tuning epochs (default: the suite's)")
@@ -267,7 +354,8 @@ def config_from_args(a) -> ReproConfig:
     return ReproConfig(suite=a.suite, out=a.out, data_root=a.data_root, checkpoint=a.checkpoint,
                        methods=a.methods, scores=a.scores, xi=a.xi, xi_draws=a.xi_draws,
                        epochs=a.epochs, lr=a.lr, batch=a.batch, keep_ratio=a.keep_ratio,
-                       workers=a.workers, dry_run=a.dry_run, progress=not a.no_progress)
+                       workers=a.workers, dry_run=a.dry_run, progress=not a.no_progress,
+                       network=a.network, runs=a.runs)
 
 
 def main(argv=None) -> int:

@@ -6,6 +6,7 @@ from .finetune import Finetuner, History, NonFiniteLossError
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
                     mask_settings, refresh_masks, remove_score_masks, score_parameters)
 from .objective import LossConstraint
+from .outliers import EnergyMarginLoss, OutlierExposureLoss
 from .runs import load_checkpoint, run_um, run_umap
 from .xi import OFFICIAL_ESTIMATE_KEEP_RATIO, XiEstimate, estimate_xi
 
@@ -16,5 +17,5 @@ __all__ = [
     "refresh_masks",
     "FinetuneConfig", "Finetuner", "History",
     "NonFiniteLossError", "run_um", "run_umap", "save_checkpoint", "load_checkpoint",
-    "unpack_batch",
+    "unpack_batch", "OutlierExposureLoss", "EnergyMarginLoss",
 ]

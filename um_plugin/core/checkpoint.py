@@ -204,3 +204,28 @@ def loader_generators(loader) -> list[torch.Generator]:
             seen.add(id(g))
             found.append(g)
     return found
+
+
+def check_model_fits(model, saved, source: str) -> None:
+    """One line naming the first entry whose name or shape differs from this model's."""
+    ours = model.state_dict()
+    name = type(model).__name__
+    if not isinstance(saved, dict):
+        raise ValueError(f"{source} holds a {type(saved).__name__} as its model, not a "
+                         "state_dict; pass what state_dict() returned")
+    extra = [k for k in saved if k not in ours]
+    lacking = [k for k in ours if k not in saved]
+    if extra or lacking:
+        parts = []
+        if lacking:
+            parts.append(f"{name} needs {len(lacking)} entries the file lacks (e.g. "
+                         f"{lacking[0]!r})")
+        if extra:
+            parts.append(f"the file has {len(extra)} that {name} lacks (e.g. {extra[0]!r})")
+        raise ValueError(f"{source} does not fit {name}: {'; '.join(parts)}; resume with the "
+                         "architecture it was saved from")
+    for k, value in saved.items():
+        if isinstance(value, torch.Tensor) and value.shape != ours[k].shape:
+            raise ValueError(f"{source} does not fit {name}: {k!r} has shape "
+                             f"{tuple(value.shape)} in the file but {tuple(ours[k].shape)} in "
+                             f"{name}; resume with the architecture it was saved from")

@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 from dataclasses import asdict, dataclass, fields
 from numbers import Real
+from typing import Optional
 
 import torch
 
@@ -27,6 +28,9 @@ PRECISIONS = ("fp32", "bf16", "fp16")
 # 'epoch': the authors' cosine_lr, the lr set once at the start of each epoch;
 # 'step': the same cosine evaluated at every optimisation step (OpenOOD's trainers do this)
 LR_SCHEDULES = ("epoch", "step")
+# the loss on a second stream of auxiliary outliers, added to the constrained ID loss (the
+# authors' main_OE.py): none, outlier exposure ('oe') or the energy margins ('energy')
+OUTLIER_LOSSES = ("none", "oe", "energy")
 # The loss is float32 (autocast computes cross-entropy in float32 too): with xi above half its
 # largest value, |beta * CE - xi| + xi overflows to inf, so no step could ever be taken.
 XI_MAX = float(torch.finfo(torch.float32).max) / 2
@@ -68,6 +72,18 @@ def check_choice(name: str, value, choices: tuple, meaning: str = "") -> None:
     """Refuse ``value`` unless it is one of ``choices``, naming ``name`` and the choices."""
     if value not in choices:
         raise ValueError(f"{name} must be one of {choices}{meaning}, got {value!r}")
+
+
+def check_layer_names(name: str, value) -> Optional[tuple]:
+    """``value`` as a tuple of module names, or None; raise naming ``name`` otherwise."""
+    if value is None:
+        return None
+    items = [value] if isinstance(value, str) else value
+    if not isinstance(items, (list, tuple)) or not items or not all(
+            isinstance(i, str) and i for i in items):
+        raise ValueError(f"{name} must be null or a non-empty list of module names (e.g. "
+                         f"['layer1.0.conv1', 'fc']), got {value!r}")
+    return tuple(items)
 
 
 def validate_threshold(threshold) -> str:
@@ -121,6 +137,12 @@ class FinetuneConfig:
     seed: int = 0                # UMAP: mask-score initialisation
     precision: str = "fp32"      # 'bf16' / 'fp16' run forward and loss under torch.autocast
     progress: bool = True
+    include: Optional[tuple] = None  # UMAP: names of the layers masked; others stay dense (None: all)
+    outlier_loss: str = "none"   # 'oe' / 'energy': a loss on an outlier loader (core/outliers.py)
+    lambda_oe: float = 0.5       # 'oe': its weight (the authors' 0.5, OpenOOD's lambda_oe)
+    energy_beta: float = 0.1     # 'energy': weight of the two squared hinges (the authors' 0.1)
+    m_in: float = -25.0          # 'energy': ID energies above m_in are penalised
+    m_out: float = -7.0          # 'energy': outlier energies below m_out are penalised
 
     def __post_init__(self):
         check_choice("mode", self.mode, MODES)
@@ -141,6 +163,14 @@ class FinetuneConfig:
         self.beta = validate_beta(self.beta)
         check_integer("seed", self.seed)
         check_choice("precision", self.precision, PRECISIONS)
+        self.include = check_layer_names("include", self.include)
+        check_choice("outlier_loss", self.outlier_loss, OUTLIER_LOSSES,
+                     " ('oe': outlier exposure; 'energy': energy margins; both need an outlier "
+                     "loader)")
+        self.lambda_oe = _number("lambda_oe", self.lambda_oe, ">= 0", lambda v: v >= 0)
+        self.energy_beta = _number("energy_beta", self.energy_beta, ">= 0", lambda v: v >= 0)
+        self.m_in = _number("m_in", self.m_in, "(an energy, e.g. -25)", lambda v: True)
+        self.m_out = _number("m_out", self.m_out, "(an energy, e.g. -7)", lambda v: True)
 
     @classmethod
     def from_saved(cls, values: dict) -> "FinetuneConfig":

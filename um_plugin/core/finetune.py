@@ -2,8 +2,10 @@
 benchmarks, users) drives it instead of writing a loop of its own.
 
 UM trains the weights under the loss constraint; UMAP freezes them, learns a top-k popup mask
-under the same constraint and bakes it in at the end. What differs between callers is passed
-in: the loader, ``grad_hook`` (e.g. a gradient all-reduce), the progress description.
+under the same constraint and bakes it in at the end. With ``config.outlier_loss`` the ID loss
+gains a loss on a second stream, an outlier loader (``outliers=``) whose batches are forwarded
+with the ID batch (core/outliers.py). What differs between callers is passed in: the loaders,
+``grad_hook`` (e.g. a gradient all-reduce), the progress description.
 :mod:`um_plugin.core.runs` wraps it in the one-shot ``run_um`` / ``run_umap``.
 
 Per step the engine makes one host-device synchronisation, the one NaN safety needs (the loss
@@ -14,7 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from typing import Callable, Optional
 
 import torch
@@ -23,12 +25,15 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from .batches import check_labels, checked_logits, label_rule, unpack_batch, valid_labels
-from .checkpoint import check_entries, check_writable, loader_generators, save_checkpoint
+from .checkpoint import (check_entries, check_model_fits, check_writable, loader_generators,
+                         save_checkpoint)
 from .config import FinetuneConfig, validate_xi
 from .distributed import is_distributed, is_main_process
+from .history import History
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
                     mask_settings, restore_requires_grad)
 from .objective import LossConstraint
+from .outliers import OutlierStream, outlier_objective
 
 GradHook = Callable[[list], None]
 
@@ -46,25 +51,15 @@ class NonFiniteLossError(FloatingPointError):
         self.epoch, self.step, self.value = epoch, step, value
 
 
-@dataclass
-class History:
-    """Per-epoch mean loss, accuracy, ξ and final lr of a fine-tuning run."""
-
-    epoch: list[int] = field(default_factory=list)
-    loss: list[float] = field(default_factory=list)
-    acc: list[float] = field(default_factory=list)
-    xi: list[float] = field(default_factory=list)
-    lr: list[float] = field(default_factory=list)
-
-    def append(self, epoch: int, loss: float, acc: float, xi: float, lr: float) -> None:
-        for name, value in zip(("epoch", "loss", "acc", "xi", "lr"), (epoch, loss, acc, xi, lr)):
-            getattr(self, name).append(value)
-
-
 def cosine_factor(step: int, total: int, floor: float) -> float:
     """Cosine decay from 1 to ``floor`` over ``total`` steps. With ``floor = 0`` it is the
     authors' ``0.5 * (1 + cos(pi * e / E))`` to the last bit."""
     return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * min(step, total) / total))
+
+
+def _generators(loader, outliers) -> list:
+    """The generators the data order of both streams depends on (ID first)."""
+    return loader_generators(loader) + ([] if outliers is None else loader_generators(outliers))
 
 
 class Finetuner:
@@ -103,10 +98,12 @@ class Finetuner:
 
         self.config, self.model, self.grad_hook = config, model, grad_hook
         self.criterion = LossConstraint(xi, config.beta)
+        self.outlier_loss = outlier_objective(config)
         self._frozen = []
         if config.mode == "umap":
             if settings is None:
-                attach_score_masks(model, config.keep_ratio, threshold=config.threshold,
+                attach_score_masks(model, config.keep_ratio, include=config.include,
+                                   threshold=config.threshold,
                                    generator=torch.Generator().manual_seed(config.seed))
             if config.freeze_weights:
                 self._frozen = freeze_weights(model)
@@ -208,17 +205,25 @@ class Finetuner:
             raise NonFiniteLossError(epoch, index, value, int(bad_ranks) or 1)
         return value
 
-    def step(self, x: torch.Tensor, y: torch.Tensor, *, epoch: int = 0, index: int = 0):
-        """One optimisation step; returns ``(loss as float, number correct as a device tensor)``."""
+    def step(self, x: torch.Tensor, y: torch.Tensor, *, outliers: Optional[torch.Tensor] = None,
+             epoch: int = 0, index: int = 0):
+        """One optimisation step; returns ``(loss as float, number correct as a device tensor)``.
+        ``outliers``: a batch of outlier inputs, forwarded in one batch after ``x``."""
+        self._check_outliers(outliers)
         device = self.device
-        labels = y
+        labels, size = y, x.shape[0]
         x, y = x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+        if outliers is not None:
+            x = torch.cat((x, outliers.to(device, non_blocking=True)), 0)
         if self._backup:
             torch._foreach_copy_(self._backup, self._buffers)
         with self._autocast():
-            logits = checked_logits(self.model(x), x.shape[0], self.model)
+            out = checked_logits(self.model(x), x.shape[0], self.model)
+            logits = out if outliers is None else out[:size]
             self._check_labels(labels, logits.shape[1], first=index == 0)
             loss = self.criterion(logits, y)
+            if outliers is not None:
+                loss = loss + self.outlier_loss(logits, out[size:])
         value = self._finite_value(loss, epoch, index)
         self.optimizer.zero_grad(set_to_none=True)
         (loss if self._scaler is None else self._scaler.scale(loss)).backward()
@@ -232,15 +237,26 @@ class Finetuner:
         self.scheduler.step()
         return value, (logits.detach().argmax(1) == y).sum()
 
-    def train_epoch(self, loader, epoch: Optional[int] = None, *, desc: Optional[str] = None) -> dict:
-        """Train one epoch; returns the sample-weighted mean loss and accuracy.
+    def _check_outliers(self, outliers) -> None:
+        if (outliers is None) != (self.outlier_loss is None):
+            raise ValueError(
+                f"outlier_loss={self.config.outlier_loss!r} but outliers were "
+                f"{'not ' if outliers is None else ''}given; pass outliers=<an outlier loader> "
+                "with outlier_loss 'oe' or 'energy', and none with 'none'")
+
+    def train_epoch(self, loader, epoch: Optional[int] = None, *, desc: Optional[str] = None,
+                    outliers=None) -> dict:
+        """Train one epoch; returns the sample-weighted mean loss (outlier term included) and
+        the accuracy on the ID data.
 
         The loader is iterated exactly as ``for batch in loader`` would (the progress bar never
-        wraps it), so its shuffle draws from the same RNG state as any plain loop.
+        wraps it), so its shuffle draws from the same RNG state as any plain loop; an outlier
+        loader ``outliers`` is iterated beside it as ``zip`` would (core/outliers.py).
         """
         epoch = self.epoch if epoch is None else epoch
+        self._check_outliers(outliers)
         n = self._bind(loader)
-        self._apply_pending_loader_rng(loader)
+        self._apply_pending_loader_rng(loader, outliers)
         self.model.train()
         show = self.config.progress and is_main_process()
         bar = tqdm(total=n, disable=not show, leave=False,
@@ -248,11 +264,14 @@ class Finetuner:
         total_loss, count = 0.0, 0
         correct = torch.zeros((), dtype=torch.int64, device=self.device)
         try:
-            for index, batch in enumerate(loader):
+            batches = iter(loader)
+            stream = None if outliers is None else OutlierStream(outliers)
+            for index, batch in enumerate(batches):
                 if index == self.steps_per_epoch:  # before a step past the schedule's end runs
                     raise self._miscount(f"at least {index + 1}", epoch, n)
                 x, y = unpack_batch(batch)
-                value, batch_correct = self.step(x, y, epoch=epoch, index=index)
+                value, batch_correct = self.step(x, y, epoch=epoch, index=index, outliers=(
+                    None if stream is None else stream.next()))
                 total_loss += value * y.shape[0]
                 correct += batch_correct
                 count += y.shape[0]
@@ -270,7 +289,7 @@ class Finetuner:
         self.history.append(epoch, stats["loss"], stats["acc"], self.xi,
                             self.optimizer.param_groups[0]["lr"])
         self.epoch = epoch + 1
-        self._loader_rng = [g.get_state() for g in loader_generators(loader)]
+        self._loader_rng = [g.get_state() for g in _generators(loader, outliers)]
         return stats
 
     def _miscount(self, yielded: str, epoch: int, n: Optional[int]) -> ValueError:
@@ -281,10 +300,10 @@ class Finetuner:
             f"schedule was built for steps_per_epoch={self.steps_per_epoch} (stopped before a "
             "wrong schedule runs on); pass steps_per_epoch=<the batches one epoch really yields>")
 
-    def _apply_pending_loader_rng(self, loader) -> None:
+    def _apply_pending_loader_rng(self, loader, outliers) -> None:
         if self._pending_loader_rng is None:
             return
-        generators = loader_generators(loader)
+        generators = _generators(loader, outliers)
         if len(generators) != len(self._pending_loader_rng):
             raise ValueError(
                 f"the checkpoint recorded {len(self._pending_loader_rng)} data-order generator(s) "
@@ -294,13 +313,14 @@ class Finetuner:
             g.set_state(state)
         self._pending_loader_rng = None
 
-    def fit(self, loader, checkpoint_path=None) -> History:
+    def fit(self, loader, checkpoint_path=None, *, outliers=None) -> History:
         """Train from the current epoch to ``config.epochs``, checkpointing each epoch."""
         if checkpoint_path is not None:
             check_writable(checkpoint_path)
+        self._check_outliers(outliers)
         self._bind(loader)
         while self.epoch < self.config.epochs:
-            self.train_epoch(loader)
+            self.train_epoch(loader, outliers=outliers)
             if checkpoint_path is not None:
                 save_checkpoint(self, checkpoint_path)
         return self.history
@@ -346,14 +366,14 @@ class Finetuner:
         diffs = self.config.differences(theirs)
         if state["xi"] != self.xi:
             diffs.append(f"xi: {self.xi!r} vs {state['xi']!r}")
-        steps = state.get("steps_per_epoch")
+        steps = state["steps_per_epoch"]
         if None not in (steps, self.steps_per_epoch) and steps != self.steps_per_epoch:
             diffs.append(f"steps_per_epoch: {self.steps_per_epoch} vs {steps}")
         if diffs:
             raise ValueError(f"{source} belongs to another run ({'; '.join(diffs)}: this run "
                              "vs checkpoint); resume with the checkpoint's settings "
                              "(load_checkpoint does) or use another checkpoint path")
-        self._check_model_fits(state["model"], source)
+        check_model_fits(self.model, state["model"], source)
         try:
             self.model.load_state_dict(state["model"])
             self.optimizer.load_state_dict(state["optimizer"])
@@ -364,38 +384,12 @@ class Finetuner:
         if steps is not None:
             self._set_steps(steps)
         self.scheduler.load_state_dict(state["scheduler"])
-        if self._scaler is not None and state.get("scaler") is not None:
+        if self._scaler is not None and state["scaler"] is not None:
             self._scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.history = History(**state["history"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self._loader_rng = list(state.get("loader_rng", []))
-        # checkpoints written before loader states were recorded resume without that check
-        self._pending_loader_rng = (list(self._loader_rng) if self.epoch > 0 and "loader_rng" in state
-                                    else None)
-
-    def _check_model_fits(self, saved, source: str) -> None:
-        """One line naming the first entry whose name or shape differs from this model's."""
-        ours = self.model.state_dict()
-        name = type(self.model).__name__
-        if not isinstance(saved, dict):
-            raise ValueError(f"{source} holds a {type(saved).__name__} as its model, not a "
-                             "state_dict; pass what state_dict() returned")
-        extra = [k for k in saved if k not in ours]
-        lacking = [k for k in ours if k not in saved]
-        if extra or lacking:
-            parts = []
-            if lacking:
-                parts.append(f"{name} needs {len(lacking)} entries the file lacks (e.g. "
-                             f"{lacking[0]!r})")
-            if extra:
-                parts.append(f"the file has {len(extra)} that {name} lacks (e.g. {extra[0]!r})")
-            raise ValueError(f"{source} does not fit {name}: {'; '.join(parts)}; resume with the "
-                             "architecture it was saved from")
-        for k, value in saved.items():
-            if isinstance(value, torch.Tensor) and value.shape != ours[k].shape:
-                raise ValueError(f"{source} does not fit {name}: {k!r} has shape "
-                                 f"{tuple(value.shape)} in the file but {tuple(ours[k].shape)} in "
-                                 f"{name}; resume with the architecture it was saved from")
+        self._loader_rng = list(state["loader_rng"])
+        self._pending_loader_rng = list(self._loader_rng) if self.epoch > 0 else None

@@ -52,7 +52,7 @@ class _Snapshot:
 
 
 def _run(mode: str, model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig],
-         checkpoint_path, grad_hook: Optional[GradHook]) -> History:
+         checkpoint_path, grad_hook: Optional[GradHook], outliers) -> History:
     config = replace(FinetuneConfig() if config is None else config, mode=mode)
     xi = validate_xi(xi)
     resume = None
@@ -65,7 +65,7 @@ def _run(mode: str, model: nn.Module, loader, xi: float, config: Optional[Finetu
         tuner = Finetuner(model, xi, config, grad_hook=grad_hook)
         if resume is not None:
             tuner.load_state_dict(resume, source=f"checkpoint {str(checkpoint_path)!r}")
-        history = tuner.fit(loader, checkpoint_path=checkpoint_path)
+        history = tuner.fit(loader, checkpoint_path=checkpoint_path, outliers=outliers)
         tuner.finish()
     except BaseException:
         snapshot.restore(model)
@@ -74,24 +74,27 @@ def _run(mode: str, model: nn.Module, loader, xi: float, config: Optional[Finetu
 
 
 def run_um(model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig] = None,
-           checkpoint_path=None, *, grad_hook: Optional[GradHook] = None) -> History:
+           checkpoint_path=None, *, grad_hook: Optional[GradHook] = None,
+           outliers=None) -> History:
     """Fine-tune the weights of ``model`` in place under the loss constraint ``xi``.
 
     With ``checkpoint_path``, each epoch is saved there and an existing checkpoint of the same
     run is resumed (one of another run is refused). On any error or Ctrl-C the model is given
-    back exactly as it came in.
+    back exactly as it came in. With ``config.outlier_loss`` ('oe' / 'energy'), ``outliers``
+    is the loader of auxiliary outliers (the authors' UM with outlier exposure).
     """
-    return _run("um", model, loader, xi, config, checkpoint_path, grad_hook)
+    return _run("um", model, loader, xi, config, checkpoint_path, grad_hook, outliers)
 
 
 def run_umap(model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig] = None,
-             checkpoint_path=None, *, grad_hook: Optional[GradHook] = None) -> History:
+             checkpoint_path=None, *, grad_hook: Optional[GradHook] = None,
+             outliers=None) -> History:
     """Learn a top-k mask over the frozen weights of ``model`` under ``xi``, then bake it.
 
     Checkpoints and failures behave as in :func:`run_um`: on any error or Ctrl-C the model
     comes back unmasked, with its weights, buffers and ``requires_grad`` flags as before.
     """
-    return _run("umap", model, loader, xi, config, checkpoint_path, grad_hook)
+    return _run("umap", model, loader, xi, config, checkpoint_path, grad_hook, outliers)
 
 
 RUNNERS = {"um": run_um, "umap": run_umap}  # a FinetuneConfig mode -> its one-shot run

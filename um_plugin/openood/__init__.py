@@ -10,7 +10,7 @@ require_openood()  # one clear line when OpenOOD is missing, before any module i
 
 from .benchmarks import (register_benchmark, unregister_benchmark,  # noqa: E402
                          write_dataset_config)
-from .cpu import disable_cpu_fallback, enable_cpu_fallback  # noqa: E402
+from .cpu import disable_cpu_fallback, enable_cpu_fallback, use_cpu  # noqa: E402
 from .postprocessors import UMAPPostprocessor, UMPostprocessor  # noqa: E402
 from .register import RegistrationError, is_registered, register  # noqa: E402
 from .reuse import NetworkReuseError  # noqa: E402
@@ -21,7 +21,7 @@ register()
 
 __all__ = [
     "register", "is_registered", "register_benchmark", "unregister_benchmark",
-    "write_dataset_config", "enable_cpu_fallback", "disable_cpu_fallback", "UMTrainer",
+    "write_dataset_config", "use_cpu", "enable_cpu_fallback", "disable_cpu_fallback", "UMTrainer",
     "UMAPTrainer", "UMPostprocessor", "UMAPPostprocessor", "OpenOODNotInstalledError",
     "OpenOODLayoutError", "RegistrationError", "NetworkReuseError", "FitCheckError", "FitCheckWarning",
 ]

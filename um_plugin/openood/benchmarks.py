@@ -217,9 +217,12 @@ def dataset_config(name: str, data_root: str, *, num_classes: int, id_train: str
                    pre_size: Optional[int] = None,
                    normalization: Sequence[Sequence[float]] = DEFAULT_NORMALIZATION,
                    batch_size: int = TRAIN_BATCH_SIZE, eval_batch_size: int = EVAL_BATCH_SIZE,
-                   check_images: bool = True) -> dict:
+                   check_images: bool = True, oe: Optional[str] = None) -> dict:
     """The ``dataset:`` section main.py reads for these ID splits (absolute paths; the images
-    preprocessed as the Evaluator does: resize to ``pre_size``, centre-crop ``image_size``)."""
+    preprocessed as the Evaluator does: resize to ``pre_size``, centre-crop ``image_size``).
+    With ``oe`` (an image list of auxiliary outliers, relative to ``data_root``), an ``oe``
+    split as OpenOOD's ``cifar10_oe.yml`` has it, for pipeline ``train_oe`` (the um_oe /
+    umap_oe trainers); its labels (e.g. -1) are never read."""
     norm_type = normalization_type(normalization)
     if norm_type is None:
         raise ValueError(
@@ -241,6 +244,13 @@ def dataset_config(name: str, data_root: str, *, num_classes: int, id_train: str
                           "imglist_pth": os.path.join(data_root, leaf["imglist_path"]),
                           "batch_size": batch_size if split == "train" else eval_batch_size,
                           "shuffle": split == "train"}
+    if oe is not None:
+        leaf = _split(data_root, oe, data_dir, "oe", check_images, num_classes, ood=True)
+        section["split_names"] = ["train", "oe", "val", "test"]
+        section["oe"] = {"dataset_class": "ImglistDataset",
+                         "data_dir": os.path.join(data_root, leaf["data_dir"]),
+                         "imglist_pth": os.path.join(data_root, leaf["imglist_path"]),
+                         "batch_size": batch_size, "shuffle": True, "interpolation": "bilinear"}
     return {"dataset": section}
 
 

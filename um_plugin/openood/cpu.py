@@ -5,7 +5,7 @@ postprocessors, ``scripts/eval_ood.py``). CI benchmark runs have no GPU, so whil
 is on those calls return the object unchanged, ``torch.cuda.device_count()`` reports 0 (so
 ``nn.DataParallel`` wraps nothing) and ``torch.load`` maps GPU-saved checkpoints to the CPU
 (``get_network`` loads them without ``map_location``). Nothing is patched unless this is called; GPU runs never
-see it.
+see it. :func:`use_cpu` is the name users call (the Python twin of ``um-openood run --cpu``).
 """
 from __future__ import annotations
 
@@ -64,6 +64,20 @@ def enable_cpu_fallback() -> contextlib.AbstractContextManager:
             _PATCHED[(owner, name)] = getattr(owner, name)
             setattr(owner, name, replacement)
     return _Restore(owned)
+
+
+use_cpu = enable_cpu_fallback
+"""``um_plugin.openood.use_cpu()``: run OpenOOD's GPU-only code (the ``Evaluator``, its
+postprocessors, ``main.py``'s trainers) on a machine without a GPU; the CLI's ``--cpu``."""
+
+
+def require_device(what: str) -> None:
+    """Refuse, before any work, a route OpenOOD would run into ``.cuda()`` on a GPU-less
+    machine (it would crash there only after the fine-tuning, leaving the model changed)."""
+    if not torch.cuda.is_available() and not _PATCHED:
+        raise RuntimeError(
+            f"{what} needs a CUDA GPU (OpenOOD calls .cuda()) and none is available; on a "
+            "CPU-only machine call um_plugin.openood.use_cpu() first")
 
 
 def disable_cpu_fallback() -> None:

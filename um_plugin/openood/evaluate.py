@@ -10,84 +10,67 @@ Everything that can be checked is checked by :func:`plan` before any scoring sta
 """
 from __future__ import annotations
 
+import contextlib
 import importlib
 import inspect
+import io
 import os
-import pickle
 import re
-from dataclasses import dataclass, field
-from typing import Callable, Dict, List, Optional
+import sys
+import warnings
+from dataclasses import dataclass
+from typing import Callable, List, Optional
 
 import numpy as np
 import pandas as pd
 import torch
+from tqdm.auto import tqdm
 from openood.evaluation_api import datasets as oo_datasets
 from openood.evaluation_api import postprocessor as eval_pp
 
 from um_plugin.core.distributed import strip_ddp_prefix
+from um_plugin.leaderboard.provenance import data_identity, versions
+from um_plugin.leaderboard.runs import Model, trainer_settings
+from um_plugin.leaderboard.table import row_from_tables, write_atomic
+from um_plugin.workers import default_workers
 
+from . import score_cache
+from .benchmark_file import register_benchmark_file
+from .cpu import enable_cpu_fallback
 from .config_discovery import base_config_candidates, config_roots
 from .names import is_method_name, known_postprocessor_names, split_name
+from .postprocessor_config import ResolvedPostprocessor, build, resolve_all
+from .networks import NETWORKS
+from .wrapping import original
 
-CHECKPOINT = "best.ckpt"  # what main.py's recorder saves and eval_ood.py reads
-
-
-@dataclass
-class Model:
-    """One leaderboard model: a run folder's ``s*`` checkpoints, or one checkpoint file."""
-    name: str
-    root: str
-    checkpoints: List[str]  # one per run (seed) folder, sorted
-    csv_dir: str            # where --save-csv writes ood/<pp>.csv
+# eval_ood.py's networks for OpenOOD's own ID sets; anything else needs --network
+DEFAULT_NETWORK = {"cifar10": "resnet18_32x32", "cifar100": "resnet18_32x32",
+                   "imagenet200": "resnet18_224x224", "imagenet": "resnet50"}
 
 
 @dataclass
 class Plan:
-    """Everything :func:`score_all` needs, validated."""
+    """Everything :func:`score_all` needs, validated by :func:`plan`."""
     models: List[Model]
-    postprocessors: List[str]
+    postprocessors: List[ResolvedPostprocessor]
     id_name: str
     data_root: str
     config_root: str
     make_net: Callable[[], torch.nn.Module]
     device: str
+    benchmark: str           # the benchmark's identity hash
     batch_size: int = 200
-    num_workers: int = 4
+    num_workers: int = default_workers()  # 4, at most the CPUs available
     fsood: bool = False
     save_score: bool = False
-    results: Dict = field(default_factory=dict)
-
-
-def model_from_root(root: str, checkpoint_name: str = CHECKPOINT) -> Model:
-    """Every ``s*`` folder under ``root`` holding ``checkpoint_name`` (eval_ood.py's layout), or
-    ``root`` itself when it is a checkpoint file."""
-    if os.path.isfile(root):
-        path = os.path.abspath(root)
-        stem = os.path.splitext(os.path.basename(path))[0]
-        name = f"{os.path.basename(os.path.dirname(path))}/{stem}"
-        return Model(name, path, [path], os.path.dirname(path))
-    if not os.path.isdir(root):
-        raise FileNotFoundError(f"--root {root!r} is neither a run folder nor a checkpoint file")
-    runs = sorted(d for d in os.listdir(root)
-                  if d.startswith("s") and os.path.isdir(os.path.join(root, d)))
-    if not runs:
-        raise ValueError(f"--root {root!r} has no s* run folders (main.py writes <exp>/s<seed>/); "
-                         f"pass the folder above them, or a checkpoint file")
-    missing = [d for d in runs if not os.path.isfile(os.path.join(root, d, checkpoint_name))]
-    if missing:
-        raise FileNotFoundError(f"--root {root!r}: run folder(s) {missing} have no "
-                                f"{checkpoint_name!r} (--checkpoint-name)")
-    name = os.path.basename(os.path.normpath(os.path.abspath(root)))
-    return Model(name, os.path.abspath(root),
-                 [os.path.join(os.path.abspath(root), d, checkpoint_name) for d in runs],
-                 os.path.abspath(root))
 
 
 def openood_network_names() -> List[str]:
-    """The names ``openood.networks.get_network`` builds (read from its source)."""
+    """The names ``openood.networks.get_network`` builds (read from its source), and ours."""
     from openood.networks import utils as net_utils
     return sorted(set(re.findall(r"network_config\.name\s*==\s*'([\w-]+)'",
-                                 inspect.getsource(net_utils.get_network))))
+                                 inspect.getsource(original(net_utils.get_network))))
+                  | set(NETWORKS))
 
 
 def network_factory(spec: str, num_classes: int, device: str) -> Callable[[], torch.nn.Module]:
@@ -208,21 +191,109 @@ def check_data(id_name: str, data_root: str, fsood: bool) -> None:
                                      f"(images of {dataset!r}); nothing is downloaded")
 
 
-def _cached(folder: str, kind: str, name: str):
-    path = os.path.join(folder, kind, f"{name}.pkl")
-    if os.path.isfile(path):
-        with open(path, "rb") as f:
-            return pickle.load(f)
-    return None
+def benchmark_identity(id_name: str, data_root: str, fsood: bool) -> str:
+    """A hash of the benchmark's image lists, of every listed file's name and size, of its
+    class count and test preprocessing: rows and caches of other data never mix."""
+    from openood.evaluation_api.preprocessor import default_preprocessing_dict
+    info = oo_datasets.DATA_INFO[id_name]
+    leaves = [info["id"]["train"], info["id"]["val"], info["id"]["test"], info["ood"]["val"]]
+    groups = [info["ood"]["near"], info["ood"]["far"]] + ([info["csid"]] if fsood else [])
+    leaves += [group[name] for group in groups for name in group["datasets"]]
+    lists = [os.path.join(data_root, leaf["imglist_path"]) for leaf in leaves]
+    roots = {path: os.path.join(data_root, leaf["data_dir"]) for path, leaf in zip(lists, leaves)}
+    extra = {"num_classes": info["num_classes"], "fsood": fsood,
+             "preprocessing": default_preprocessing_dict.get(id_name)}
+    return data_identity(lists, roots, extra)
 
 
-def _store(folder: str, kind: str, name: str, obj, overwrite: bool) -> None:
-    path = os.path.join(folder, kind, f"{name}.pkl")
-    if os.path.isfile(path) and not overwrite:
-        return
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "wb") as f:
-        pickle.dump(obj, f, pickle.HIGHEST_PROTOCOL)
+def _output_size(net: torch.nn.Module, id_name: str) -> Optional[int]:
+    """The network's number of outputs on one image of the benchmark's size (None if unknown)."""
+    from openood.evaluation_api.preprocessor import default_preprocessing_dict
+    size = (default_preprocessing_dict.get(id_name) or {}).get("img_size")
+    if size is None:
+        return None
+    device = next(net.parameters()).device
+    with torch.no_grad():
+        out = net.eval()(torch.zeros(1, 3, size, size, device=device))
+    return int(out.shape[-1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+
+
+def plan(args) -> Plan:
+    """Check what needs OpenOOD (benchmark, data, postprocessors, network, classes), then
+    load every checkpoint strictly; no scoring. One-line ValueErrors. The caller has checked
+    the device (``um_plugin.cli.common.check_device``: without a GPU, ``args.cpu``)."""
+    if args.cpu:  # importing this package registered um / umap with OpenOOD
+        enable_cpu_fallback()
+    data_root, id_name = args.data_root, args.id_data
+    if args.benchmark is not None:
+        kwargs = register_benchmark_file(args.benchmark)
+        if id_name is not None and id_name != kwargs["name"]:
+            raise ValueError(f"--id-data {id_name!r} differs from --benchmark's name "
+                             f"{kwargs['name']!r}; leave --id-data out")
+        if data_root is not None and os.path.abspath(data_root) != kwargs["data_root"]:
+            raise ValueError(f"--data-root {data_root!r} differs from --benchmark's data_root "
+                             f"{kwargs['data_root']!r}; leave --data-root out")
+        id_name, data_root = kwargs["name"], kwargs["data_root"]
+    data_root = os.path.abspath(data_root or "./data")
+    check_data(id_name, data_root, args.fsood)
+    config_root = args.config_root or default_config_root()
+    if config_root is None or not os.path.isdir(os.path.join(config_root, "postprocessors")):
+        raise ValueError(f"--config-root {config_root!r} has no postprocessors/ folder; pass "
+                         "OpenOOD's configs/ (or set $UM_PLUGIN_OPENOOD_ROOT to a checkout)")
+    for name in args.postprocessors:
+        check_postprocessor(name, config_root)
+    resolved = resolve_all(args.postprocessors, config_root, id_name, args.overrides,
+                           args.batch_size)
+    classes = oo_datasets.DATA_INFO[id_name]["num_classes"]
+    if args.num_classes is not None and args.num_classes != classes:
+        raise ValueError(f"--num-classes {args.num_classes}: benchmark {id_name!r} has {classes} "
+                         "classes; a network with another output size cannot be scored on it")
+    network = args.network or DEFAULT_NETWORK.get(id_name)
+    if network is None:
+        raise ValueError(f"--network is needed for benchmark {id_name!r} (an OpenOOD network "
+                         "name such as lenet, or module:Class)")
+    device = "cpu" if args.cpu else "cuda"
+    make_net = network_factory(network, classes, device)
+    outputs = _output_size(make_net(), id_name)
+    if outputs is not None and outputs != classes:
+        raise ValueError(f"--network {network!r} has {outputs} outputs; benchmark {id_name!r} "
+                         f"has {classes} classes")
+    identity = benchmark_identity(id_name, data_root, args.fsood)
+    for model in args.models:  # every checkpoint fits, before any scoring
+        for path in model.checkpoints:
+            load_weights(make_net(), path)
+    return Plan(models=args.models, postprocessors=resolved, id_name=id_name,
+                data_root=data_root, config_root=config_root, make_net=make_net, device=device,
+                benchmark=identity, batch_size=args.batch_size, num_workers=args.num_workers,
+                fsood=args.fsood, save_score=args.save_score)
+
+
+def score_one(plan: Plan, checkpoint: str, sha256: str, pp: ResolvedPostprocessor):
+    """OpenOOD's metrics table for one checkpoint and postprocessor (``Evaluator.eval_ood``),
+    and the cache notes. As eval_ood.py, cached postprocessors / scores in the run folder are
+    reused, but only those made from the same checkpoint bytes, config and benchmark; with
+    ``save_score`` they are (re)written."""
+    from openood.evaluation_api import Evaluator
+    run, notes = os.path.dirname(checkpoint), []
+    key = {"checkpoint_sha256": sha256, "config_sha256": pp.sha256, "benchmark": plan.benchmark}
+    cached_pp, why = score_cache.load(run, "postprocessors", pp.name, key)
+    scores, why_scores = score_cache.load(run, "scores", pp.name, key)
+    notes += [n for n in (why, why_scores) if n]
+    net = load_weights(plan.make_net(), checkpoint).to(plan.device).eval()
+    evaluator = Evaluator(net, id_name=plan.id_name, data_root=plan.data_root,
+                          config_root=plan.config_root, preprocessor=None,
+                          postprocessor_name=pp.name, postprocessor=cached_pp or build(pp),
+                          batch_size=plan.batch_size, shuffle=False,
+                          num_workers=plan.num_workers)
+    if scores is not None:
+        _merge(evaluator.scores, scores)
+    table = evaluator.eval_ood(fsood=plan.fsood, progress=False)
+    if plan.save_score:
+        post = evaluator.postprocessor
+        if cached_pp is None and (hasattr(post, "setup_flag") or post.hyperparam_search_done):
+            notes.append(score_cache.store(run, "postprocessors", pp.name, post, key))
+        notes.append(score_cache.store(run, "scores", pp.name, evaluator.scores, key))
+    return table, [n for n in notes if n]
 
 
 def _merge(into: dict, new: dict) -> None:
@@ -233,32 +304,57 @@ def _merge(into: dict, new: dict) -> None:
             into[key] = value
 
 
-def score_one(plan: Plan, checkpoint: str, postprocessor: str) -> pd.DataFrame:
-    """OpenOOD's metrics table for one checkpoint and postprocessor (``Evaluator.eval_ood``).
-
-    As eval_ood.py: a postprocessor pickled in ``<run>/postprocessors/`` (its search or setup
-    done) is reused and one that did a search is saved there; scores saved with ``--save-score``
-    in ``<run>/scores/`` are reused."""
-    from openood.evaluation_api import Evaluator
-    run = os.path.dirname(checkpoint)
-    net = load_weights(plan.make_net(), checkpoint).to(plan.device).eval()
-    evaluator = Evaluator(net, id_name=plan.id_name, data_root=plan.data_root,
-                          config_root=plan.config_root, preprocessor=None,
-                          postprocessor_name=postprocessor,
-                          postprocessor=_cached(run, "postprocessors", postprocessor),
-                          batch_size=plan.batch_size, shuffle=False,
-                          num_workers=plan.num_workers)
-    scores = _cached(run, "scores", postprocessor)
-    if scores is not None:
-        _merge(evaluator.scores, scores)
-    pp = evaluator.postprocessor
-    if hasattr(pp, "setup_flag") or pp.hyperparam_search_done is True:
-        _store(run, "postprocessors", postprocessor, pp, overwrite=False)
-    table = evaluator.eval_ood(fsood=plan.fsood, progress=False)
-    if plan.save_score:
-        _store(run, "scores", postprocessor, evaluator.scores, overwrite=True)
-    return table
-
+def score_all(plan: Plan, *, verbose: bool = False, out: Optional[str] = None,
+              save_csv: bool = False) -> list:
+    """Score every (model, run, postprocessor); write OpenOOD's per-model CSVs (folders made
+    before scoring); return the leaderboard rows with their provenance."""
+    task = "fsood" if plan.fsood else "ood"
+    folders = {}
+    for model in plan.models:
+        folders[model.name] = ([os.path.join(model.csv_dir, task)] if save_csv else []) + (
+            [os.path.join(out, model.name, task)] if out is not None else [])
+        for folder in folders[model.name]:
+            os.makedirs(folder, exist_ok=True)
+    log = io.StringIO()  # OpenOOD's prints and inner progress bars, unless verbose
+    jobs = [(m, i, p) for m in plan.models for p in plan.postprocessors
+            for i in range(len(m.checkpoints))]
+    tables = {}
+    with tqdm(jobs, desc="um-openood eval", unit="run", file=sys.stderr) as bar:
+        for model, i, pp in bar:
+            checkpoint = model.checkpoints[i]
+            bar.set_postfix_str(f"{model.name} {pp.name}", refresh=True)
+            with contextlib.ExitStack() as stack, warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                if not verbose:
+                    stack.enter_context(contextlib.redirect_stdout(log))
+                    stack.enter_context(contextlib.redirect_stderr(log))
+                table, notes = score_one(plan, checkpoint, model.sha256[i], pp)
+            shown = dict.fromkeys(notes + [f"{w.category.__name__}: {w.message}" for w in caught
+                                           if not issubclass(w.category, DeprecationWarning)])
+            for line in shown:  # cache decisions, FitCheckWarning: above the bar, once per run
+                bar.write(f"{model.name} {pp.name} {os.path.relpath(checkpoint)}: {line}",
+                          file=sys.stderr)
+            tables.setdefault((model.name, pp.name), []).append(table)
+    rows, made_with = [], versions()
+    for model in plan.models:
+        for pp in plan.postprocessors:
+            mean, std = mean_std(tables[(model.name, pp.name)])
+            text = openood_csv_table(mean, std).to_csv()
+            for folder in folders[model.name]:
+                write_atomic(os.path.join(folder, f"{pp.name}.csv"), text)
+            trained = dict.fromkeys(filter(None, (trainer_settings(os.path.dirname(c))
+                                                  for c in model.checkpoints)))
+            settings = "; ".join(([f"{pp.name}: {pp.settings}"] if pp.settings else [])
+                                 + list(trained))
+            provenance = {"checkpoint_sha256": ";".join(model.sha256),
+                          "config_sha256": pp.sha256, "settings": settings,
+                          "benchmark": plan.benchmark, "versions": made_with,
+                          "checkpoints": list(model.checkpoints)}
+            rows.append(row_from_tables(model.name, pp.name, len(model.checkpoints), mean, std,
+                                        provenance))
+    if out is not None and not verbose:
+        write_atomic(os.path.join(out, "eval.log"), log.getvalue())
+    return rows
 
 def mean_std(tables: List[pd.DataFrame]):
     """Mean and population std over the run folders' tables (same index and columns)."""

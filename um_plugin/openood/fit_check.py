@@ -10,6 +10,7 @@ stop``, the default) with one line naming both and the fix, or warns and goes on
 """
 from __future__ import annotations
 
+import os
 import warnings
 from typing import Optional
 
@@ -19,6 +20,7 @@ from torch import nn
 from um_plugin.core.batches import unpack_batch
 from um_plugin.core.distributed import all_reduce_sum, is_main_process
 from um_plugin.core.xi import estimate_xi
+from um_plugin.leaderboard.runs import STOP_MARKER
 
 from .options import DataOptions, RouteStop, XiOptions
 
@@ -59,43 +61,57 @@ def accuracy(model: nn.Module, loader, what: str = "the ID validation loader") -
     return float(counts[0] / counts[1])
 
 
-def prepare_xi(model: nn.Module, loader, xi: XiOptions, data: DataOptions, *, where: str,
-               reference=None) -> float:
-    """ξ (given, or estimated on ``loader``), after checking that ``model`` fits ``loader``'s
-    images about as well as ``reference`` (ID validation data); logs both accuracies.
+def mark_stopped(run_dir, reason: str) -> None:
+    """Leave the reason in a run folder the fit check stopped, so ``um-openood eval --root``
+    skips it in one line instead of refusing a folder without ``best.ckpt``."""
+    if is_main_process() and run_dir and os.path.isdir(run_dir):
+        with open(os.path.join(run_dir, STOP_MARKER), "w") as f:
+            f.write(f"fit check: {reason}\n")
 
-    ``where`` names the config section (``trainer.trainer_args``) in every message.
-    """
-    if xi.value is not None:  # no reference: nothing to check, the loader's RNG left alone
+
+def check_fit(model: nn.Module, loader, data: DataOptions, reference, *, where: str,
+              syntax: str) -> None:
+    """Stop (or warn) when ``model`` fits ``loader``'s images much worse than ``reference``'s
+    (ID validation data); runs before ξ, so a model that does not fit stops without it."""
+    fit = accuracy(model, loader, f"the {data.preprocessing!r} training loader")
+    reference_accuracy = accuracy(model, reference)
+    seen = (f"training images with {data.preprocessing}-time preprocessing "
+            f"({where}.preprocessing: {data.preprocessing})")
+    log(f"[um-plugin] fit check: unmasked accuracy {fit:.1%} on the {seen}, "
+        f"{reference_accuracy:.1%} on ID validation data")
+    if fit >= reference_accuracy - data.fit_margin:
+        return
+    other = "test" if data.preprocessing == "train" else "train"
+    message = (
+        f"the model's accuracy on the {seen} is {fit:.1%}, {100 * (reference_accuracy - fit):.1f} "
+        f"points below its {reference_accuracy:.1%} on ID validation data (more than fit_margin "
+        f"= {data.fit_margin:g}): it does not fit the images it would be fine-tuned on (trained "
+        f"without augmentation? wrong labels?), so xi would be far too high and fine-tuning "
+        f"would wreck it. Fix: {syntax.format(key='preprocessing', value=other)}, or "
+        f"{syntax.format(key='fit_check', value='warn')} to fine-tune anyway")
+    if data.fit_check == "stop":
+        raise FitCheckError(message)
+    if is_main_process():
+        warnings.warn(message, FitCheckWarning, stacklevel=3)
+    log(f"[um-plugin] WARNING (fit_check: warn, going on): {message}")
+
+
+def prepare_xi(model: nn.Module, loader, xi: XiOptions, data: DataOptions, *, where: str,
+               reference=None, syntax: Optional[str] = None) -> float:
+    """ξ (given, or estimated on ``loader``), after checking that ``model`` fits ``loader``'s
+    images about as well as ``reference`` (ID validation data); logs both.
+
+    ``where`` names the config section (``trainer.trainer_args``); ``syntax`` how a setting
+    is changed where the route runs (default ``'set <where>.{key}: {value}'``; eval: ``--set``)."""
+    syntax = syntax or f"set {where}.{{key}}: {{value}}"
+    if reference is not None:
+        check_fit(model, loader, data, reference, where=where, syntax=syntax)
+    if xi.value is not None:
         value, source = xi.value, f"xi = {xi.value:.6g} (from {where}.loss_constraint)"
-        fit = None if reference is None else accuracy(
-            model, loader, f"the {data.preprocessing!r} training loader")
     else:
         estimate = estimate_xi(model, loader, **xi.estimate_kwargs, progress=is_main_process(),
                                report=True)
-        value, source, fit = estimate.xi, f"estimated: {estimate.summary()}", estimate.base_accuracy
-    seen = (f"training images with {data.preprocessing}-time preprocessing "
-            f"({where}.preprocessing: {data.preprocessing})")
-    line = f"[um-plugin] loss constraint {source}"
-    if fit is not None:
-        line += f"; unmasked accuracy {fit:.1%} on the {seen}"
-    if reference is None:
-        log(line + "; no ID validation loader, so the fit check is skipped")
-        return value
-    reference_accuracy = accuracy(model, reference)
-    log(line + f", {reference_accuracy:.1%} on ID validation data")
-    if fit < reference_accuracy - data.fit_margin:
-        other = "test" if data.preprocessing == "train" else "train"
-        message = (
-            f"the model's accuracy on the {seen} is {fit:.1%}, {100 * (reference_accuracy - fit):.1f} "
-            f"points below its {reference_accuracy:.1%} on ID validation data (more than "
-            f"{where}.fit_margin = {data.fit_margin:g}): it does not fit the images it would be "
-            f"fine-tuned on (trained without augmentation? wrong labels?), so xi = {value:.4g} and "
-            f"fine-tuning would wreck it. Fix: set {where}.preprocessing: {other}, or "
-            f"{where}.fit_check: warn to fine-tune anyway")
-        if data.fit_check == "stop":
-            raise FitCheckError(message)
-        if is_main_process():
-            warnings.warn(message, FitCheckWarning, stacklevel=2)
-        log(f"[um-plugin] WARNING (fit_check: warn, going on): {message}")
+        value, source = estimate.xi, f"estimated: {estimate.summary()}"
+    skipped = "; no ID validation loader, so the fit check is skipped" if reference is None else ""
+    log(f"[um-plugin] loss constraint {source}{skipped}")
     return value

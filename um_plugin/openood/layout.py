@@ -12,9 +12,7 @@ import types
 from importlib.metadata import PackageNotFoundError
 from importlib.metadata import version as dist_version
 
-INSTALL_HINT = ("install OpenOOD v1.5 next to the plug-in: `pip install "
-                "git+https://github.com/Jingkang50/OpenOOD` (or `pip install -e <OpenOOD checkout>`), "
-                "plus `pip install libmr` if its import asks for it")
+from um_plugin.requirements import missing_openood_runtime, openood_missing_message
 
 # (module, attribute, kind) this plug-in relies on; checked before anything is changed.
 LAYOUT = (
@@ -25,11 +23,14 @@ LAYOUT = (
     ("openood.evaluation_api.postprocessor", "postprocessors", dict),
     ("openood.evaluation_api.datasets", "DATA_INFO", dict),
     ("openood.evaluation_api.datasets", "benchmarks_dict", dict),
+    ("openood.evaluation_api.datasets", "dir_dict", dict),
+    ("openood.evaluation_api.datasets", "data_setup", types.FunctionType),
     ("openood.evaluation_api.preprocessor", "default_preprocessing_dict", dict),
     ("openood.preprocessors.test_preprocessor", "TestStandardPreProcessor", type),
     ("openood.utils.comm", "is_main_process", types.FunctionType),
     ("openood.utils.launch", "_distributed_worker", types.FunctionType),
     ("openood.recorders.utils", "get_recorder", types.FunctionType),
+    ("openood.networks.utils", "get_network", types.FunctionType),
 )
 
 
@@ -42,12 +43,15 @@ class OpenOODLayoutError(RuntimeError):
 
 
 def require_openood():
-    """Import and return ``openood``, or say how to install it."""
+    """Import and return ``openood``, or name in one line everything missing for it."""
+    missing = missing_openood_runtime()
+    if missing:
+        raise OpenOODNotInstalledError(openood_missing_message(missing))
     try:
         import openood
     except ImportError as exc:
-        raise OpenOODNotInstalledError(
-            f"um_plugin.openood needs OpenOOD, which cannot be imported ({exc}); {INSTALL_HINT}") from exc
+        raise OpenOODNotInstalledError(f"OpenOOD cannot be imported ({exc}); "
+                                       f"{openood_missing_message(['openood'])}") from exc
     return openood
 
 

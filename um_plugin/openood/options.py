@@ -26,7 +26,13 @@ DEFAULT_FIT_MARGIN = 0.10          # ...when its accuracy there is this far belo
 
 _BOOLS = {"true": True, "1": True, "yes": True, "false": False, "0": False, "no": False}
 # trainer_args / postprocessor_args keys that are FinetuneConfig fields of the same name
-_SHARED_FINETUNE_KEYS = ("keep_ratio", "threshold", "freeze_weights", "beta", "seed", "precision")
+_SHARED_FINETUNE_KEYS = ("keep_ratio", "threshold", "freeze_weights", "beta", "seed", "precision",
+                         "include")
+# trainer_args keys of the um_oe / umap_oe trainers (OpenOOD's own trainer.lambda_oe besides)
+OUTLIER_KEYS = ("outlier_loss", "energy_beta", "m_in", "m_out")
+# OpenOOD trainer name -> (FinetuneConfig mode, trains with OpenOOD's OE loader)
+TRAINER_NAMES = {"um": ("um", False), "umap": ("umap", False),
+                 "um_oe": ("um", True), "umap_oe": ("umap", True)}
 # postprocessor_args keys for the optimisation (the trainers read OpenOOD's optimizer: section)
 _POSTPROCESSOR_FINETUNE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "nesterov", "min_lr",
                                 "lr_schedule")
@@ -38,6 +44,8 @@ OPTIMIZER_KEYS = {"num_epochs": "epochs", "lr": "lr", "momentum": "momentum",
 _XI_FIELDS = {"loss_constraint": ("value", "float"), "xi_keep_ratio": ("keep_ratio", "float"),
               "xi_seed": ("seed", "int"), "xi_draws": ("draws", "int")}
 _XI_KEYS = tuple(_XI_FIELDS)
+_XI_HINTS = {"loss_constraint": " (or 'auto' to estimate it)",
+             "xi_draws": " (random masks averaged for xi)"}
 _DATA_KEYS = ("preprocessing", "fit_check", "fit_margin")
 TRAINER_KEYS = _XI_KEYS + _DATA_KEYS + _SHARED_FINETUNE_KEYS
 POSTPROCESSOR_KEYS = (_XI_KEYS + _DATA_KEYS + ("batch_size",) + _SHARED_FINETUNE_KEYS
@@ -151,8 +159,7 @@ def _xi_options(section: dict, where: str) -> XiOptions:
         try:
             XiOptions(**{name: values[name]})  # one at a time, so the error names its key
         except ValueError as exc:
-            hint = " (or 'auto' to estimate it)" if key == "loss_constraint" else ""
-            raise ValueError(f"{where}.{key}: {exc}{hint}") from None
+            raise ValueError(f"{where}.{key}: {exc}{_XI_HINTS.get(key, '')}") from None
     return XiOptions(**values)
 
 
@@ -200,24 +207,63 @@ def postprocessor_options(section: Optional[Mapping], mode: str,
     return MethodOptions(config, xi, _data_options(section, where))
 
 
-def trainer_options(config, mode: str) -> MethodOptions:
-    """Typed options of the ``um`` / ``umap`` trainers: ``trainer.trainer_args`` plus
-    OpenOOD's ``optimizer:`` section (num_epochs, lr, momentum, weight_decay, nesterov, min_lr,
-    lr_schedule)."""
-    check_choice("mode", mode, MODES)
+def _outlier_values(config, name: str, section: dict, values: dict, sources: dict) -> None:
+    """The um_oe / umap_oe settings: OpenOOD's ``trainer.lambda_oe`` and the outlier keys."""
+    lambda_oe = config.trainer.get("lambda_oe")
+    pipeline = (config.get("pipeline") or {}).get("name")
+    if not TRAINER_NAMES[name][1]:
+        if pipeline == "train_oe":
+            raise ValueError(f"pipeline.name: the {name} trainer takes no OE loader; use trainer "
+                             f"{name}_oe with pipeline train_oe, or pipeline train")
+        if lambda_oe is not None:
+            raise ValueError(f"trainer.lambda_oe: the {name} trainer has no outliers; use "
+                             f"trainer {name}_oe with pipeline train_oe and an 'oe' split")
+        return
+    if pipeline != "train_oe":
+        raise ValueError(f"pipeline.name: the {name} trainer needs 'train_oe' (OpenOOD's pipeline "
+                         f"that hands it the OE loader), got {pipeline!r}")
+    splits = list((config.get("dataset") or {}).get("split_names") or [])
+    if "oe" not in splits:
+        raise ValueError(f"dataset.split_names: the {name} trainer trains on an 'oe' split of "
+                         f"outliers, the dataset config has {splits}; use one with an oe split "
+                         "(OpenOOD's cifar10_oe.yml, or um-openood dataset-config --oe IMGLIST)")
+    values["outlier_loss"] = section.get("outlier_loss", "oe")
+    sources["outlier_loss"] = "trainer.trainer_args.outlier_loss"
+    if values["outlier_loss"] == "none":
+        raise ValueError(f"trainer.trainer_args.outlier_loss: the {name} trainer trains on "
+                         "outliers, so 'oe' or 'energy', got 'none' (trainer "
+                         f"{TRAINER_NAMES[name][0]} has none)")
+    if lambda_oe is not None:
+        values["lambda_oe"] = lambda_oe
+    sources["lambda_oe"] = "trainer.lambda_oe"
+    for key in OUTLIER_KEYS[1:]:
+        if key in section:
+            values[key] = section[key]
+        sources[key] = f"trainer.trainer_args.{key}"
+
+
+def trainer_options(config, name: str) -> MethodOptions:
+    """Typed options of the ``um`` / ``umap`` / ``um_oe`` / ``umap_oe`` trainers:
+    ``trainer.trainer_args`` plus OpenOOD's ``optimizer:`` section (num_epochs, lr, momentum,
+    weight_decay, nesterov, min_lr, lr_schedule), and for the OE trainers OpenOOD's
+    ``trainer.lambda_oe``."""
+    check_choice("trainer name", name, tuple(TRAINER_NAMES))
+    mode, with_outliers = TRAINER_NAMES[name]
     where = "trainer.trainer_args"
-    section = _section(config.trainer.get("trainer_args"), TRAINER_KEYS, where)
+    keys = TRAINER_KEYS + (OUTLIER_KEYS if with_outliers else ())
+    section = _section(config.trainer.get("trainer_args"), keys, where)
     xi = _xi_options(section, where)
     optimizer = dict(config.get("optimizer") or {})
-    name = optimizer.pop("name", "sgd")
-    if str(name).lower() != "sgd":
-        raise ValueError(f"optimizer.name: the {mode} trainer optimises with SGD (the paper's "
-                         f"setting), got {name!r}; set optimizer.name: sgd")
+    optimizer_name = optimizer.pop("name", "sgd")
+    if str(optimizer_name).lower() != "sgd":
+        raise ValueError(f"optimizer.name: the {name} trainer optimises with SGD (the paper's "
+                         f"setting), got {optimizer_name!r}; set optimizer.name: sgd")
     values = {k: section[k] for k in _SHARED_FINETUNE_KEYS if k in section}
     sources = {k: f"{where}.{k}" for k in _SHARED_FINETUNE_KEYS}
-    for key, name in OPTIMIZER_KEYS.items():
+    _outlier_values(config, name, section, values, sources)
+    for key, field_name in OPTIMIZER_KEYS.items():
         if optimizer.get(key) is not None:
-            values[name] = optimizer[key]
-        sources[name] = f"optimizer.{key}"
+            values[field_name] = optimizer[key]
+        sources[field_name] = f"optimizer.{key}"
     return MethodOptions(finetune_config(values, sources, mode=mode), xi,
                          _data_options(section, where))

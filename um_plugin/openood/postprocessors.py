@@ -19,6 +19,7 @@ from openood.utils.config import Config
 from um_plugin.core.runs import RUNNERS
 
 from .base_method import base_net, build_base
+from .cpu import require_device
 from .fit_check import prepare_xi
 from .loaders import evaluator_train_preprocessor, like, retransformed, shuffled_loader
 from .names import split_name
@@ -85,7 +86,8 @@ class UnleashingPostprocessor(BasePostprocessor):
         in_order = like(train, dataset, what, shuffle=False, batch_size=batch_size)
         log_differences(self.options, f"postprocessor {self.name!r}", batch_size=batch_size)
         self.xi = prepare_xi(model, in_order, self.options.xi, data, where=_WHERE,
-                             reference=id_loader_dict.get("val"))
+                             reference=id_loader_dict.get("val"),
+                             syntax=getattr(self, "setting_syntax", None))
         RUNNERS[self.mode](model, loader, self.xi, finetune)
         net.eval()
         claim(model, Mark(self.mode, f"postprocessor {self.name!r}", self.token))
@@ -100,6 +102,7 @@ class UnleashingPostprocessor(BasePostprocessor):
 
     # --- OpenOOD's postprocessor contract --------------------------------------------------
     def setup(self, net, id_loader_dict, ood_loader_dict):
+        require_device(f"postprocessor {self.name!r}")  # before fine-tuning, not after
         if "train" not in id_loader_dict:
             raise KeyError(f"{self.mode} needs id_loader_dict['train'] (ID training data) to "
                            f"estimate xi and fine-tune; got splits {sorted(id_loader_dict)}")

@@ -5,7 +5,8 @@ best, and ``scripts/eval_ood.py`` and every OpenOOD tool read ``best.ckpt``. UM 
 accuracy by design, so that file would be an early, barely changed epoch, not the method the
 authors report (their OOD numbers are on the last epoch's model). For the ``um`` / ``umap``
 trainers the recorder therefore writes ``best.ckpt`` after every epoch with that epoch's model
-(so at the end it holds the final one) and says so; OpenOOD's own files
+(so at the end it holds the final one), with its sha256 in ``best.ckpt.sha256``, and says so;
+OpenOOD's own files
 (``best_epoch*_acc*.ckpt``, ``last_epoch*.ckpt``, ``model_epoch*.ckpt``) stay as it writes them.
 """
 from __future__ import annotations
@@ -15,9 +16,9 @@ import os
 import torch
 from openood.recorders.base_recorder import BaseRecorder
 
-from um_plugin.core import MODES
+from um_plugin.leaderboard.runs import CHECKSUM_SUFFIX, write_checksum
 
-from .options import RouteStop
+from .options import TRAINER_NAMES, RouteStop
 
 BEST = "best.ckpt"
 
@@ -26,12 +27,15 @@ class FinalModelRecorder(BaseRecorder):
     """OpenOOD's base recorder, with ``best.ckpt`` always the latest epoch's model."""
 
     def save_model(self, net, val_metrics):
+        path = os.path.join(self.output_dir, BEST)
+        if os.path.exists(path + CHECKSUM_SUFFIX):  # OpenOOD may rewrite best.ckpt now
+            os.remove(path + CHECKSUM_SUFFIX)
         super().save_model(net, val_metrics)
         if self.best_epoch_idx != val_metrics["epoch_idx"]:  # else OpenOOD just wrote this model
-            path = os.path.join(self.output_dir, BEST)
             tmp = path + ".tmp"
             torch.save(getattr(net, "module", net).state_dict(), tmp)
             os.replace(tmp, path)  # atomic: a killed save keeps the previous epoch's file
+        write_checksum(path)  # um-openood eval refuses a best.ckpt that no longer matches
         self.final_epoch_idx = val_metrics["epoch_idx"]
         self.final_acc = val_metrics["acc"]
 
@@ -46,11 +50,12 @@ class FinalModelRecorder(BaseRecorder):
 
 
 def make_get_recorder(openood_get_recorder):
-    """Wrap OpenOOD's ``get_recorder``: the ``um`` / ``umap`` trainers get the final model."""
+    """Wrap OpenOOD's ``get_recorder``: our trainers (um, umap, um_oe, umap_oe) get the final
+    model."""
 
     def get_recorder(config):
         trainer = config.trainer.name if config.get("trainer") is not None else None
-        if trainer not in MODES:
+        if trainer not in TRAINER_NAMES:
             return openood_get_recorder(config)
         name = config.recorder.name
         if name != "base":

@@ -7,7 +7,9 @@ Evaluator's ``get_postprocessor`` (``openood.evaluation_api.postprocessor``), an
 the Evaluator hold their own copies of those functions (``from ... import get_trainer``). So
 :func:`register` wraps each function (our names first, everything else to OpenOOD unchanged)
 and swaps the wrapper in wherever a loaded module holds the original; modules loaded later
-import the wrapper. It is idempotent and never shadows a name OpenOOD already has.
+import the wrapper. It is idempotent and never shadows a name OpenOOD already has. The
+Evaluator's ``data_setup`` is wrapped the same way, so it downloads nothing unasked
+(:mod:`.downloads`).
 """
 from __future__ import annotations
 
@@ -17,7 +19,8 @@ from openood.trainers import utils as trainer_utils
 
 from um_plugin.core import MODES
 
-from . import lookups
+from . import downloads, lookups
+from . import networks as ours_net
 from . import postprocessors as ours_pp
 from . import recorder as ours_rec
 from . import trainers as ours_tr
@@ -43,8 +46,12 @@ def _check_no_clash(modules: dict) -> None:
     trainer_names = literal_names(modules["openood.trainers.utils"].get_trainer)
     pp_names = literal_names(modules["openood.postprocessors.utils"].get_postprocessor)
     eval_dict = modules["openood.evaluation_api.postprocessor"].postprocessors
-    clashes = [f"trainer {n!r} (openood/trainers/utils.py)" for n in MODES if n in trainer_names]
+    clashes = [f"trainer {n!r} (openood/trainers/utils.py)" for n in ours_tr.TRAINERS
+               if n in trainer_names]
     clashes += [f"postprocessor {n!r} (openood/postprocessors/utils.py)" for n in MODES if n in pp_names]
+    net_names = literal_names(modules["openood.networks.utils"].get_network)
+    clashes += [f"network {n!r} (openood/networks/utils.py)" for n in ours_net.NETWORKS
+                if n in net_names]
     clashes += [f"postprocessor {n!r} (openood/evaluation_api/postprocessor.py)"
                 for n, cls in eval_dict.items() if is_method_name(n) and not _ours(cls)]
     if clashes:
@@ -88,11 +95,13 @@ def register() -> None:
 
     _hook(modules["openood.trainers.utils"], "get_trainer", ours_tr.make_get_trainer)
     _hook(modules["openood.recorders.utils"], "get_recorder", ours_rec.make_get_recorder)
+    _hook(modules["openood.networks.utils"], "get_network", ours_net.make_get_network)
     _hook(modules["openood.postprocessors.utils"], "get_postprocessor",
           lookups.make_pipeline_get_postprocessor)
     _hook(modules["openood.evaluation_api.postprocessor"], "get_postprocessor",
           lookups.make_evaluator_get_postprocessor)
     modules["openood.evaluation_api.postprocessor"].postprocessors.update(ours)
+    _hook(modules["openood.evaluation_api.datasets"], "data_setup", downloads.make_data_setup)
     _hook_spawned_workers(modules["openood.utils.launch"])
 
 

@@ -13,10 +13,9 @@ import difflib
 import os
 import sys
 
-from um_plugin.core import MODES
-
 from .names import is_method_name, split_name
-from .options import postprocessor_options, trainer_options
+from .options import TRAINER_NAMES, postprocessor_options, trainer_options
+from .route_checks import check_route1
 
 
 def reads_config(script: str) -> bool:
@@ -136,8 +135,9 @@ def read_config(script: str, args: list):
 def check_methods(config) -> None:
     """Our option checks for a ``um`` / ``umap`` trainer or postprocessor in ``config``."""
     trainer = config.trainer.name if config.trainer is not None else None
-    if trainer in MODES:
+    if trainer in TRAINER_NAMES:
         trainer_options(config, trainer)
+    check_route1(config)
     section = config.postprocessor
     name = section.name if section is not None else None
     if is_method_name(name):
