@@ -109,3 +109,29 @@ def test_rounds_rotate_the_order_and_ratios_pair_within_a_round():
     assert (ratio, low, high) == (2, 1, 2)
     ratio, (q1, q3) = measure.paired_ratio({"x": [1, 2, 3, 4, 5], "y": [1] * 5}, "x", "y")
     assert ratio == 3 and q1 < 3 < q3
+
+
+def test_profile_mode_breaks_the_umap_step_down_by_op_and_states_the_floor(tmp_path, capsys):
+    assert cost.main(["--profile", "--models", "lenet", "--batches", "4", "--rounds", "2",
+                      "--round-steps", "1", "--warmup", "0", "--device", "cpu",
+                      "--out", str(tmp_path), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "UMAP minus plain, self CPU time by op (lenet, batch 4)" in printed
+    assert "Floor: 1 x forward: weight * mask" in printed
+    (prof,) = json.loads((tmp_path / "profile.json").read_text())["profiles"]
+    assert prof["masked_weights"] == 61_770 and prof["extra_calls_per_step"] > 0
+    assert "_MaskedWeightBackward" in prof["by_op_share"] or any(
+        "mask" in op.lower() for op in prof["by_op_share"])
+    assert 0 < prof["floor_share"] < 1
+
+
+def test_versus_times_this_checkout_against_a_commit_with_identical_masks(tmp_path, capsys):
+    from benchmarks.cost import versus
+    assert versus.main(["--baseline", "HEAD", "--models", "lenet", "--batch", "4", "--rounds",
+                        "1", "--round-steps", "1", "--warmup", "0", "--out",
+                        str(tmp_path)]) == 0
+    (row,) = json.loads((tmp_path / "versus.json").read_text())["rows"]
+    assert row["masks_identical_before_after"] is True and row["masks_equal_stable_sort"] is True
+    assert row["ratio_umap_after_vs_plain"] > 0 and len(row["load_start"]) == 3
+    assert versus.main(["--baseline", "no-such-commit", "--out", str(tmp_path)]) == 2
+    one_line_error(capsys, versus.PROG, "--baseline 'no-such-commit' is not a commit")

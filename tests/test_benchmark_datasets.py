@@ -64,7 +64,7 @@ def test_openood_layout_round_trips_pixels_and_registers(tmp_path):
     need_openood()
     from PIL import Image
     from benchmarks.embedded.openood_layout import register_embedded
-    from um_plugin.openood.benchmarks import unregister_benchmark
+    from um_plugin.openood.registry.datasets import unregister_benchmark
     data = emb.build_embedded(n_ood=6, n_val_ood=4, cache_dir=str(tmp_path / "c"))
     root = str(tmp_path / "oo")
     info = register_embedded(data, root, id_name="mnist5k_test")

@@ -170,7 +170,7 @@ def test_interrupted_run_keeps_finished_seeds(tmp_path, monkeypatch):
 def test_openood_path_gives_the_plugin_scores_and_metrics(tmp_path, capsys):
     need_openood()
     from benchmarks.metrics import id_ood_metrics
-    from um_plugin.openood.benchmarks import unregister_benchmark
+    from um_plugin.openood.registry.datasets import unregister_benchmark
     data = emb.build_embedded(n_ood=40, n_val_ood=20)
     scorer = scoring.OpenOODScorer(data, str(tmp_path / "oo"), id_name="mnist5k_parity",
                                    progress=True)

@@ -9,7 +9,8 @@ from torch import nn
 
 from core_helpers import TinyCNN, fresh_copy, loader, state_equal
 from um_plugin.core import FinetuneConfig, Finetuner, NonFiniteLossError, run_um, run_umap
-from um_plugin.core.masks import has_score_masks, iter_score_masks, num_kept
+from um_plugin.core.masks import has_score_masks, iter_score_masks
+from um_plugin.core.topk import num_kept
 
 
 def train_loss(model, flip=0.08):

@@ -37,7 +37,7 @@ def test_refuses_missing_files_and_openood_names(oo, tmp_path):
 
 
 def test_dataset_config_names_the_normalization_main_py_knows(oo, tmp_path):
-    from um_plugin.openood.benchmarks import dataset_config, normalization_by_name
+    from um_plugin.openood.registry.datasets import dataset_config, normalization_by_name
     kwargs = make_tiny_benchmark(str(tmp_path), name="normbench")
     ids = {k: kwargs[k] for k in ("num_classes", "id_train", "id_val", "id_test", "data_dir")}
     cifar = normalization_by_name("cifar10")

@@ -23,7 +23,7 @@ def their_parameter_count(num_classes, depth=100, growth=12):
 def test_architecture_is_theirs(oo, num_classes):
     from openood.networks.densenet import DenseNet3
 
-    from um_plugin.openood.densenet import DenseNetBC100
+    from um_plugin.openood.registry.densenet import DenseNetBC100
     net = DenseNetBC100(num_classes)
     ours = sum(p.numel() for p in net.parameters())
     assert ours == their_parameter_count(num_classes)
@@ -39,7 +39,7 @@ def test_architecture_is_theirs(oo, num_classes):
 
 
 def test_openood_forward_contract_and_dropout(oo):
-    from um_plugin.openood.densenet import DenseNetBC100
+    from um_plugin.openood.registry.densenet import DenseNetBC100
     torch.manual_seed(0)
     net = DenseNetBC100(10).eval()
     x = torch.randn(2, 3, 32, 32)
@@ -59,8 +59,8 @@ def test_main_py_and_eval_build_it_by_name_and_load_their_checkpoint_format(oo, 
     from openood.pipelines import train_oe_pipeline
     from openood.utils import Config
 
-    from um_plugin.openood.densenet import DenseNetBC100
-    from um_plugin.openood.evaluate import network_factory, openood_network_names
+    from um_plugin.openood.registry.densenet import DenseNetBC100
+    from um_plugin.openood.evaluation.evaluate import network_factory, openood_network_names
     assert "densenet_bc100" in openood_network_names() and "densenet" in openood_network_names()
     saved = DenseNetBC100(10)
     path = tmp_path / "densenet_cifar10_last.state"  # their save_checkpoint, DataParallel keys
@@ -86,7 +86,7 @@ def test_the_shipped_network_yaml_builds_it(oo):
     from openood.networks import get_network
     from openood.utils import Config
 
-    from um_plugin.openood.densenet import DenseNetBC100
+    from um_plugin.openood.registry.densenet import DenseNetBC100
     from um_plugin.shipped import configs_root
     config = Config(os.path.join(configs_root(), "networks", "densenet_bc100.yml"))
     config.network.update(num_classes=100, num_gpus=0)  # main.py fills the '@{...}' references

@@ -49,7 +49,7 @@ def _main_py_runs(runs, cwd):
 def trained(oo, checkout, tmp_path_factory):
     """A registered benchmark and its YAMLs; base LeNet s0/s1 by main.py, then UM and UMAP."""
     from um_plugin.shipped import configs_root
-    from um_plugin.openood.benchmark_file import write_benchmark_file
+    from um_plugin.openood.registry.dataset_file import write_benchmark_file
     tmp = tmp_path_factory.mktemp("eval")
     kwargs = make_tiny_benchmark(str(tmp / "data"), name="evalbench", per_split=24)
     bench_yml = write_benchmark_file(kwargs, str(tmp / "bench.yml"))
@@ -206,7 +206,7 @@ def test_cached_scores_are_used_only_for_the_same_checkpoint_config_and_benchmar
     (root / "s2" / STOP_MARKER).write_text("the fit check stopped this run\n")
     data = tmp_path / "data"
     shutil.copytree(kwargs["data_root"], data)
-    from um_plugin.openood.benchmark_file import write_benchmark_file
+    from um_plugin.openood.registry.dataset_file import write_benchmark_file
     bench = write_benchmark_file({**kwargs, "data_root": str(data)}, str(tmp_path / "bench.yml"))
     configs = tmp_path / "configs"
     shutil.copytree(os.path.join(checkout, "configs", "postprocessors"), configs / "postprocessors")

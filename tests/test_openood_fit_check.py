@@ -41,7 +41,7 @@ def _openood(tmp_path, **trainer_args):
     from openood.datasets import get_dataloader
     from openood.utils import Config
 
-    from um_plugin.openood.benchmarks import dataset_config
+    from um_plugin.openood.registry.datasets import dataset_config
     bench = make_halves_benchmark(str(tmp_path))
     config = Config({**dataset_config(**bench, batch_size=8, eval_batch_size=8),
                      "preprocessor": {"name": "base"}, "num_workers": 0, "num_gpus": 1,

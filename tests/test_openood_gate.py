@@ -176,7 +176,7 @@ def test_gate_runs_where_openood_and_torch_cannot_be_imported(tmp_path):
 @pytest.fixture
 def eval_setup(oo, checkout, tmp_path):
     """A benchmark YAML and a run folder with two LeNet seeds (no training: arguments only)."""
-    from um_plugin.openood.benchmark_file import write_benchmark_file
+    from um_plugin.openood.registry.dataset_file import write_benchmark_file
     kwargs = make_tiny_benchmark(str(tmp_path / "data"), name="argbench", per_split=6)
     bench = write_benchmark_file(kwargs, str(tmp_path / "bench.yml"))
     for seed in ("s0", "s1"):
@@ -185,7 +185,7 @@ def eval_setup(oo, checkout, tmp_path):
     (tmp_path / "run5" / "s0").mkdir(parents=True)
     torch.save(lenet(5).state_dict(), tmp_path / "run5" / "s0" / "best.ckpt")
     yield tmp_path, bench
-    from um_plugin.openood.benchmarks import _OURS
+    from um_plugin.openood.registry.datasets import _OURS
     if "argbench" in _OURS:
         oo.unregister_benchmark("argbench")
 
@@ -244,7 +244,7 @@ def test_bad_eval_arguments_stop_before_any_scoring(eval_setup, capsys, monkeypa
 
 def test_dataset_config_writes_the_benchmark_file_eval_reads(oo, tmp_path, capsys):
     from um_plugin.cli import main
-    from um_plugin.openood.benchmark_file import load_benchmark_file
+    from um_plugin.openood.registry.dataset_file import load_benchmark_file
     kwargs = make_tiny_benchmark(str(tmp_path / "data"), name="dsbench", per_split=6)
     argv = ["dataset-config", "dsbench", "--data-root", kwargs["data_root"], "--num-classes", "3",
             "--image-size", "28", "--out", str(tmp_path / "ds.yml"), "--benchmark-out",

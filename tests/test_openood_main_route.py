@@ -22,8 +22,8 @@ def halves(oo, checkout, tmp_path_factory):
     from openood.preprocessors.test_preprocessor import TestStandardPreProcessor
     from openood.utils import Config
 
-    from um_plugin.openood.benchmarks import dataset_config, save_yaml
-    from um_plugin.openood.loaders import like, test_time_dataset
+    from um_plugin.openood.registry.datasets import dataset_config, save_yaml
+    from um_plugin.openood.settings.loaders import like, test_time_dataset
     root = tmp_path_factory.mktemp("halves")
     bench = make_halves_benchmark(str(root / "data"))
     config = dataset_config(**bench, batch_size=8)
@@ -166,14 +166,14 @@ def test_best_ckpt_is_the_final_epochs_model(oo, checkout, halves, tmp_path, tra
 @pytest.mark.slow
 def test_spawned_workers_get_the_final_model_recorder_too(oo):
     """num_gpus > 1: OpenOOD's launch spawns fresh interpreters, which unpickle our worker
-    (importing um_plugin.openood.spawn, hence registering); the recorder the train pipeline
+    (importing um_plugin.openood.registry.spawn, hence registering); the recorder the train pipeline
     builds there is ours. Checked in a fresh interpreter doing just that import."""
     proc = run_python("""
-        import pickle, um_plugin.openood.spawn as s
+        import pickle, um_plugin.openood.registry.spawn as s
         worker = pickle.loads(pickle.dumps(s.registered_worker))
         import openood.pipelines.train_pipeline as tp
         from openood.utils import Config
-        from um_plugin.openood.recorder import FinalModelRecorder
+        from um_plugin.openood.training.recorder import FinalModelRecorder
         config = Config({'trainer': {'name': 'umap'}, 'recorder': {'name': 'base'},
                          'output_dir': '.'})
         assert isinstance(tp.get_recorder(config), FinalModelRecorder)
@@ -188,7 +188,7 @@ def test_another_recorder_for_um_is_refused_in_one_line(oo):
     from openood.recorders import get_recorder
     from openood.utils import Config
 
-    from um_plugin.openood.options import RouteStop
+    from um_plugin.openood.settings.options import RouteStop
     config = Config({"trainer": {"name": "um"}, "recorder": {"name": "cider"}, "output_dir": "."})
     with pytest.raises(RouteStop, match=r"^recorder.name: the um trainer needs recorder 'base' .*"
                                         r"got 'cider'$"):
@@ -198,7 +198,7 @@ def test_another_recorder_for_um_is_refused_in_one_line(oo):
 def test_eval_with_um_stops_in_one_line_when_the_base_does_not_fit_the_augmented_images(
         oo, halves, tmp_path, capsys):
     from um_plugin.cli import main
-    from um_plugin.openood.benchmark_file import write_benchmark_file
+    from um_plugin.openood.registry.dataset_file import write_benchmark_file
     ood = halves["bench"]["id_test"]  # the fit check runs before any OOD set is read
     bench = write_benchmark_file({**halves["bench"], "name": "halvesfit", "ood_val": ood,
                                   "near_ood": {"near": ood}, "far_ood": {"far": ood}},
@@ -208,7 +208,7 @@ def test_eval_with_um_stops_in_one_line_when_the_base_does_not_fit_the_augmented
                      "--num-classes", "2", "--root", halves["ckpt"], "--postprocessor", "um_msp",
                      "--num-workers", "0", "--out", str(tmp_path / "board")])
     finally:
-        from um_plugin.openood.benchmarks import _OURS
+        from um_plugin.openood.registry.datasets import _OURS
         if "halvesfit" in _OURS:
             oo.unregister_benchmark("halvesfit")
     err = capsys.readouterr().err.strip().splitlines()

@@ -1,4 +1,4 @@
-"""One grammar for our postprocessor names (um_plugin/openood/names.py), used by every lookup."""
+"""One grammar for our postprocessor names (um_plugin/openood/registry/names.py), used by every lookup."""
 import pytest
 
 MESSAGE = "{!r} is not a UM postprocessor name; use one of ('um', 'umap') or '<mode>_<base>'"
@@ -10,7 +10,7 @@ MESSAGE = "{!r} is not a UM postprocessor name; use one of ('um', 'umap') or '<m
     (None, False),
 ])
 def test_is_method_name_and_split_name_agree(oo, name, parts):
-    from um_plugin.openood.names import is_method_name, split_name
+    from um_plugin.openood.registry.names import is_method_name, split_name
     assert is_method_name(name) is (parts is not False)
     if parts:
         assert split_name(name) == parts
@@ -25,7 +25,7 @@ def test_a_name_with_no_base_is_refused_in_our_words_by_every_lookup(oo, tmp_pat
     lookup refuses it with the same line."""
     from openood.evaluation_api.postprocessor import get_postprocessor
     from openood.utils.config import Config
-    from um_plugin.openood.evaluate import check_postprocessor
+    from um_plugin.openood.evaluation.evaluate import check_postprocessor
     from openood.postprocessors.utils import get_postprocessor as pipeline_get_postprocessor
     expected = MESSAGE.format("um_")
     with pytest.raises(ValueError) as evaluator:

@@ -58,7 +58,7 @@ def test_oe_trainer_settings_are_checked_in_one_line(oo):
         get_trainer(lenet(), [train, outliers], None, _oe_config("um_oe", lambda_oe=-1))
     with pytest.raises(ValueError, match=r"unknown keys \['m_inn'\]"):
         get_trainer(lenet(), [train, outliers], None, _oe_config("umap_oe", m_inn=-3))
-    from um_plugin.openood.script_config import check_methods  # `um-openood run`, before main.py
+    from um_plugin.openood.training.script_config import check_methods  # `um-openood run`, before main.py
     with pytest.raises(ValueError, match=r"^dataset.split_names: the umap_oe trainer"):
         check_methods(_oe_config("umap_oe", splits=("train", "val")))
     config = _oe_config("um_oe")
@@ -126,8 +126,8 @@ def test_main_py_trains_um_oe_on_a_benchmark_with_an_oe_split(oe_bench, checkout
 def test_the_shipped_oe_yamls_are_the_authors_oe_setting(oo, name):
     from openood.utils import Config
 
-    from um_plugin.openood.options import trainer_options
-    from um_plugin.openood.presets import differences
+    from um_plugin.openood.settings.options import trainer_options
+    from um_plugin.openood.settings.presets import differences
     from um_plugin.shipped import configs_root
     config = Config(os.path.join(configs_root(), f"train_{name}.yml"))
     config.dataset.split_names = ["train", "oe", "val", "test"]

@@ -64,7 +64,7 @@ def test_base_yaml_found_from_each_documented_place(oo, checkout, tmp_path, monk
 
 def test_missing_base_yaml_names_where_it_looked_and_the_three_ways(oo, tmp_path, monkeypatch):
     from openood.evaluation_api.postprocessor import get_postprocessor
-    import um_plugin.openood.config_discovery as ours
+    import um_plugin.openood.registry.config_discovery as ours
     monkeypatch.chdir(tmp_path)
     monkeypatch.delenv("OPENOOD_CONFIG_ROOT", raising=False)
     monkeypatch.delenv("UM_PLUGIN_OPENOOD_ROOT", raising=False)
@@ -114,8 +114,8 @@ def test_setup_once_per_net_and_pickles_without_net(oo, tiny_bench, checkout):
 
 def test_xi_settings_are_typed_and_those_not_the_authors_or_shipped_are_named(oo):
     from um_plugin.core.xi import OFFICIAL_ESTIMATE_KEEP_RATIO
-    from um_plugin.openood.options import postprocessor_options
-    from um_plugin.openood.presets import differences
+    from um_plugin.openood.settings.options import postprocessor_options
+    from um_plugin.openood.settings.presets import differences
     authors = postprocessor_options({}, "um")
     assert authors.xi.value is None and authors.xi.keep_ratio == OFFICIAL_ESTIMATE_KEEP_RATIO
     assert not [d for d in differences(authors, 256) if "xi" in d or "loss_constraint" in d]

@@ -3,16 +3,16 @@ import pytest
 
 
 def _diffs(mode="um", batch_size=256, oe_batch_size=None, **args):
-    from um_plugin.openood.options import postprocessor_options
-    from um_plugin.openood.presets import differences
+    from um_plugin.openood.settings.options import postprocessor_options
+    from um_plugin.openood.settings.presets import differences
     return differences(postprocessor_options(args, mode), batch_size, oe_batch_size)
 
 
 def test_the_shipped_yamls_run_the_authors_setting(oo):
     import yaml
 
-    from um_plugin.openood.options import postprocessor_options
-    from um_plugin.openood.presets import differences
+    from um_plugin.openood.settings.options import postprocessor_options
+    from um_plugin.openood.settings.presets import differences
     from um_plugin.shipped import configs_root
     for mode in ("um", "umap"):
         with open(f"{configs_root()}/postprocessors/{mode}.yml") as f:
@@ -45,8 +45,8 @@ def test_umap_scores_drawn_with_xis_seed_and_masked_layers_are_named(oo):
 
 def test_with_outliers_the_reference_is_their_oe_setting(oo):
     from um_plugin.core import FinetuneConfig
-    from um_plugin.openood.options import DataOptions, MethodOptions, XiOptions
-    from um_plugin.openood.presets import differences
+    from um_plugin.openood.settings.options import DataOptions, MethodOptions, XiOptions
+    from um_plugin.openood.settings.presets import differences
     oe = FinetuneConfig(epochs=10, lr=0.01, outlier_loss="oe")
     assert differences(MethodOptions(oe, XiOptions()), 256, 256) == []
     changed = FinetuneConfig(epochs=10, lr=0.1, outlier_loss="energy", m_in=-20.0)

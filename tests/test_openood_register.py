@@ -91,7 +91,7 @@ def test_register_after_reloading_the_plug_in_replaces_its_stale_entries(oo):
             importlib.reload(sys.modules[name])
         importlib.reload(u)
         u.register()
-        pp = sys.modules['um_plugin.openood.postprocessors']
+        pp = sys.modules['um_plugin.openood.postprocessing.postprocessors']
         assert ep.postprocessors['umap'] is pp.UMAPPostprocessor is not stale
         assert ep.postprocessors['um'] is pp.UMPostprocessor
         inner = tu.get_trainer.__um_plugin_wraps__
@@ -135,8 +135,8 @@ def test_spawned_gpu_workers_register_first(oo):
     import pickle
 
     launch = importlib.import_module("openood.utils.launch")  # openood.utils.launch is also a function
-    from um_plugin.openood.wrapping import original
-    from um_plugin.openood.spawn import registered_worker
+    from um_plugin.openood.registry.wrapping import original
+    from um_plugin.openood.registry.spawn import registered_worker
     assert launch._distributed_worker is registered_worker
     assert pickle.loads(pickle.dumps(launch._distributed_worker)) is registered_worker  # by reference
     assert original(registered_worker).__module__ == "openood.utils.launch"

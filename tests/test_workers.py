@@ -28,7 +28,7 @@ def test_a_default_loader_starts_no_more_workers_than_cpus_and_torch_stays_quiet
 def test_um_openood_eval_and_repro_default_to_the_capped_count(oo, monkeypatch):
     from benchmarks.repro.pipeline import ReproConfig
     from um_plugin.cli import eval as eval_verb
-    from um_plugin.openood.evaluate import Plan
+    from um_plugin.openood.evaluation.evaluate import Plan
     monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
     parser = argparse.ArgumentParser()
     eval_verb.add_parser(parser.add_subparsers(dest="command"))

@@ -4,7 +4,9 @@
 measures every figure the README's cost table holds (well within 5 minutes on one GPU), counts
 host-device synchronisations per training step, and writes ``cost.json`` / ``cost.md``.
 ``--mask-only`` runs just the mask selection against the official sort (the one mask-timing
-measurement; it replaces the former ``benchmarks/mask_timing.py``).
+measurement). ``--profile`` breaks the UMAP step down by op against plain and states the floor
+(:mod:`.profile`); ``python -m benchmarks.cost.versus --baseline REV`` times this checkout
+against an earlier commit in the same interleaved rounds (:mod:`.versus`).
 """
 from .measure import MODELS
 from .run import TARGETS, main, markdown, run

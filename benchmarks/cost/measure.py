@@ -52,12 +52,15 @@ def sync(device: torch.device) -> None:
 
 
 def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int,
-                device: torch.device) -> Dict[str, List[float]]:
+                device: torch.device, clock: Callable[[], float] = time.perf_counter
+                ) -> Dict[str, List[float]]:
     """Seconds per call of every function, ``rounds`` interleaved rounds after ``warmup``.
 
     Each round starts one variant later than the previous one, so no variant always runs
     right after the same other one: what a variant leaves behind (caches, the allocator's
-    free lists) falls on every variant alike.
+    free lists) falls on every variant alike. ``clock`` is wall time by default;
+    ``time.thread_time`` counts only this thread's CPU time (on the CPU with one torch
+    thread, all of the work), which other processes' load does not inflate.
     """
     times = {k: [] for k in fns}
     names = list(fns)
@@ -68,10 +71,10 @@ def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int,
     for r in range(rounds):
         shift = r % len(names)
         for k in names[shift:] + names[:shift]:
-            t = time.perf_counter()
+            t = clock()
             fns[k]()
             sync(device)
-            times[k].append(time.perf_counter() - t)
+            times[k].append(clock() - t)
     return times
 
 
@@ -92,21 +95,31 @@ def paired_ratio(times: Dict[str, List[float]], num: str, den: str) -> tuple:
     return statistics.median(ratios), (q1, q3)
 
 
+def tuner_settings(mode: str, keep_ratio: float) -> dict:
+    """The ``FinetuneConfig`` fields of every timed run: long enough that the cosine schedule
+    never ends while being timed."""
+    return dict(mode=mode, epochs=10 ** 6, lr=0.01, momentum=0.9, weight_decay=1e-4,
+                nesterov=True, keep_ratio=keep_ratio, threshold="layer", freeze_weights=True,
+                beta=1.0, min_lr=0.0, seed=0, precision="fp32", progress=False)
+
+
 def tuner_for(model: nn.Module, mode: str, xi: float, keep_ratio: float, steps: int) -> Finetuner:
-    """An engine run that never reaches the end of its cosine schedule while being timed."""
-    config = FinetuneConfig(mode=mode, epochs=10 ** 6, lr=0.01, momentum=0.9, weight_decay=1e-4,
-                            nesterov=True, keep_ratio=keep_ratio, threshold="layer",
-                            freeze_weights=True, beta=1.0, min_lr=0.0, seed=0, precision="fp32",
-                            progress=False)
-    return Finetuner(model, xi, config, steps_per_epoch=steps)
+    """An engine run of ``mode`` at ``xi`` with :func:`tuner_settings`."""
+    return Finetuner(model, xi, FinetuneConfig(**tuner_settings(mode, keep_ratio)),
+                     steps_per_epoch=steps)
+
+
+def variant_tuners(base: nn.Module, keep_ratio: float, steps: int) -> Dict[str, Finetuner]:
+    """One engine run per variant (plain, UM, UMAP), each on its own copy of ``base``."""
+    return {mode: tuner_for(copy.deepcopy(base).train(), engine_mode, xi, keep_ratio, steps)
+            for mode, engine_mode, xi in VARIANTS}
 
 
 def training_steps(base: nn.Module, x, y, keep_ratio: float, rounds: int, warmup: int,
                    round_steps: int, device: torch.device) -> dict:
     """Seconds per step of plain (UM at ξ 0), UM and UMAP, each ``round_steps`` steps a round."""
     batches = [(x, y)] * round_steps
-    tuners = {mode: tuner_for(copy.deepcopy(base).train(), engine_mode, xi, keep_ratio, round_steps)
-              for mode, engine_mode, xi in VARIANTS}
+    tuners = variant_tuners(base, keep_ratio, round_steps)
     fns = {k: (lambda t=t: t.train_epoch(batches)) for k, t in tuners.items()}
     times = interleaved(fns, rounds, warmup, device)
     step = {k: v / round_steps for k, v in median(times).items()}

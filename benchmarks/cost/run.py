@@ -12,8 +12,9 @@ from um_plugin.core.config import OFFICIAL_UMAP_KEEP_RATIO, validate_keep_ratio
 
 from ..checks import BenchmarkError, core_rule, count, known, writable_folder
 from ..cli import OneLineParser, comma_list, run_main
-from .measure import (MODELS, build_model, inference, mask_selection, training_steps,
-                      xi_throughput)
+from .measure import (MODELS, build_model, inference, interleaved, mask_selection, median,
+                      training_steps, variant_tuners, xi_throughput)
+from .profile import profile_markdown, umap_profile
 
 PROG = "python -m benchmarks.cost"
 # ratio name -> (comparison, target): the project's cost targets (benchmarks/README.md §3)
@@ -52,6 +53,7 @@ class CostConfig:
     out: str = "results/cost"
     progress: bool = True
     mask_only: bool = False  # only the mask-selection measurement (seconds, not minutes)
+    profile: bool = False  # only the UMAP-minus-plain breakdown by op (torch.profiler)
 
     def validate(self) -> "CostConfig":
         self.models = known("model", self.models, MODELS)
@@ -61,6 +63,8 @@ class CostConfig:
             count(name, getattr(self, name))
         for batch in self.batches:
             count("batches", batch)
+        if self.mask_only and self.profile:
+            raise BenchmarkError("--mask-only and --profile are two different runs; pick one")
         count("warmup", self.warmup, 0)
         count("threads", self.threads, 0)
         core_rule("keep_ratio", validate_keep_ratio, self.keep_ratio)
@@ -74,14 +78,20 @@ class CostConfig:
         return self
 
 
-def measure_model(name: str, batch: int, cfg: CostConfig, device: torch.device, say) -> dict:
-    """Training steps, inference and ξ throughput of one architecture at one batch size."""
+def model_and_batch(name: str, batch: int, device: torch.device):
+    """The seeded model and one seeded batch of random images and labels, on ``device``."""
     torch.manual_seed(0)
     base, shape = build_model(name)
-    base = base.to(device)
     gen = torch.Generator().manual_seed(0)
     x = torch.randn(batch, *shape, generator=gen).to(device)
     y = torch.randint(0, 10, (batch,), generator=gen).to(device)
+    return base.to(device), x, y
+
+
+def measure_model(name: str, batch: int, cfg: CostConfig, device: torch.device, say) -> dict:
+    """Training steps, inference and ξ throughput of one architecture at one batch size."""
+    base, x, y = model_and_batch(name, batch, device)
+    shape = tuple(x.shape[1:])
     res = {"model": name, "batch": batch, "input": list(shape),
            "params": sum(p.numel() for p in base.parameters())}
     say(f"{name}, batch {batch}: {cfg.rounds} interleaved rounds of {cfg.round_steps} steps")
@@ -104,6 +114,8 @@ def run(cfg: CostConfig) -> dict:
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"CPU ({os.cpu_count()} cores)"
     results = {"config": asdict(cfg), "device_name": name, "torch": torch.__version__,
                "threads": torch.get_num_threads(), "targets": TARGETS, "models": []}
+    if cfg.profile:
+        return profile_run(cfg, device, results, say)
     say(f"mask selection on a {BIG_LAYER_TEXT} layer")
     results["mask"] = mask_selection(cfg.keep_ratio, cfg.rounds, cfg.warmup, device)
     for model in [] if cfg.mask_only else cfg.models:
@@ -117,6 +129,32 @@ def run(cfg: CostConfig) -> dict:
 
 
 BIG_LAYER_TEXT = "512x512x3x3 (2.36M-weight)"
+
+
+def profile_run(cfg: CostConfig, device: torch.device, results: dict, say) -> dict:
+    """``--profile``: the UMAP-minus-plain breakdown by op of every model and batch size."""
+    results["profiles"], tables = [], []
+    for name in cfg.models:
+        for batch in cfg.batches:
+            base, x, y = model_and_batch(name, batch, device)
+            batches = [(x, y)] * cfg.round_steps
+            tuners = variant_tuners(base, cfg.keep_ratio, cfg.round_steps)
+            say(f"{name}, batch {batch}: profiling {cfg.rounds} interleaved epochs of "
+                f"{cfg.round_steps} steps")
+            fns = {k: (lambda t=tuners[k]: t.train_epoch(batches)) for k in ("plain", "umap")}
+            load_start = list(os.getloadavg())
+            step = median(interleaved(fns, cfg.rounds, cfg.warmup, device))
+            prof = umap_profile(tuners, batches, cfg.rounds, step["plain"] / cfg.round_steps,
+                                device)
+            prof.update(model=name, batch=batch, load_start=load_start,
+                        load_end=list(os.getloadavg()),
+                        wall_ratio_umap_vs_plain=step["umap"] / step["plain"])
+            results["profiles"].append(prof)
+            tables.append(profile_markdown(name, batch, prof))
+    results["table"] = "\n".join(tables)
+    _write(cfg.out, "profile.json", json.dumps(results, indent=1))
+    _write(cfg.out, "profile.md", results["table"])
+    return results
 
 
 def _write(out: str, name: str, text: str) -> None:
@@ -170,6 +208,8 @@ def build_parser() -> OneLineParser:
     p.add_argument("--out", default=d.out, help="folder for cost.json / cost.md")
     p.add_argument("--mask-only", action="store_true",
                    help="only the mask selection against the official sort (no training steps)")
+    p.add_argument("--profile", action="store_true",
+                   help="only UMAP minus plain self CPU time by op (torch.profiler) and the floor")
     p.add_argument("--no-progress", action="store_true")
     return p
 
@@ -179,7 +219,7 @@ def config_from_args(a) -> CostConfig:
     return CostConfig(models=a.models, batches=a.batches, rounds=a.rounds,
                       round_steps=a.round_steps, warmup=a.warmup, device=a.device,
                       threads=a.threads, keep_ratio=a.keep_ratio, xi_images=a.xi_images,
-                      out=a.out, progress=not a.no_progress, mask_only=a.mask_only)
+                      out=a.out, progress=not a.no_progress, mask_only=a.mask_only, profile=a.profile)
 
 
 def main(argv=None) -> int:

@@ -60,6 +60,6 @@ def write_openood_layout(data: EmbeddedData, root: str, id_name: str = ID_NAME) 
 
 def register_embedded(data: EmbeddedData, root: str, id_name: str = ID_NAME) -> Dict:
     """Write the layout and register it with OpenOOD; returns the DATA_INFO entry."""
-    from um_plugin.openood.benchmarks import register_benchmark  # imports OpenOOD (optional)
+    from um_plugin.openood.registry.datasets import register_benchmark  # imports OpenOOD (optional)
     kwargs = write_openood_layout(data, root, id_name)
     return register_benchmark(**{**kwargs, "data_root": root})

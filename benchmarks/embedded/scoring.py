@@ -67,7 +67,7 @@ def openood_missing() -> Optional[str]:
     """Why OpenOOD or this project's adapter cannot be imported (one line), or None."""
     try:
         import openood  # noqa: F401
-        import um_plugin.openood.benchmarks  # noqa: F401
+        import um_plugin.openood.registry.datasets  # noqa: F401
         return None
     except Exception as exc:  # noqa: BLE001  any import failure means: score without it
         return " ".join(f"{type(exc).__name__}: {exc}".split())

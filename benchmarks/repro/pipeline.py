@@ -53,7 +53,7 @@ def build_net(suite: str, checkpoint: Optional[str], dry_run: bool, network: str
     """CIFAR: their DenseNet-BC-100 (or OpenOOD's ResNet18_32x32); ImageNet: torchvision's
     ResNet-50; loaded from ``checkpoint`` (their ``*.state`` files load too)."""
     if suite in ("cifar10", "cifar100") and network == THEIR_NETWORK:
-        from um_plugin.openood.densenet import DenseNetBC100
+        from um_plugin.openood.registry.densenet import DenseNetBC100
         net = DenseNetBC100(num_classes=10 if suite == "cifar10" else 100)
     elif suite in ("cifar10", "cifar100"):
         from openood.networks import ResNet18_32x32

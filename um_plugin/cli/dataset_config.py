@@ -51,7 +51,7 @@ def _lists(args) -> dict:
 
 
 def _normalization(args):
-    from um_plugin.openood.benchmarks import DEFAULT_NORMALIZATION, normalization_by_name
+    from um_plugin.openood.registry.datasets import DEFAULT_NORMALIZATION, normalization_by_name
     return (DEFAULT_NORMALIZATION if args.normalization == "default"
             else normalization_by_name(args.normalization))
 
@@ -101,8 +101,8 @@ def check(args) -> None:
 
 
 def run(args) -> int:
-    from um_plugin.openood.benchmark_file import write_benchmark_file
-    from um_plugin.openood.benchmarks import dataset_config, save_yaml
+    from um_plugin.openood.registry.dataset_file import write_benchmark_file
+    from um_plugin.openood.registry.datasets import dataset_config, save_yaml
     from .common import CommandError
     lists = _lists(args)
     try:

@@ -5,7 +5,7 @@
         [--set KEY=VALUE] [--out DIR] [--save-csv] [--save-score] [gate options]
 
 The checks here need no torch; planning and scoring are the library's
-(:mod:`um_plugin.openood.evaluate`), the table and the gate :mod:`um_plugin.leaderboard`'s.
+(:mod:`um_plugin.openood.evaluation.evaluate`), the table and the gate :mod:`um_plugin.leaderboard`'s.
 Exit codes: 0 done (gate passed), 1 the gate found a metric that fell, 2 a bad argument.
 """
 from __future__ import annotations
@@ -135,15 +135,15 @@ def check(args) -> None:
                 _writable_folder(folder, "--save-score/--save-csv: run folder")
     args.models = models
     check_device(args.cpu)
-    from um_plugin.openood import evaluate  # noqa: F401  OpenOOD from here on
+    from um_plugin.openood.evaluation import evaluate  # OpenOOD from here on
     args.plan = evaluate.plan(args)
 
 
 def run(args) -> int:
     from um_plugin.leaderboard import table
     from um_plugin.leaderboard.table import parse_csv
-    from um_plugin.openood import evaluate
-    from um_plugin.openood.options import RouteStop
+    from um_plugin.openood.evaluation import evaluate
+    from um_plugin.openood.settings.options import RouteStop
     for model in args.models:
         for line in model.skipped:
             print(f"um-openood eval: {line}", flush=True)

@@ -52,13 +52,13 @@ def check(args) -> None:
                          "your OpenOOD checkout or pass the script's path")
     check_device(args.cpu)
     prepare_run(args.cpu)
-    from um_plugin.openood.script_config import check_script_config
+    from um_plugin.openood.training.script_config import check_script_config
     check_script_config(args.script, args.args)
 
 
 def run(args) -> int:
     """The script's own errors are its own; a route's stop (e.g. the fit check) is one line."""
-    from um_plugin.openood.options import RouteStop
+    from um_plugin.openood.settings.options import RouteStop
     try:
         run_script(args.script, args.args, cpu=args.cpu)
     except RouteStop as exc:

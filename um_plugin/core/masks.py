@@ -6,8 +6,7 @@ methods of the model keep working, and :func:`bake_masks` leaves a plain model w
 ``state_dict`` (keys and their order) loads into a fresh instance of its class.
 
 The top-k itself (rounding, the stable-sort tie rule, the fast exact selection) lives in
-:mod:`.topk`; its public names are re-exported here. The keep-ratio and threshold rules are
-:mod:`.config`'s.
+:mod:`.topk`. The keep-ratio and threshold rules are :mod:`.config`'s.
 """
 from __future__ import annotations
 
@@ -21,10 +20,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .config import validate_keep_ratio, validate_threshold
-from .popup import SignBuffer, masked_weight
-from .topk import (TopKSelector, num_kept, sorted_reference_mask,  # noqa: F401  (re-exported)
-                   topk_mask_)
+from .popup import SlopeBuffer, masked_weight
+from .topk import MAGNITUDE, Magnitude, TopKSelector, check_importance, num_kept
 
+# Weights per selection call under per-layer thresholds: small layers are selected together
+# (one comparison and count for all), a larger layer alone, so the shared scratch stays small.
+CHUNK = 1 << 18
 MASKABLE_TYPES: tuple[type[nn.Module], ...] = (nn.Conv2d, nn.Linear)
 
 
@@ -38,6 +39,8 @@ class ScoreParameter(nn.Parameter):
     edited after it (or a NumPy view) escapes: edit scores in place under ``no_grad`` instead.
     """
 
+    # Overrides torch's private ``TensorBase.data`` descriptor: the only hook on ``.data`` edits,
+    # which the mask's cache would otherwise miss (see the class docstring).
     @property
     def data(self):
         self._um_edits = getattr(self, "_um_edits", 0) + 1
@@ -57,13 +60,14 @@ class _MaskGroup:
     first stale one refreshes every stale mask of the group (see :meth:`refresh`).
     """
 
-    def __init__(self, keep_ratio: float, threshold: str):
+    def __init__(self, keep_ratio: float, threshold: str, importance: Magnitude):
         self.keep_ratio = keep_ratio
         self.threshold = threshold
         self.members: list[ScoreMask] = []
-        self.selector = TopKSelector()
-        self.sign = SignBuffer()  # shared by the layers' backward passes, which run one by one
+        self.selector = TopKSelector(importance=importance)
+        self.slope = SlopeBuffer(importance)  # shared by the layers' backward passes, one by one
         self._seen: tuple | None = None
+        self._plan: tuple | None = None  # (members' device, dtype, size), their chunks
 
     @staticmethod
     def _state_of(m: "ScoreMask") -> tuple:
@@ -84,13 +88,16 @@ class _MaskGroup:
         if self.threshold == "layer":
             if member is not None and self._state_of(member) == member.seen:
                 return
-            for m in self.members:
-                if self._state_of(m) != m.seen:
-                    with torch.no_grad():
-                        self.selector.select_layer_(m.mask, m.scores,
-                                                    num_kept(m.scores.numel(), self.keep_ratio),
-                                                    m.index)
-                    m.seen = self._state_of(m)
+            states = [self._state_of(m) for m in self.members]
+            with torch.no_grad():
+                for key, chunk in enumerate(self._chunks()):
+                    if any(states[i] != self.members[i].seen for i in chunk):
+                        ms = [self.members[i] for i in chunk]
+                        self.selector.select_each_(
+                            [m.mask for m in ms], [m.scores for m in ms],
+                            [num_kept(m.scores.numel(), self.keep_ratio) for m in ms], key)
+                        for i in chunk:
+                            self.members[i].seen = states[i]
             return
         with torch.no_grad():
             state = tuple(self._state_of(m) for m in self.members)
@@ -102,6 +109,23 @@ class _MaskGroup:
                                   num_kept(total, self.keep_ratio))
             self._seen = tuple(self._state_of(m) for m in self.members)
 
+    def _chunks(self) -> list[list[int]]:
+        """Members selected together: runs of one device and dtype, up to CHUNK weights each
+        (a larger layer alone), so small layers share one call and scratch stays small."""
+        signature = tuple((m.scores.device, m.scores.dtype, m.scores.numel()) for m in self.members)
+        if self._plan is None or self._plan[0] != signature:
+            chunks, total = [], 0
+            for i, (device, dtype, n) in enumerate(signature):
+                same_kind = chunks and signature[chunks[-1][-1]][:2] == (device, dtype)
+                if same_kind and total + n <= CHUNK:
+                    chunks[-1].append(i)
+                    total += n
+                else:
+                    chunks.append([i])
+                    total = n
+            self._plan = (signature, chunks)
+        return self._plan[1]
+
     def mark_fresh(self) -> None:
         """Declare the masks right for the scores as they are (after restoring both together)."""
         for m in self.members:
@@ -109,15 +133,22 @@ class _MaskGroup:
         self._seen = tuple(m.seen for m in self.members)
 
 
+def random_scores(like: torch.Tensor, generator: torch.Generator | None) -> torch.Tensor:
+    """Popup scores for a weight shaped like ``like``: kaiming-uniform, as the official code.
+
+    Drawn on the CPU so that one seed gives one mask on every device, then moved to ``like``'s.
+    """
+    scores = torch.empty(like.shape, dtype=like.dtype)
+    nn.init.kaiming_uniform_(scores, a=math.sqrt(5), generator=generator)
+    return scores.to(like.device)
+
+
 class ScoreMask(nn.Module):
     """Parametrization ``weight -> weight * topk(|scores|)`` with learnable popup scores."""
 
     def __init__(self, weight: torch.Tensor, group: _MaskGroup, generator: torch.Generator | None):
         super().__init__()
-        scores = torch.empty(weight.shape, dtype=weight.dtype)
-        # Initialised on the CPU so that one seed gives one mask on every device.
-        nn.init.kaiming_uniform_(scores, a=math.sqrt(5), generator=generator)
-        self.scores = ScoreParameter(scores.to(weight.device))
+        self.scores = ScoreParameter(random_scores(weight, generator))
         # A plain attribute, not a buffer: it is a function of the scores, so it needs no
         # saving, moving, broadcasting or per-step backing up with the BatchNorm statistics.
         self.mask = torch.ones_like(self.scores.detach())
@@ -130,7 +161,7 @@ class ScoreMask(nn.Module):
         if not self.enabled:
             return weight
         self.group.refresh(self)
-        return masked_weight(weight, self.scores, self.mask, self.group.sign)
+        return masked_weight(weight, self.scores, self.mask, self.group.slope)
 
     def extra_repr(self) -> str:
         return f"keep_ratio={self.group.keep_ratio}, threshold={self.group.threshold!r}"
@@ -187,28 +218,31 @@ def mask_settings(model: nn.Module) -> tuple[float, str] | None:
 
 
 def attach_score_masks(model: nn.Module, keep_ratio: float, *, include=None,
-                       threshold: str = "layer",
-                       generator: torch.Generator | None = None) -> list[str]:
+                       threshold: str = "layer", generator: torch.Generator | None = None,
+                       importance: Magnitude = MAGNITUDE) -> list[str]:
     """Mask the weights of ``model``'s Conv2d/Linear layers in place; return their names.
 
     ``include`` picks layers by module name and/or type (default: all). ``threshold`` is
     ``'layer'`` (top-k per layer, the official default) or ``'global'`` (one top-k over all).
     Scores are kaiming-uniform as in the official code; pass a seeded ``generator`` to make
     the mask reproducible. A weight shared by several layers gets one mask per layer, as in
-    the official code (each layer applies its own).
+    the official code (each layer applies its own). ``importance`` is what the masks rank:
+    ``|scores|`` by default (:class:`.topk.Magnitude`, the one seam for another ranking).
     """
     keep_ratio = validate_keep_ratio(keep_ratio)
+    check_importance(importance)
     validate_threshold(threshold)
     if has_score_masks(model):
         raise RuntimeError(f"{type(model).__name__} already has score masks; call bake_masks() "
                            "or remove_score_masks() before masking it again")
     chosen = _selected_modules(model, include)
-    group = _MaskGroup(keep_ratio, threshold)
+    group = _MaskGroup(keep_ratio, threshold, importance)
     for _, module in chosen:
         order = list(module._parameters)
         mask = ScoreMask(module.weight.detach(), group, generator)
         mask.parameter_order = order  # restored on removal: optimizers match state by position
         group.members.append(mask)
+        # unsafe: skip the registration's trial forward, which would select a mask for nothing
         parametrize.register_parametrization(module, "weight", mask, unsafe=True)
     return [n for n, _ in chosen]
 
@@ -312,18 +346,6 @@ def masks_disabled(model: nn.Module) -> Iterator[nn.Module]:
     finally:
         for m, flag in zip(masks, previous):
             m.enabled = flag
-
-
-@contextlib.contextmanager
-def random_score_mask(model: nn.Module, keep_ratio: float, *, include=None,
-                      threshold: str = "layer",
-                      generator: torch.Generator | None = None) -> Iterator[nn.Module]:
-    """Attach a random mask for the duration of a block; the model comes back unmasked."""
-    attach_score_masks(model, keep_ratio, include=include, threshold=threshold, generator=generator)
-    try:
-        yield model
-    finally:
-        remove_score_masks(model)
 
 
 def refresh_masks(model: nn.Module) -> None:

@@ -18,7 +18,10 @@ off by ``m`` entries, the threshold moved past about ``m`` entries, so one compa
 ``m`` entry gaps away, on the side the count says, brackets it; only the rows holding
 entries between the two bounds are selected among (``kthvalue``) and rewritten. Magnitudes
 are viewed as rows of :data:`ROW` so that one row-sum per comparison locates those rows. A
-first call has no cut: its bracket is the whole range, i.e. a plain ``kthvalue``.
+first call has no cut: its bracket is the whole range, i.e. a plain ``kthvalue``. Per-layer
+thresholds of several layers are certified together (:meth:`TopKSelector.select_each_`): each
+layer starts on a row of its own, so one comparison against every row's cut and one count
+serve them all, and only a layer whose count is off is mended, as above.
 """
 from __future__ import annotations
 
@@ -38,6 +41,9 @@ SPREAD, SLACK = 3, 8
 # A bound that fails is tried WIDEN times farther, TRIES times in all; then the infinite bound
 # (a selection over the whole moved side) is taken. Three tries reach 256x the expected gap.
 WIDEN, TRIES = 16, 3
+# A band of at most this many entries gives its threshold and the entry after it from one
+# partial sort (``topk``); a larger one (a first selection) takes one ``kthvalue``.
+RANKED_MAX = 256
 # Off the CPU (no host sync), from this size on one stable sort beats ``kthvalue``, which
 # runs one thread block per slice.
 SORT_MIN = 100_000
@@ -46,6 +52,30 @@ SORT_MIN = 100_000
 def num_kept(numel: int, keep_ratio: float) -> int:
     """How many of ``numel`` weights a mask keeps, rounded as the authors' code does."""
     return numel - int((1 - keep_ratio) * numel)
+
+
+class Magnitude:
+    """What a score mask ranks, said in this one place: ``|scores|``, as the paper does
+    (``GetSubnet`` sorts ``scores.abs()``), and that ranking's slope, through which the popup
+    gradient reaches the scores. Another ranking is a subclass overriding both (as
+    ``importance_scores`` is ``torch.nn.utils.prune``'s one seam)."""
+
+    def rank(self, scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.abs(scores, out=out)
+
+    def slope(self, scores: torch.Tensor, out: torch.Tensor | None = None) -> torch.Tensor:
+        return torch.sign(scores, out=out)
+
+
+MAGNITUDE = Magnitude()
+
+
+def check_importance(importance) -> "Magnitude":
+    """``importance`` if it ranks and has a slope (a :class:`Magnitude` or alike)."""
+    if not all(callable(getattr(importance, k, None)) for k in ("rank", "slope")):
+        raise TypeError(f"importance must have rank(scores, out) and slope(scores, out) methods "
+                        f"(e.g. a topk.Magnitude subclass), got {importance!r}")
+    return importance
 
 
 class TopKSelector:
@@ -57,17 +87,15 @@ class TopKSelector:
     sort for large selections, ``kthvalue`` and one ``cumsum`` for the ties below that.
     """
 
-    def __init__(self, sync_free: bool | None = None):
+    def __init__(self, sync_free: bool | None = None, importance: Magnitude = MAGNITUDE):
         if sync_free not in (None, True, False):
             raise ValueError(f"sync_free must be None (auto), True or False, got {sync_free!r}")
         self.sync_free = sync_free
+        self.importance = check_importance(importance)  # what is ranked: |scores| by default
         self._mag: torch.Tensor | None = None  # magnitudes, NaN past the last row's end
         self._ind: torch.Tensor | None = None  # float32 indicators of the dropped entries
         self._cuts: dict = {}  # key -> (cut, magnitude gap per entry near the threshold)
-
-    def select_layer_(self, mask: torch.Tensor, scores: torch.Tensor, keep: int, key) -> None:
-        """:meth:`select_` for one layer."""
-        self.select_([mask], [scores], keep, key)
+        self._plans: dict = {}  # key -> _Layout of select_each_
 
     def select_(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor], keep: int,
                 key=0) -> None:
@@ -76,12 +104,7 @@ class TopKSelector:
         One threshold over the concatenation (pass one pair for a per-layer mask); ``key``
         names the threshold whose last cut the CPU path reuses.
         """
-        sizes = [s.numel() for s in scores]
-        if len(masks) != len(scores) or any(
-                m.numel() != size or not m.is_contiguous() for m, size in zip(masks, sizes)):
-            raise ValueError("each mask must be a contiguous tensor shaped like its scores, got "
-                             f"masks {[tuple(m.shape) for m in masks]} for scores "
-                             f"{[tuple(s.shape) for s in scores]}")
+        sizes = _checked(masks, scores)
         n = sum(sizes)
         if not 0 <= keep <= n:
             raise ValueError(f"keep must be in [0, {n}], got {keep!r}")
@@ -90,12 +113,12 @@ class TopKSelector:
                 m.fill_(keep == n)
             return
         first = scores[0]
-        sync_free = self.sync_free if self.sync_free is not None else first.device.type != "cpu"
+        sync_free = self._sync_free(first)
         mag, ind = self._scratch(-(-n // ROW) * ROW, first)
         offset = 0
         with torch.no_grad():
             for s, size in zip(scores, sizes):
-                torch.abs(s.detach().reshape(-1), out=mag[offset:offset + size])
+                self.importance.rank(s.detach().reshape(-1), out=mag[offset:offset + size])
                 offset += size
             if sync_free:
                 _drop_sync_free_(ind[:n], mag[:n], n - keep)
@@ -107,6 +130,71 @@ class TopKSelector:
                 torch.eq(ind[offset:offset + size], 0, out=m.view(-1))
                 offset += size
 
+    def select_each_(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
+                     keeps: Sequence[int], key=0) -> None:
+        """Fill ``masks[i]`` with 1 at the ``keeps[i]`` largest ``|scores[i]|``, for every i.
+
+        One threshold per tensor (per-layer masks), found in one pass for all of them: the
+        tensors' magnitudes are laid side by side, each from a row boundary on, so one
+        comparison against every tensor's last cut and one row count certify them all, and
+        only the tensors whose count is off are mended (as :meth:`select_` mends one).
+        """
+        sizes = _checked(masks, scores)
+        if len(keeps) != len(sizes) or not all(0 <= k <= n for k, n in zip(keeps, sizes)):
+            raise ValueError(f"keeps must give one count in [0, n] per tensor of sizes {sizes}, "
+                             f"got {list(keeps)!r}")
+        first = scores[0]
+        plan = self._plan(key, sizes, first)
+        mag, ind = self._scratch(plan.padded, first)
+        mags, inds = plan.views(mag, ind, scores, masks)
+        with torch.no_grad():
+            for s, m in zip(scores, mags):
+                self.importance.rank(s, out=m)
+            if self._sync_free(first):
+                for start, size, keep in zip(plan.starts, sizes, keeps):
+                    if keep in (0, size):  # nothing to select (and kthvalue needs k >= 1)
+                        ind[start:start + size].fill_(keep == 0)
+                    else:
+                        _drop_sync_free_(ind[start:start + size], mag[start:start + size],
+                                         size - keep)
+            else:
+                self._drop_each_(plan, ind, mag, sizes, keeps)
+            for m, i in zip(masks, inds):
+                torch.eq(i, 0, out=m)
+
+    def _sync_free(self, like: torch.Tensor) -> bool:
+        return self.sync_free if self.sync_free is not None else like.device.type != "cpu"
+
+    def _plan(self, key, sizes: list, like: torch.Tensor) -> "_Layout":
+        """The side-by-side layout of tensors of ``sizes`` under ``key`` (kept while they last)."""
+        plan = self._plans.get(key)
+        if plan is None or plan.sizes != sizes or plan.bounds.device != like.device \
+                or plan.bounds.dtype != like.dtype:
+            plan = self._plans[key] = _Layout(sizes, like, key)
+            for i, start in enumerate(plan.starts):  # a cut is a hint its count certifies
+                cut = self._cuts.get(plan.keys[i], (-math.inf, None))[0]
+                plan.bounds[start // ROW:plan.ends[i] // ROW].fill_(cut)
+        return plan
+
+    def _drop_each_(self, plan: "_Layout", ind, mag, sizes, keeps) -> None:
+        """Per-tensor :meth:`_drop_`: one comparison and count for all, then the misses."""
+        if plan.pads is not None:
+            mag.index_fill_(0, plan.pads, math.nan)  # row padding: never counted nor in a band
+        ind2d, mag2d = ind.view(-1, ROW), mag.view(-1, ROW)
+        torch.le(mag2d, plan.bounds, out=ind2d)
+        rows = ind2d.sum(1)  # at most ROW per row: exact in float32
+        counts = plan.counts.zero_().index_add_(0, plan.row_owner, rows.double()).tolist()
+        for i, (size, keep) in enumerate(zip(sizes, keeps)):
+            drop, r0, r1 = size - keep, plan.starts[i] // ROW, plan.ends[i] // ROW
+            if keep in (0, size):
+                ind2d[r0:r1].fill_(keep == 0)
+            elif counts[i] != drop:
+                k = plan.keys[i]
+                cut = self._cuts.get(k, (-math.inf, None))[0]
+                self._drop_(ind2d[r0:r1], mag2d[r0:r1], size, drop, k,
+                            (cut, rows[r0:r1], int(counts[i])))
+                plan.bounds[r0:r1].fill_(self._cuts.get(k, (-math.inf, None))[0])
+
     def _scratch(self, padded: int, like: torch.Tensor):
         """Magnitudes in ``like``'s dtype and indicators, ``padded`` long, shared by all keys."""
         if (self._mag is None or self._mag.numel() < padded or self._mag.device != like.device
@@ -115,10 +203,11 @@ class TopKSelector:
             self._ind = torch.empty(padded, device=like.device, dtype=torch.float32)
         return self._mag[:padded], self._ind[:padded]
 
-    def _drop_(self, ind2d, mag2d, n: int, drop: int, key) -> None:
-        """Set ``ind2d`` to 1 at the ``drop`` smallest magnitudes (ties: lowest indices)."""
+    def _drop_(self, ind2d, mag2d, n: int, drop: int, key, counted=None) -> None:
+        """Set ``ind2d`` to 1 at the ``drop`` smallest magnitudes (ties: lowest indices);
+        ``counted``, when given, is the count at the last cut already in ``ind2d``."""
         cut, gap = self._cuts.get(key, (-math.inf, None))  # a first call: bracket everything
-        counted = _count(mag2d, cut, ind2d)
+        counted = counted or _count(mag2d, cut, ind2d)
         if counted[2] == drop:  # exactly ``drop`` entries up to the cut: no tie straddles it
             return
         up = counted[2] < drop  # the threshold lies above the cut
@@ -140,6 +229,51 @@ class TopKSelector:
             self._cuts.pop(key, None)
             return
         self._cuts[key] = _select_band_(ind2d, mag2d, n, drop, lo, hi)
+
+
+def _checked(masks, scores) -> list:
+    """The sizes of ``scores``, once each mask is seen to be a contiguous tensor as large."""
+    sizes = [s.numel() for s in scores]
+    if len(masks) != len(scores) or not sizes or any(
+            m.numel() != size or not m.is_contiguous() for m, size in zip(masks, sizes)):
+        raise ValueError("each mask must be a contiguous tensor shaped like its scores, got "
+                         f"masks {[tuple(m.shape) for m in masks]} for scores "
+                         f"{[tuple(s.shape) for s in scores]}")
+    return sizes
+
+
+class _Layout:
+    """Where :meth:`TopKSelector.select_each_` puts each tensor: from a row boundary on, so
+    every row belongs to one tensor and holds that tensor's cut in ``bounds``."""
+
+    def __init__(self, sizes: list, like: torch.Tensor, key):
+        self.sizes = list(sizes)
+        self.ends, self.starts, start = [], [], 0
+        for size in sizes:
+            self.starts.append(start)
+            start += -(-size // ROW) * ROW
+            self.ends.append(start)
+        self.padded = start
+        rows = torch.tensor([-(-size // ROW) for size in sizes], device=like.device)
+        self.row_owner = torch.repeat_interleave(torch.arange(len(sizes), device=like.device),
+                                                 rows)
+        self.bounds = torch.full((start // ROW, 1), -math.inf, dtype=like.dtype, device=like.device)
+        self.counts = torch.zeros(len(sizes), dtype=torch.float64, device=like.device)
+        pads = [torch.arange(b + n, e) for b, n, e in zip(self.starts, sizes, self.ends)
+                if b + n < e]
+        self.pads = torch.cat(pads).to(like.device) if pads else None
+        self.keys = [(key, i) for i in range(len(sizes))]
+        self._views: tuple = (None, None, None)
+
+    def views(self, mag, ind, scores, masks) -> tuple:
+        """Each tensor's slices of the scratch, shaped like it (kept while the scratch is)."""
+        key = (mag.data_ptr(), ind.data_ptr(), [s.shape for s in scores],
+               [m.shape for m in masks])
+        if self._views[0] != key:
+            mags = [mag[b:b + n].view(s.shape) for b, n, s in zip(self.starts, self.sizes, scores)]
+            inds = [ind[b:b + n].view(m.shape) for b, n, m in zip(self.starts, self.sizes, masks)]
+            self._views = (key, mags, inds)
+        return self._views[1], self._views[2]
 
 
 def _count(mag2d, bound: float, ind2d):
@@ -167,28 +301,34 @@ def _select_band_(ind2d, mag2d, n: int, drop: int, lo, hi):
     ``lo`` and ``hi`` are :func:`_count` results with fewer and more than ``drop`` entries
     up to them; ``ind2d`` holds one of the two comparisons, right outside those rows.
     """
-    (low, rows_lo, below), (high, rows_hi, _) = lo, hi
+    (low, rows_lo, below), (high, rows_hi, up_to_high) = lo, hi
     rows = torch.nonzero(rows_lo != rows_hi).view(-1)
     near = mag2d.index_select(0, rows)
     flat = near.view(-1)
     band = flat[(flat > low) & (flat <= high)]
-    t = torch.kthvalue(band, drop - below).values
-    dropped = torch.le(near, t).float()
-    kept_ties = below + int(torch.count_nonzero(band <= t)) - drop
-    if kept_ties:  # tied entries straddle t: the stable sort keeps the highest indices
+    k = drop - below  # the threshold's rank in the band
+    if k < band.numel() <= RANKED_MAX:  # the k-th and the next entry from one partial sort
+        t, following = torch.topk(band, k + 1, largest=False).values[k - 1:].tolist()
+        straddle = following == t  # else exactly k band entries are <= t
+    else:
+        t = float(torch.kthvalue(band, k).values)
+        above = band[band > t]
+        following = float(above.min()) if above.numel() else high
+        straddle = True  # counted below
+    dropped = torch.empty(near.shape, dtype=ind2d.dtype, device=ind2d.device)
+    torch.le(near, t, out=dropped)
+    kept_ties = below + int(torch.count_nonzero(band <= t)) - drop if straddle else 0
+    if kept_ties:  # the stable sort keeps the tied entries of the highest indices
         tied = torch.nonzero(flat == t).view(-1)
         dropped.view(-1)[tied[tied.numel() - kept_ties:]] = 0
     ind2d.index_copy_(0, rows, dropped)
-    value = float(t)
     gap = (high - low) / band.numel()
     if not math.isfinite(gap):  # a selection from scratch: as if spread evenly over [0, 2t]
-        gap = 2 * value / n
-    gap = max(gap, math.ulp(value))
-    above = band[band > t]  # every entry above the band exceeds ``high``
-    following = float(above.min()) if above.numel() else high
+        gap = 2 * t / n
+    gap = max(gap, math.ulp(t))
     if kept_ties or not math.isfinite(following):
-        return value, gap
-    return (value + following) / 2, gap  # halfway to the next entry: room for small moves
+        return t, gap
+    return (t + following) / 2, gap  # halfway to the next entry: room for small moves
 
 
 def _drop_sync_free_(ind: torch.Tensor, mag: torch.Tensor, drop: int) -> None:
@@ -216,9 +356,10 @@ def topk_mask_(mask: torch.Tensor, scores: torch.Tensor, keep: int,
     return mask
 
 
-def sorted_reference_mask(scores: torch.Tensor, keep_ratio: float) -> torch.Tensor:
+def sorted_reference_mask(scores: torch.Tensor, keep_ratio: float,
+                          importance: Magnitude = MAGNITUDE) -> torch.Tensor:
     """The authors' full-sort mask, made stable, the reference the fast path is tested against."""
-    flat = scores.detach().abs().flatten()
+    flat = importance.rank(scores.detach()).flatten()
     out = torch.empty_like(flat)
     idx = flat.sort(stable=True).indices
     j = int((1 - keep_ratio) * flat.numel())

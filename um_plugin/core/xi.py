@@ -19,7 +19,7 @@ from .batches import (batch_indices, check_labels, checked_logits, label_error, 
 from .config import check_flag, check_integer, validate_keep_ratio, validate_threshold
 from .distributed import all_reduce_sum, is_distributed, is_main_process
 from .masks import (attach_score_masks, has_score_masks, iter_score_masks, masks_disabled,
-                    remove_score_masks)
+                    random_scores, remove_score_masks)
 
 OFFICIAL_ESTIMATE_KEEP_RATIO = 0.965
 
@@ -101,7 +101,7 @@ def estimate_xi(model: nn.Module, loader, *, keep_ratio: float = OFFICIAL_ESTIMA
     try:
         attach_score_masks(model, keep_ratio, include=include, threshold=threshold,
                            generator=generator)
-        masks = _Draws(model, draws, generator, device)
+        masks = _Draws(model, draws, generator)
         data = _Pass(model, masks, _Columns(draws, report), device).run(loader, progress)
         totals = _Totals(data, device)
         _refuse_bad_data(data, totals, loader)
@@ -117,7 +117,7 @@ class _Draws:
     """The random masks to average over: draw 0 is the attached one; with more draws, each
     draw's scores and masks are kept and copied in before its forward."""
 
-    def __init__(self, model: nn.Module, draws: int, generator, device):
+    def __init__(self, model: nn.Module, draws: int, generator):
         self.masks = [m for _, _, m in iter_score_masks(model)]
         self.count = draws
         self.states = []
@@ -127,9 +127,7 @@ class _Draws:
         for d in range(draws):
             if d:
                 for m in self.masks:
-                    s = torch.empty(m.scores.shape, dtype=m.scores.dtype)
-                    torch.nn.init.kaiming_uniform_(s, a=5 ** 0.5, generator=generator)
-                    m.scores.copy_(s.to(device))
+                    m.scores.copy_(random_scores(m.scores, generator))
             group.refresh()
             self.states.append([(m.scores.detach().clone(), m.mask.clone()) for m in self.masks])
 

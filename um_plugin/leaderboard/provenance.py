@@ -1,7 +1,7 @@
 """What a leaderboard row was made from: file hashes, settings, the benchmark, the versions.
 
 A row is trusted only when it says which checkpoint bytes, which resolved postprocessor config
-and which benchmark it is of; the score cache (``um_plugin.openood.score_cache``) reuses a
+and which benchmark it is of; the score cache (``um_plugin.openood.evaluation.score_cache``) reuses a
 result only when the same three match. Plain hashlib: the gate reads these without torch.
 """
 from __future__ import annotations

@@ -13,9 +13,9 @@ import difflib
 import os
 import sys
 
-from .names import is_method_name, split_name
-from .options import TRAINER_NAMES, postprocessor_options, trainer_options
-from .route_checks import check_route1
+from um_plugin.openood.registry.names import is_method_name, split_name
+from um_plugin.openood.settings.options import TRAINER_NAMES, postprocessor_options, trainer_options
+from um_plugin.openood.training.route_checks import check_route1
 
 
 def reads_config(script: str) -> bool:

@@ -21,13 +21,13 @@ from torch import nn
 
 from um_plugin.core import Finetuner
 
-from .export import PlainCopy
-from .fit_check import FitCheckError, mark_stopped, prepare_xi
-from .loaders import like, test_time_dataset
-from .options import TRAINER_NAMES, trainer_options
-from .presets import log_differences
-from .reuse import Mark, claim, new_token, refuse_reuse
-from .sync import average_gradients, broadcast_buffers, mean_over_ranks, unwrap
+from um_plugin.openood.training.export import PlainCopy
+from um_plugin.openood.settings.fit_check import FitCheckError, mark_stopped, prepare_xi
+from um_plugin.openood.settings.loaders import like, test_time_dataset
+from um_plugin.openood.settings.options import TRAINER_NAMES, trainer_options
+from um_plugin.openood.settings.presets import log_differences
+from um_plugin.openood.settings.reuse import Mark, claim, new_token, refuse_reuse
+from um_plugin.openood.training.sync import average_gradients, broadcast_buffers, mean_over_ranks, unwrap
 
 _WHERE = "trainer.trainer_args"
 

@@ -26,7 +26,7 @@ from um_plugin.core import FinetuneConfig
 from um_plugin.core.distributed import is_main_process
 from um_plugin.core.xi import OFFICIAL_ESTIMATE_KEEP_RATIO
 
-from .options import DEFAULT_FIT_MARGIN, MethodOptions
+from um_plugin.openood.settings.options import DEFAULT_FIT_MARGIN, MethodOptions
 
 AUTHORS_BATCH_SIZE = 256
 AUTHORS_PREPROCESSING = "train"

@@ -11,7 +11,7 @@ import os
 
 import yaml
 
-from .benchmarks import register_benchmark
+from um_plugin.openood.registry.datasets import register_benchmark
 
 
 def _parameters():

@@ -12,8 +12,7 @@ from __future__ import annotations
 import torch
 
 from um_plugin.core.distributed import strip_ddp_prefix
-
-from .densenet import DenseNetBC100
+from um_plugin.openood.registry.densenet import DenseNetBC100
 
 # name -> class taking num_classes=
 NETWORKS = {"densenet_bc100": DenseNetBC100}

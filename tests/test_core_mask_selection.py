@@ -1,15 +1,15 @@
-"""The fast top-k selection equals the official full sort (stable, ties by index) everywhere."""
-import math
-
+"""The top-k selection (``core/topk.py``) equals the stable full sort: every path, dtype,
+tie pattern and size, one tensor, several with one threshold, several with one each, and at
+every step of scores that move as training moves them."""
 import pytest
 import torch
 
-from core_helpers import TinyCNN
-from um_plugin.core import topk
-from um_plugin.core.masks import (TopKSelector, attach_score_masks, iter_score_masks, num_kept,
-                                  score_parameters, sorted_reference_mask, topk_mask_)
+from um_plugin.core.topk import TopKSelector, num_kept, sorted_reference_mask, topk_mask_
+
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
+
+
 PATHS = {"host": False, "sync_free": True}
 
 
@@ -26,18 +26,19 @@ def scores_of(kind, n, dtype, seed=0):
     return s.to(dtype)
 
 
-def spy_bands(monkeypatch):
-    """Record ``(lo, hi)`` of every band selected among: both finite when a missed cut was
-    mended in its band's rows, an infinite one for a selection over a whole side."""
-    bands, select = [], topk._select_band_
-    monkeypatch.setattr(topk, "_select_band_",
-                        lambda *a: bands.append((a[4][0], a[5][0])) or select(*a))
-    return bands
-
-
 def reference(scores_list, keep_ratio):
     flat = torch.cat([s.flatten() for s in scores_list])
     return sorted_reference_mask(flat, keep_ratio)
+
+
+def moved(scores, step, size, g):
+    """The scores after one optimizer-like step of relative ``size`` (plus the odd tie/NaN)."""
+    s = scores.float() + size * scores.float().abs().max() * torch.randn(scores.shape, generator=g)
+    if step % 5 == 3:
+        s[::11] = s[7]  # a block of exact ties, possibly at the threshold
+    if step % 7 == 6:
+        s[::13] = float("nan")
+    return s.to(scores.dtype)
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -52,6 +53,22 @@ def test_mask_equals_stable_sort(path, dtype, kind, n):
         topk_mask_(mask, scores, keep, TopKSelector(PATHS[path]))
         assert int(mask.float().sum()) == keep == n - int((1 - keep_ratio) * n)
         assert torch.equal(mask, reference([scores], keep_ratio).to(dtype))
+
+
+def test_topk_mask_matches_sort_on_a_large_layer():
+    scores = torch.randn(512, 256, 3, 3, generator=torch.Generator().manual_seed(0))
+    for keep in (0.8, 0.965, 0.2):
+        mask = torch.empty_like(scores)
+        topk_mask_(mask, scores, num_kept(scores.numel(), keep))
+        assert torch.equal(mask, sorted_reference_mask(scores, keep))
+
+
+def test_ties_at_the_threshold_still_keep_exactly_k():
+    scores = torch.tensor([[1.0, 2.0, 2.0, 2.0], [2.0, 3.0, -2.0, 0.5]])
+    mask = torch.empty_like(scores)
+    topk_mask_(mask, scores, 5)
+    assert int(mask.sum()) == 5
+    assert mask[0, 0] == 0 and mask[1, 3] == 0 and mask[1, 1] == 1
 
 
 def test_all_equal_scores_keep_exact_count_on_the_sync_free_path():
@@ -92,31 +109,6 @@ def test_reused_threshold_follows_moving_and_jumping_scores(dtype):
         assert torch.equal(mask, sorted_reference_mask(s, 0.8).to(dtype)), (step, move)
 
 
-@pytest.mark.parametrize("path", PATHS)
-@pytest.mark.parametrize("threshold", ["layer", "global"])
-@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
-def test_model_masks_match_sort_with_ties_on_both_paths(path, threshold, dtype):
-    torch.manual_seed(0)
-    model = TinyCNN().to(dtype)
-    attach_score_masks(model, 0.7, threshold=threshold, generator=torch.Generator().manual_seed(0))
-    masks = [m for _, _, m in iter_score_masks(model)]
-    masks[0].group.selector = TopKSelector(PATHS[path])
-    with torch.no_grad():
-        for p in score_parameters(model):
-            p.copy_((p * 40).round() / 40)  # coarse scores: many ties at the threshold
-    model(torch.randn(2, 1, 8, 8, dtype=dtype))
-    if threshold == "layer":
-        for m in masks:
-            assert torch.equal(m.mask, sorted_reference_mask(m.scores, 0.7))
-    else:
-        got = torch.cat([m.mask.flatten() for m in masks])
-        assert torch.equal(got, reference([m.scores for m in masks], 0.7))
-    total = sum(m.mask.numel() for m in masks)
-    kept = sum(int(m.mask.float().sum()) for m in masks)
-    assert kept == (num_kept(total, 0.7) if threshold == "global"
-                    else sum(num_kept(m.mask.numel(), 0.7) for m in masks))
-
-
 def test_bad_keep_or_mask_is_refused():
     with pytest.raises(ValueError, match="keep must be in"):
         topk_mask_(torch.empty(4), torch.ones(4), 5)
@@ -139,16 +131,13 @@ def test_nan_scores_rank_last_as_in_the_sort(path, n):
 
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("kind", ["random", "coarse", "equal"])
-def test_first_selection_of_a_large_layer_is_one_kthvalue_over_everything(dtype, kind,
-                                                                         monkeypatch):
-    """Without a last cut the CPU path's bracket is the whole range. Exact in every case."""
-    bands = spy_bands(monkeypatch)
+def test_first_selection_of_a_large_layer_is_exact(dtype, kind):
+    """Without a last cut the CPU path selects over the whole range. Exact in every case."""
     n = 400_003
     scores = scores_of(kind, n, dtype)
     mask = torch.empty(n, dtype=dtype)
     topk_mask_(mask, scores, num_kept(n, 0.8), TopKSelector(sync_free=False))
     assert torch.equal(mask, sorted_reference_mask(scores, 0.8).to(dtype))
-    assert bands == [(-math.inf, math.inf)]
 
 
 @pytest.mark.parametrize("path", PATHS)
@@ -169,3 +158,67 @@ def test_infinite_and_nan_scores_rank_as_in_the_sort(path, n):
     mask = torch.empty(n)
     topk_mask_(mask, mostly_nan, num_kept(n, 0.5), TopKSelector(PATHS[path]))
     assert torch.equal(mask, sorted_reference_mask(mostly_nan, 0.5))
+
+
+@pytest.mark.parametrize("path", PATHS)
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("kind", ["random", "coarse"])
+@pytest.mark.parametrize("size", [1e-6, 1e-3, 0.3])  # cut mostly kept / often missed / useless
+def test_per_layer_selection_equals_the_sort_at_every_step(path, dtype, kind, size):
+    """``select_each_``: every tensor its own top-k, all in one call, at every step of moving
+    scores (ties and NaN now and then), including a keep-ratio change under the same key."""
+    # rows of 128: 48_000 fills 375 of them, the others end in a padded row; 8_209 is prime
+    sizes = [450, 2_400, 48_000, 10_080, 8_209, 17]
+    g = torch.Generator().manual_seed(len(sizes))
+    parts = [scores_of(kind, n, dtype, seed=n) for n in sizes]
+    parts[1] = parts[1].view(48, 50)
+    masks = [torch.empty_like(p) for p in parts]
+    selector = TopKSelector(PATHS[path])
+    for step in range(12):
+        for keep_ratio in (0.8,) if step % 4 else (0.8, 0.5):  # another keep, same key: the
+            keeps = [num_kept(p.numel(), keep_ratio) for p in parts]  # last cut is not trusted
+            selector.select_each_(masks, parts, keeps)
+            for m, p, keep in zip(masks, parts, keeps):
+                assert int(m.float().sum()) == keep
+                assert torch.equal(m, sorted_reference_mask(p, keep_ratio).to(dtype)), step
+        parts = [moved(p.flatten(), step, size, g).view(p.shape) for p in parts]
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_per_layer_selection_keeps_none_or_all_where_asked(path):
+    """A small layer at a high keep ratio keeps all its weights (27 at 0.965: int(0.945) = 0
+    dropped); one call holds such layers beside ordinary ones, on both paths."""
+    parts = [torch.randn(300), torch.randn(7, 11), torch.randn(129)]
+    masks = [torch.empty_like(p) for p in parts]
+    TopKSelector(PATHS[path]).select_each_(masks, parts, [0, 77, num_kept(129, 0.8)])
+    assert int(masks[0].sum()) == 0 and int(masks[1].sum()) == 77
+    assert torch.equal(masks[2], sorted_reference_mask(parts[2], 0.8))
+    with pytest.raises(ValueError, match="keeps must give one count"):
+        TopKSelector().select_each_(masks, parts, [0, 78])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("size", [1e-6, 1e-3, 0.3])
+def test_global_selection_equals_the_sort_at_every_step(dtype, size):
+    """``threshold="global"``: one cut over the concatenated layers, reused and mended alike."""
+    g = torch.Generator().manual_seed(3)
+    parts = [scores_of("random", n, dtype, seed=i) for i, n in enumerate((9_000, 150, 30_001))]
+    masks = [torch.empty_like(p) for p in parts]
+    selector = TopKSelector(sync_free=False)
+    keep = num_kept(sum(p.numel() for p in parts), 0.8)
+    for step in range(10):
+        selector.select_(masks, parts, keep)
+        got = torch.cat([m.flatten() for m in masks])
+        assert torch.equal(got, sorted_reference_mask(torch.cat(parts), 0.8).to(dtype)), step
+        parts = [moved(p, step, size, g) for p in parts]
+
+
+def test_a_cut_that_no_longer_fits_is_never_used():
+    """Scores replaced wholesale: the old cut counts wrong, the selection runs again."""
+    n = 3_000
+    selector, mask = TopKSelector(), torch.empty(n)
+    a = torch.randn(n, generator=torch.Generator().manual_seed(0))
+    selector.select_([mask], [a], num_kept(n, 0.8))
+    b = a * 3 + 1
+    selector.select_([mask], [b], num_kept(n, 0.8))
+    assert torch.equal(mask, sorted_reference_mask(b, 0.8))

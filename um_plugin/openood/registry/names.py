@@ -11,7 +11,7 @@ import types
 
 from um_plugin.core.config import MODES
 
-from .wrapping import original
+from um_plugin.openood.registry.wrapping import original
 
 # '(umap|um)' tries the longer mode first, so 'umap_x' is ('umap', 'x'), never ('um', 'ap_x')
 _NAME = re.compile(f"({'|'.join(sorted(map(re.escape, MODES), key=len, reverse=True))})"

@@ -12,9 +12,9 @@ from openood.evaluation_api import postprocessor as eval_pp
 from openood.postprocessors import utils as pp_utils
 from openood.utils.config import Config, merge_configs
 
-from .config_discovery import base_config_path
-from .names import is_method_name, known_postprocessor_names
-from .wrapping import original
+from um_plugin.openood.registry.config_discovery import base_config_path
+from um_plugin.openood.registry.names import is_method_name, known_postprocessor_names
+from um_plugin.openood.registry.wrapping import original
 
 # base name -> (module, class) of the network wrapper that base expects
 NET_WRAPPERS = {

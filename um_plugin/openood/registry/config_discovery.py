@@ -9,7 +9,7 @@ from openood.utils.config import Config
 
 from um_plugin.shipped import configs_root
 
-from .names import split_name
+from um_plugin.openood.registry.names import split_name
 
 CONFIG_ROOT_ENV = "OPENOOD_CONFIG_ROOT"
 CHECKOUT_ENV = "UM_PLUGIN_OPENOOD_ROOT"

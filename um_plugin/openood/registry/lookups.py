@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from openood.utils.config import Config, merge_configs
 
-from . import postprocessors  # by module: a reloaded plug-in builds its current classes
-from .config_discovery import load_method_config
-from .names import is_method_name, split_name
+from um_plugin.openood.postprocessing import postprocessors  # by module: a reloaded plug-in builds its current classes
+from um_plugin.openood.registry.config_discovery import load_method_config
+from um_plugin.openood.registry.names import is_method_name, split_name
 
 
 def make_evaluator_get_postprocessor(openood_get_postprocessor):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import importlib
 
-from .wrapping import original
+from um_plugin.openood.registry.wrapping import original
 
 # The module, not the function: ``openood.utils`` re-exports a function named ``launch``.
 _launch = importlib.import_module("openood.utils.launch")

@@ -19,15 +19,17 @@ from openood.trainers import utils as trainer_utils
 
 from um_plugin.core import MODES
 
-from . import downloads, lookups
-from . import networks as ours_net
-from . import postprocessors as ours_pp
-from . import recorder as ours_rec
-from . import trainers as ours_tr
-from .layout import load_layout, openood_where, require_openood
-from .names import is_method_name, literal_names
-from .spawn import registered_worker
-from .wrapping import WRAPPED, original
+from um_plugin.openood.registry import downloads
+
+from um_plugin.openood.registry import lookups
+from um_plugin.openood.registry import networks as ours_net
+from um_plugin.openood.postprocessing import postprocessors as ours_pp
+from um_plugin.openood.training import recorder as ours_rec
+from um_plugin.openood.training import trainers as ours_tr
+from um_plugin.openood.registry.layout import load_layout, openood_where, require_openood
+from um_plugin.openood.registry.names import is_method_name, literal_names
+from um_plugin.openood.registry.spawn import registered_worker
+from um_plugin.openood.registry.wrapping import WRAPPED, original
 
 __all__ = ["register", "is_registered", "RegistrationError"]
 

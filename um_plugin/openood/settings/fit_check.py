@@ -22,7 +22,7 @@ from um_plugin.core.distributed import all_reduce_sum, is_main_process
 from um_plugin.core.xi import estimate_xi
 from um_plugin.leaderboard.runs import STOP_MARKER
 
-from .options import DataOptions, RouteStop, XiOptions
+from um_plugin.openood.settings.options import DataOptions, RouteStop, XiOptions
 
 
 class FitCheckError(RouteStop):

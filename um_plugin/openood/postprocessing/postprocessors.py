@@ -18,15 +18,15 @@ from openood.utils.config import Config
 
 from um_plugin.core.runs import RUNNERS
 
-from .base_method import base_net, build_base
-from .cpu import require_device
-from .fit_check import prepare_xi
-from .loaders import evaluator_train_preprocessor, like, retransformed, shuffled_loader
-from .names import split_name
-from .options import postprocessor_options
-from .presets import log_differences
-from .reuse import Mark, claim, mark_of, new_token, refuse_reuse
-from .sync import unwrap
+from um_plugin.openood.postprocessing.base_method import base_net, build_base
+from um_plugin.openood.cpu import require_device
+from um_plugin.openood.settings.fit_check import prepare_xi
+from um_plugin.openood.settings.loaders import evaluator_train_preprocessor, like, retransformed, shuffled_loader
+from um_plugin.openood.registry.names import split_name
+from um_plugin.openood.settings.options import postprocessor_options
+from um_plugin.openood.settings.presets import log_differences
+from um_plugin.openood.settings.reuse import Mark, claim, mark_of, new_token, refuse_reuse
+from um_plugin.openood.training.sync import unwrap
 
 _WHERE = "postprocessor.postprocessor_args"
 

@@ -34,14 +34,14 @@ from um_plugin.leaderboard.runs import Model, trainer_settings
 from um_plugin.leaderboard.table import row_from_tables, write_atomic
 from um_plugin.workers import default_workers
 
-from . import score_cache
-from .benchmark_file import register_benchmark_file
-from .cpu import enable_cpu_fallback
-from .config_discovery import base_config_candidates, config_roots
-from .names import is_method_name, known_postprocessor_names, split_name
-from .postprocessor_config import ResolvedPostprocessor, build, resolve_all
-from .networks import NETWORKS
-from .wrapping import original
+from um_plugin.openood.evaluation import score_cache
+from um_plugin.openood.registry.dataset_file import register_benchmark_file
+from um_plugin.openood.cpu import enable_cpu_fallback
+from um_plugin.openood.registry.config_discovery import base_config_candidates, config_roots
+from um_plugin.openood.registry.names import is_method_name, known_postprocessor_names, split_name
+from um_plugin.openood.evaluation.postprocessor_config import ResolvedPostprocessor, build, resolve_all
+from um_plugin.openood.registry.networks import NETWORKS
+from um_plugin.openood.registry.wrapping import original
 
 # eval_ood.py's networks for OpenOOD's own ID sets; anything else needs --network
 DEFAULT_NETWORK = {"cifar10": "resnet18_32x32", "cifar100": "resnet18_32x32",

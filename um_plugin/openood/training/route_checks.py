@@ -12,9 +12,8 @@ import os
 import re
 
 from um_plugin.core.config import check_integer
-
-from .evaluate import load_weights
-from .options import TRAINER_NAMES
+from um_plugin.openood.evaluation.evaluate import load_weights
+from um_plugin.openood.settings.options import TRAINER_NAMES
 
 
 def openood_trainer_names() -> list:

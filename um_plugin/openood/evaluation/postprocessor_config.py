@@ -16,11 +16,11 @@ from openood.utils.config import Config, merge_configs
 
 from um_plugin.leaderboard.provenance import sha256_json
 
-from . import postprocessors
-from .config_discovery import base_config_path, load_method_config
-from .names import is_method_name, split_name
-from .options import postprocessor_options
-from .presets import differences
+from um_plugin.openood.postprocessing import postprocessors
+from um_plugin.openood.registry.config_discovery import base_config_path, load_method_config
+from um_plugin.openood.registry.names import is_method_name, split_name
+from um_plugin.openood.settings.options import postprocessor_options
+from um_plugin.openood.settings.presets import differences
 
 # how the fit check names a setting in eval: the flag that changes it there
 EVAL_SETTING_SYNTAX = "pass --set {key}={value}"

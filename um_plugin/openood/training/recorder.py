@@ -18,7 +18,7 @@ from openood.recorders.base_recorder import BaseRecorder
 
 from um_plugin.leaderboard.runs import CHECKSUM_SUFFIX, write_checksum
 
-from .options import TRAINER_NAMES, RouteStop
+from um_plugin.openood.settings.options import TRAINER_NAMES, RouteStop
 
 BEST = "best.ckpt"
 
