@@ -104,9 +104,10 @@ def run_python(code, timeout=300):
                           capture_output=True, text=True, timeout=timeout)
 
 
-def write_config_root(checkout, root, args_by_mode):
+def write_config_root(checkout, root, args_by_mode, sections=None):
     """A ``configs/`` root at ``root``: OpenOOD's postprocessor YAMLs, and for each mode in
-    ``args_by_mode`` our shipped ``<mode>.yml`` with those postprocessor args over it."""
+    ``args_by_mode`` our shipped ``<mode>.yml`` with those postprocessor args over it (and the
+    ``postprocessor:`` keys in ``sections[mode]``, e.g. a ``postprocessor_sweep``)."""
     import shutil
 
     import yaml
@@ -118,6 +119,7 @@ def write_config_root(checkout, root, args_by_mode):
         with open(os.path.join(configs_root(), "postprocessors", f"{mode}.yml")) as f:
             config = yaml.safe_load(f)
         config["postprocessor"]["postprocessor_args"].update(args)
+        config["postprocessor"].update((sections or {}).get(mode, {}))
         with open(os.path.join(root, "postprocessors", f"{mode}.yml"), "w") as f:
             yaml.safe_dump(config, f)
     return str(root)

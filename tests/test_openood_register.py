@@ -143,18 +143,34 @@ def test_spawned_gpu_workers_register_first(oo):
 
 
 def _adapter_imports():
-    """{module: (internal modules imported at the top, every import made inside a function)}."""
+    """{module under um_plugin.openood, dotted (``registry.register``): (adapter modules it
+    imports at the top, every import made inside a function)}."""
     import ast
     import pathlib
+    root = pathlib.Path(REPO) / "um_plugin" / "openood"
+    paths = {".".join(p.relative_to(root).with_suffix("").parts): p for p in root.rglob("*.py")}
+
+    def resolved(target, names):
+        found = [f"{target}.{n}" for n in names if f"{target}.{n}" in paths]
+        return found or [t for t in (target, f"{target}.__init__") if t in paths]
+
     out = {}
-    for path in sorted((pathlib.Path(REPO) / "um_plugin" / "openood").glob("*.py")):
+    for module, path in sorted(paths.items()):
         tree = ast.parse(path.read_text())
+        package = module.rpartition(".")[0].split(".") if "." in module else []
         top, inner = set(), []
         for node in tree.body:
-            if isinstance(node, ast.ImportFrom) and node.level == 1:
-                top.update([node.module] if node.module else [a.name for a in node.names])
-            elif isinstance(node, ast.ImportFrom) and (node.module or "").startswith("um_plugin.openood."):
-                top.add(node.module.split(".")[2])
+            if not isinstance(node, ast.ImportFrom):
+                continue
+            names = [a.name for a in node.names]
+            if node.level:
+                base = package[:len(package) - node.level + 1]
+                target = ".".join(base + ([node.module] if node.module else []))
+            elif (node.module or "").startswith("um_plugin.openood."):
+                target = node.module[len("um_plugin.openood."):]
+            else:
+                continue
+            top.update(resolved(target, names) if target else names)
         for func in ast.walk(tree):
             if isinstance(func, (ast.FunctionDef, ast.AsyncFunctionDef)):
                 for node in ast.walk(func):
@@ -162,7 +178,7 @@ def _adapter_imports():
                         inner += [a.name for a in node.names]
                     elif isinstance(node, ast.ImportFrom):
                         inner.append("." * node.level + (node.module or ""))
-        out[path.stem] = (top, inner)
+        out[module] = (top, inner)
     return out
 
 
@@ -170,7 +186,8 @@ def test_adapter_has_no_import_circle_and_imports_at_the_top():
     """No import circle hides in function-level imports: only the optional dependency
     (OpenOOD) is imported inside functions."""
     imports = _adapter_imports()
-    assert {"register", "postprocessors", "trainers", "spawn"} <= set(imports)
+    assert {"register", "postprocessors", "trainers", "spawn"} <= {
+        m.rpartition(".")[2] for m in imports}
     for module, (_, inner) in imports.items():
         assert all(name.startswith("openood") for name in inner), (module, inner)
     done, active = set(), []

@@ -2,7 +2,8 @@
 
     um-openood eval --root results/<exp> [more roots] --postprocessor msp,ebo,um_ebo \
         [--benchmark bench.yml | --id-data cifar10] [--network lenet | module:Class] [--cpu] \
-        [--set KEY=VALUE] [--out DIR] [--save-csv] [--save-score] [gate options]
+        [--set KEY=VALUE] [--sweep KEY=V1,V2] [--out DIR] [--save-csv] [--save-score] \
+        [gate options]
 
 The checks here need no torch; planning and scoring are the library's
 (:mod:`um_plugin.openood.evaluation.evaluate`), the table and the gate :mod:`um_plugin.leaderboard`'s.
@@ -32,6 +33,11 @@ def add_parser(sub) -> None:
     ev.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                     help="override a postprocessor setting (postprocessor_args key, e.g. "
                          "preprocessing=test or fit_check=warn; repeatable)")
+    ev.add_argument("--sweep", action="append", default=[], metavar="KEY=V1,V2,...",
+                    help="UM settings OpenOOD's parameter search chooses for um_*/umap_* (e.g. "
+                         "loss_constraint_list=auto,0.5x,2x; repeatable; over the YAML's "
+                         "postprocessor_sweep); the leaderboard's chosen column names the "
+                         "choice, <out>/<model>/ood/<pp>_search.csv holds each run's search")
     ev.add_argument("--id-data", default=None, metavar="NAME",
                     help="ID benchmark name the Evaluator knows (default: --benchmark's name)")
     ev.add_argument("--benchmark", default=None, metavar="FILE",

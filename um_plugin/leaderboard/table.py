@@ -20,6 +20,7 @@ from typing import Dict, List, Tuple
 from .provenance import COLUMNS as PROVENANCE
 
 KEY = ("model", "postprocessor")
+TEXT = ("runs", "chosen")  # columns that are not metrics (chosen: a UM sweep's choice)
 METRICS = ("AUROC", "FPR@95", "AUPR_IN", "AUPR_OUT")  # OpenOOD's columns, ACC aside
 LOWER_IS_BETTER = ("FPR@95",)
 STD = "_std"
@@ -47,9 +48,9 @@ def sort_columns() -> List[str]:
 
 
 def is_metric(column: str) -> bool:
-    """A metric mean column (not the key, ``runs``, a ``_std`` or a provenance column)."""
-    return (column not in KEY + PROVENANCE + JSON_ONLY and column != "runs"
-            and not column.endswith(STD))
+    """A metric mean column (not the key, a text column such as ``runs`` / ``chosen``, a
+    ``_std`` or a provenance column)."""
+    return column not in KEY + TEXT + PROVENANCE + JSON_ONLY and not column.endswith(STD)
 
 
 def row_from_tables(model: str, postprocessor: str, runs: int, mean, std,
@@ -122,11 +123,13 @@ def to_markdown(rows: List[Dict]) -> str:
             return f"{row[column]:.2f}"
         return f"{row[column]:.2f} \u00b1 {row.get(column + STD, 0.0):.2f}"
 
-    head = ["model", "postprocessor", "runs"] + [c.replace("_", " ", 1) for c in shown]
+    chosen = ["chosen"] if any(row.get("chosen") for row in rows) else []
+    head = ["model", "postprocessor", "runs"] + [c.replace("_", " ", 1) for c in shown] + chosen
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         lines.append("| " + " | ".join([row["model"], row["postprocessor"], str(row["runs"])]
-                                       + [cell(row, c) for c in shown]) + " |")
+                                       + [cell(row, c) for c in shown]
+                                       + [row.get("chosen", "") for _ in chosen]) + " |")
     return "\n".join(lines) + "\n\n" + STD_NOTE + "\n"
 
 

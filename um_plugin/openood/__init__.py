@@ -14,7 +14,8 @@ Where a change belongs:
   ``FinetuneConfig`` owns the rule), what the log names as differing from the authors
   (``presets.py``), ξ and the fit check.
 * ``training/`` -- Route 1 (``main.py``): a new trainer class goes in ``trainers.py``.
-* ``postprocessing/`` -- Route 2 (``Evaluator``): the ``um``/``umap`` postprocessors.
+* ``postprocessing/`` -- Route 2 (``Evaluator``): the ``um``/``umap`` postprocessors, and
+  OpenOOD's parameter search over UM's own settings (``sweep.py`` reads, ``search.py`` runs).
 * ``evaluation/`` -- ``um-openood eval``'s planning and scoring; the table and gate are
   :mod:`um_plugin.leaderboard`'s, and a new CLI verb is a module in :mod:`um_plugin.cli`.
 * ``cpu.py`` -- the CPU fallback for OpenOOD's ``.cuda()`` calls, used by every route.

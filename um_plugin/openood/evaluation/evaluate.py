@@ -18,7 +18,7 @@ import os
 import re
 import sys
 import warnings
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, List, Optional
 
 import numpy as np
@@ -40,6 +40,7 @@ from um_plugin.openood.cpu import enable_cpu_fallback
 from um_plugin.openood.registry.config_discovery import base_config_candidates, config_roots
 from um_plugin.openood.registry.names import is_method_name, known_postprocessor_names, split_name
 from um_plugin.openood.evaluation.postprocessor_config import ResolvedPostprocessor, build, resolve_all
+from um_plugin.openood.evaluation.sweep_report import add_chosen, save_search_tables, sweep_from_flags
 from um_plugin.openood.registry.networks import NETWORKS
 from um_plugin.openood.registry.wrapping import original
 
@@ -63,6 +64,7 @@ class Plan:
     num_workers: int = default_workers()  # 4, at most the CPUs available
     fsood: bool = False
     save_score: bool = False
+    sweep: dict = field(default_factory=dict)  # --sweep: in each of our configs (and hash)
 
 
 def openood_network_names() -> List[str]:
@@ -242,8 +244,9 @@ def plan(args) -> Plan:
                          "OpenOOD's configs/ (or set $UM_PLUGIN_OPENOOD_ROOT to a checkout)")
     for name in args.postprocessors:
         check_postprocessor(name, config_root)
+    sweep = sweep_from_flags(args.sweep, args.postprocessors)
     resolved = resolve_all(args.postprocessors, config_root, id_name, args.overrides,
-                           args.batch_size)
+                           args.batch_size, sweep)
     classes = oo_datasets.DATA_INFO[id_name]["num_classes"]
     if args.num_classes is not None and args.num_classes != classes:
         raise ValueError(f"--num-classes {args.num_classes}: benchmark {id_name!r} has {classes} "
@@ -265,7 +268,7 @@ def plan(args) -> Plan:
     return Plan(models=args.models, postprocessors=resolved, id_name=id_name,
                 data_root=data_root, config_root=config_root, make_net=make_net, device=device,
                 benchmark=identity, batch_size=args.batch_size, num_workers=args.num_workers,
-                fsood=args.fsood, save_score=args.save_score)
+                fsood=args.fsood, save_score=args.save_score, sweep=sweep)
 
 
 def score_one(plan: Plan, checkpoint: str, sha256: str, pp: ResolvedPostprocessor):
@@ -288,8 +291,10 @@ def score_one(plan: Plan, checkpoint: str, sha256: str, pp: ResolvedPostprocesso
     if scores is not None:
         _merge(evaluator.scores, scores)
     table = evaluator.eval_ood(fsood=plan.fsood, progress=False)
+    post = evaluator.postprocessor  # a UM sweep's choice and table, for the row and a CSV
+    table.attrs["chosen"] = getattr(post, "chosen_values", dict)()
+    table.attrs["search_table"] = getattr(post, "search_table", [])
     if plan.save_score:
-        post = evaluator.postprocessor
         if cached_pp is None and (hasattr(post, "setup_flag") or post.hyperparam_search_done):
             notes.append(score_cache.store(run, "postprocessors", pp.name, post, key))
         notes.append(score_cache.store(run, "scores", pp.name, evaluator.scores, key))
@@ -342,6 +347,8 @@ def score_all(plan: Plan, *, verbose: bool = False, out: Optional[str] = None,
             text = openood_csv_table(mean, std).to_csv()
             for folder in folders[model.name]:
                 write_atomic(os.path.join(folder, f"{pp.name}.csv"), text)
+                save_search_tables(os.path.join(folder, f"{pp.name}_search.csv"),
+                                   tables[(model.name, pp.name)])
             trained = dict.fromkeys(filter(None, (trainer_settings(os.path.dirname(c))
                                                   for c in model.checkpoints)))
             settings = "; ".join(([f"{pp.name}: {pp.settings}"] if pp.settings else [])
@@ -350,8 +357,9 @@ def score_all(plan: Plan, *, verbose: bool = False, out: Optional[str] = None,
                           "config_sha256": pp.sha256, "settings": settings,
                           "benchmark": plan.benchmark, "versions": made_with,
                           "checkpoints": list(model.checkpoints)}
-            rows.append(row_from_tables(model.name, pp.name, len(model.checkpoints), mean, std,
-                                        provenance))
+            rows.append(add_chosen(row_from_tables(model.name, pp.name, len(model.checkpoints),
+                                                   mean, std, provenance),
+                                   tables[(model.name, pp.name)]))
     if out is not None and not verbose:
         write_atomic(os.path.join(out, "eval.log"), log.getvalue())
     return rows
