@@ -11,7 +11,7 @@ import os
 import runpy
 import sys
 
-from .common import CommandError, check_device
+from .common import CommandError, check_device, error
 
 
 def add_parser(sub) -> None:
@@ -52,15 +52,25 @@ def check(args) -> None:
                          "your OpenOOD checkout or pass the script's path")
     check_device(args.cpu)
     prepare_run(args.cpu)
+    from um_plugin.openood.training.launching import plan_launch
     from um_plugin.openood.training.script_config import check_script_config
+    # --num_gpus / --num_machines / --dist_url: checked here, run through OpenOOD's launch
+    args.args, args.launch_plan = plan_launch(args.script, args.args, cpu=args.cpu)
     check_script_config(args.script, args.args)
 
 
 def run(args) -> int:
-    """The script's own errors are its own; a route's stop (e.g. the fit check) is one line."""
+    """The script's own errors are its own; a route's stop (e.g. the fit check) is one line,
+    exit 2; a rank that raised or died is one line, exit 1 (the launcher stopped the others)."""
     from um_plugin.openood.settings.options import RouteStop
+    from um_plugin.openood.training.launching import RanksFailed, launching
     try:
-        run_script(args.script, args.args, cpu=args.cpu)
+        with launching(args.launch_plan):
+            run_script(args.script, args.args, cpu=args.cpu)
     except RouteStop as exc:
         raise CommandError(str(exc)) from None
+    except RanksFailed as exc:
+        print(file=sys.stderr)  # a stopped rank's progress bar may have left a line open
+        error(str(exc))
+        return 1
     return 0

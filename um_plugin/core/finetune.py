@@ -28,7 +28,7 @@ from .batches import check_labels, checked_logits, label_rule, unpack_batch, val
 from .checkpoint import (check_entries, check_model_fits, check_writable, loader_generators,
                          save_checkpoint)
 from .config import FinetuneConfig, validate_xi
-from .distributed import is_distributed, is_main_process
+from .distributed import is_distributed, is_main_process, set_sampler_epoch
 from .history import History
 from .masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
                     mask_settings, restore_requires_grad)
@@ -320,6 +320,7 @@ class Finetuner:
         self._check_outliers(outliers)
         self._bind(loader)
         while self.epoch < self.config.epochs:
+            set_sampler_epoch(loader, self.epoch)  # DistributedSampler: each epoch its own order
             self.train_epoch(loader, outliers=outliers)
             if checkpoint_path is not None:
                 save_checkpoint(self, checkpoint_path)

@@ -14,6 +14,7 @@ from torch import nn
 
 from .checkpoint import check_writable, read_state
 from .config import FinetuneConfig, validate_xi
+from .distributed import average_gradients, broadcast_buffers, unwrap
 from .finetune import Finetuner, GradHook, History
 from .masks import has_score_masks, remove_score_masks
 
@@ -55,6 +56,9 @@ def _run(mode: str, model: nn.Module, loader, xi: float, config: Optional[Finetu
          checkpoint_path, grad_hook: Optional[GradHook], outliers) -> History:
     config = replace(FinetuneConfig() if config is None else config, mode=mode)
     xi = validate_xi(xi)
+    wrapped = unwrap(model) is not model
+    if wrapped:  # DDP: step the module inside, average gradients ourselves (see distributed.py)
+        model, grad_hook = unwrap(model), grad_hook or average_gradients
     resume = None
     if checkpoint_path is not None:
         check_writable(checkpoint_path)
@@ -67,6 +71,8 @@ def _run(mode: str, model: nn.Module, loader, xi: float, config: Optional[Finetu
             tuner.load_state_dict(resume, source=f"checkpoint {str(checkpoint_path)!r}")
         history = tuner.fit(loader, checkpoint_path=checkpoint_path, outliers=outliers)
         tuner.finish()
+        if wrapped:
+            broadcast_buffers(model)  # BatchNorm statistics: rank 0's, as DDP's forward does
     except BaseException:
         snapshot.restore(model)
         raise
@@ -81,7 +87,9 @@ def run_um(model: nn.Module, loader, xi: float, config: Optional[FinetuneConfig]
     With ``checkpoint_path``, each epoch is saved there and an existing checkpoint of the same
     run is resumed (one of another run is refused). On any error or Ctrl-C the model is given
     back exactly as it came in. With ``config.outlier_loss`` ('oe' / 'energy'), ``outliers``
-    is the loader of auxiliary outliers (the authors' UM with outlier exposure).
+    is the loader of auxiliary outliers (the authors' UM with outlier exposure). A
+    DistributedDataParallel ``model`` (torchrun) trains the module inside it, gradients averaged
+    over ranks; ``loader`` gives each rank its shard.
     """
     return _run("um", model, loader, xi, config, checkpoint_path, grad_hook, outliers)
 

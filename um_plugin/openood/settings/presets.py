@@ -85,10 +85,17 @@ def _own_settings(options: MethodOptions, xi_seed: int) -> list[str]:
 
 
 def differences(options: MethodOptions, batch_size: Optional[int],
-                oe_batch_size: Optional[int] = None) -> list[str]:
-    """``'name value (authors: value)'`` for each setting that is not the authors'."""
+                oe_batch_size: Optional[int] = None, world_size: int = 1) -> list[str]:
+    """``'name value (authors: value)'`` for each setting that is not the authors'.
+
+    ``batch_size`` is per process; with ``world_size`` > 1 processes the line names both, since
+    each rank's loss ``|CE - xi| + xi`` is taken on its own batch, not on the global one.
+    """
     out = _compared(options.finetune)
-    if batch_size is not None and batch_size != AUTHORS_BATCH_SIZE:
+    if batch_size is not None and world_size > 1:
+        out.append(f"world size {world_size} x batch_size {batch_size} = global batch "
+                   f"{world_size * batch_size} (authors: one process, batch {AUTHORS_BATCH_SIZE})")
+    elif batch_size is not None and batch_size != AUTHORS_BATCH_SIZE:
         out.append(f"batch_size {batch_size} (authors: {AUTHORS_BATCH_SIZE})")
     if oe_batch_size is not None and oe_batch_size != AUTHORS_BATCH_SIZE:
         out.append(f"OE batch_size {oe_batch_size} (authors: {AUTHORS_BATCH_SIZE}, "
@@ -109,9 +116,9 @@ def differences(options: MethodOptions, batch_size: Optional[int],
 
 
 def log_differences(options: MethodOptions, who: str, *, batch_size: Optional[int],
-                    oe_batch_size: Optional[int] = None) -> list[str]:
+                    oe_batch_size: Optional[int] = None, world_size: int = 1) -> list[str]:
     """Print one line: the authors' setting, or every way this run differs from it."""
-    diffs = differences(options, batch_size, oe_batch_size)
+    diffs = differences(options, batch_size, oe_batch_size, world_size)
     if is_main_process():
         if diffs:
             print(f"[um-plugin] {who} differs from the authors' setting in: {'; '.join(diffs)}",

@@ -27,7 +27,8 @@ from um_plugin.openood.settings.loaders import like, test_time_dataset
 from um_plugin.openood.settings.options import TRAINER_NAMES, trainer_options
 from um_plugin.openood.settings.presets import log_differences
 from um_plugin.openood.settings.reuse import Mark, claim, new_token, refuse_reuse
-from um_plugin.openood.training.sync import average_gradients, broadcast_buffers, mean_over_ranks, unwrap
+from um_plugin.openood.training.sync import (average_gradients, broadcast_buffers, mean_over_ranks,
+                                              unwrap, world_size)
 
 _WHERE = "trainer.trainer_args"
 
@@ -63,7 +64,8 @@ class UnleashingTrainer:
             xi_loader = like(train_loader, dataset, what, shuffle=False)
             self.fit_loader = like(train_loader, dataset, what, shuffle=True)
         log_differences(self.options, f"the {self.name} trainer", batch_size=train_loader.batch_size,
-                        oe_batch_size=None if oe_loader is None else oe_loader.batch_size)
+                        oe_batch_size=None if oe_loader is None else oe_loader.batch_size,
+                        world_size=world_size())
         try:
             self.xi = prepare_xi(self.model, xi_loader, self.options.xi, self.options.data,
                                  where=_WHERE, reference=val_loader)
