@@ -26,12 +26,12 @@ if os.environ.get("UM_PROBE_DIR"):
     def _faulty(name, epoch):
         return os.environ.get(name) == str(_rank()) and epoch == 1
 
-    def step(self, x, y, *, epoch=0, index=0):
+    def step(self, x, y, *, epoch=0, index=0, **kwargs):
         if _faulty("UM_PROBE_KILL_RANK", epoch):
             os.kill(os.getpid(), signal.SIGKILL)
         if _faulty("UM_PROBE_NAN_RANK", epoch):
             x = torch.full_like(x, float("nan"))
-        return _step(self, x, y, epoch=epoch, index=index)
+        return _step(self, x, y, epoch=epoch, index=index, **kwargs)
 
     def train_epoch(self, loader, epoch=None, **kwargs):
         sampler = getattr(loader, "sampler", None)

@@ -291,7 +291,7 @@ def cpu_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_
     import torch._dynamo  # noqa: F401  before the group: it captures WORLD when imported
     import torch.distributed as dist
 
-    from .cpu import enable_cpu_fallback
+    from um_plugin.openood.cpu import enable_cpu_fallback
     enable_cpu_fallback()
     setup = [(torch.cuda, "is_available", lambda: True),
              (torch.cuda, "device_count", lambda: num_gpus_per_machine),
