@@ -8,6 +8,7 @@ from __future__ import annotations
 import math
 import os
 
+from um_plugin.core.config import check_integer
 from um_plugin.core.paths import probe_write
 
 
@@ -21,8 +22,12 @@ def flag(name: str) -> str:
 
 
 def is_int(value) -> bool:
-    """An int that is not a bool."""
-    return isinstance(value, int) and not isinstance(value, bool)
+    """Whether ``value`` passes the core's integer rule (an int, not a bool)."""
+    try:
+        check_integer("value", value)
+    except ValueError:
+        return False
+    return True
 
 
 def known(what: str, values, valid) -> list:
@@ -35,9 +40,11 @@ def known(what: str, values, valid) -> list:
 
 
 def count(name: str, value, minimum: int = 1, note: str = "") -> None:
-    """``value`` must be an integer >= ``minimum``."""
-    if not is_int(value) or value < minimum:
-        raise BenchmarkError(f"{flag(name)} must be an integer >= {minimum}{note}, got {value!r}")
+    """``value`` must be an integer >= ``minimum`` (the core's rule, named by the flag)."""
+    try:
+        check_integer(flag(name), value, minimum)
+    except ValueError as exc:
+        raise BenchmarkError(f"{exc}{note}") from None
 
 
 def positive(name: str, value) -> None:

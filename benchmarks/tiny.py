@@ -18,6 +18,8 @@ import os
 
 import numpy as np
 
+from .imglist import write_image_list
+
 DATA_DIR = "images_classic"
 
 
@@ -32,22 +34,12 @@ def _image(kind: str, label: int, size: int, rng) -> np.ndarray:
 
 def write_split(root: str, name: str, split: str, kind: str, n: int, size: int, seed: int) -> str:
     """Write ``n`` PNGs and their image list; return the list's path relative to ``root``."""
-    from PIL import Image
     rng = np.random.default_rng(seed)
-    folder = os.path.join(root, DATA_DIR, name, split)
-    os.makedirs(folder, exist_ok=True)
-    lines = []
-    for i in range(n):
-        label = i % 3
-        pixels = np.clip(_image(kind, label, size, rng), 0, 255).astype(np.uint8)
-        rel = f"{name}/{split}/{i:04d}.png"
-        Image.fromarray(pixels, "RGB").save(os.path.join(root, DATA_DIR, rel))
-        lines.append(f"{rel} {label if kind == 'id' else -1}\n")
-    imglist = os.path.join("benchmark_imglist", name, f"{split}.txt")
-    os.makedirs(os.path.join(root, "benchmark_imglist", name), exist_ok=True)
-    with open(os.path.join(root, imglist), "w") as f:
-        f.writelines(lines)
-    return imglist
+    labels = [i % 3 for i in range(n)]
+    images = [np.clip(_image(kind, label, size, rng), 0, 255).astype(np.uint8) for label in labels]
+    return write_image_list(root, DATA_DIR, f"{name}/{split}",
+                            os.path.join("benchmark_imglist", name, f"{split}.txt"), images,
+                            labels if kind == "id" else None)
 
 
 def write_benchmark(root: str, name: str = "tiny", per_split: int = 48, size: int = 28,

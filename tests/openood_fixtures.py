@@ -2,8 +2,9 @@
 
 OpenOOD reads ``<data_root>/benchmark_imglist/<bench>/<split>.txt`` files whose lines are
 ``<image path relative to data_dir> <label>``, and opens every image as RGB. These helpers
-write a few dozen small PNGs with class-dependent colours (so a net can tell classes apart)
-and the list files, deterministically.
+make a few dozen small images with class-dependent colours (so a net can tell classes apart),
+deterministically, and write them and their lists with ``benchmarks/imglist.py``, the writer the
+benchmarks use. ``main_py_argv`` / ``run_main_py`` are the one way tests run OpenOOD's main.py.
 """
 from __future__ import annotations
 
@@ -16,6 +17,8 @@ import textwrap
 
 import numpy as np
 import pytest
+
+from benchmarks.imglist import write_image_list
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 REQUIRE_ENV = "UM_PLUGIN_REQUIRE_OPENOOD"
@@ -77,6 +80,23 @@ def run_cli(*args, cwd, expect=0, timeout=420):
     return proc
 
 
+def main_py_argv(checkout, dataset_yml, network, pipelines, *flags) -> list:
+    """``um-openood`` arguments running OpenOOD's ``main.py`` on the CPU, configured as its own
+    scripts do: the dataset YAML, ``configs/networks/<network>.yml``, the ``pipelines`` YAML(s)
+    and the base preprocessor, then ``flags``."""
+    pipelines = [pipelines] if isinstance(pipelines, (str, os.PathLike)) else pipelines
+    return ["run", "--cpu", os.path.join(checkout, "main.py"), "--config", str(dataset_yml),
+            os.path.join(checkout, "configs", "networks", f"{network}.yml"), *map(str, pipelines),
+            os.path.join(checkout, "configs", "preprocessors", "base_preprocessor.yml"),
+            *map(str, flags)]
+
+
+def run_main_py(checkout, dataset_yml, network, pipelines, *flags, cwd, expect=0):
+    """:func:`main_py_argv` in a process of its own (:func:`run_cli`); the finished process."""
+    return run_cli(*main_py_argv(checkout, dataset_yml, network, pipelines, *flags), cwd=cwd,
+                   expect=expect)
+
+
 def run_python(code, timeout=300):
     """``code`` in a fresh interpreter (import-time behaviour, reloads, what a spawned worker
     sees); the finished process."""
@@ -113,35 +133,27 @@ def lenet(num_classes=3):
     return LeNet(num_classes=num_classes, num_channel=3)
 
 
-def write_images(data_root, data_dir, rel_folder, n, size, num_classes, seed, ood=False):
-    """Write ``n`` PNGs under ``data_root/data_dir/rel_folder``; return imglist lines."""
-    from PIL import Image
-
+def write_images(data_root, data_dir, folder, list_path, n, size, num_classes, seed, ood=False,
+                 sort_by_class=False):
+    """``n`` PNGs under ``data_root/data_dir/folder`` (class ``k`` bright in channel ``k % 3``; OOD:
+    uniform noise) and their image list ``list_path`` (``sort_by_class``: its lines in class
+    order, a stable sort); return ``list_path``."""
     rng = np.random.default_rng(seed)
-    folder = os.path.join(data_root, data_dir, rel_folder)
-    os.makedirs(folder, exist_ok=True)
-    lines = []
-    for i in range(n):
-        label = i % num_classes
+    labels = [i % num_classes for i in range(n)]
+    images = []
+    for label in labels:
         if ood:
             pixels = rng.integers(0, 256, size=(size, size, 3))
         else:
             base = np.zeros(3)
             base[label % 3] = 60 + 190 * (label // 3 + 1) / (num_classes // 3 + 1)
             pixels = base + rng.normal(0, 25, size=(size, size, 3))
-        image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB")
-        name = f"{rel_folder}/{i:03d}.png"
-        image.save(os.path.join(data_root, data_dir, name))
-        lines.append(f"{name} {label if not ood else -1}")
-    return lines
-
-
-def write_list(data_root, rel_path, lines):
-    path = os.path.join(data_root, rel_path)
-    os.makedirs(os.path.dirname(path), exist_ok=True)
-    with open(path, "w") as f:
-        f.write("\n".join(lines) + "\n")
-    return rel_path
+        images.append(np.clip(pixels, 0, 255).astype(np.uint8))
+    if sort_by_class:
+        order = sorted(range(n), key=labels.__getitem__)
+        images, labels = [images[i] for i in order], [labels[i] for i in order]
+    return write_image_list(data_root, data_dir, folder, list_path, images,
+                            None if ood else labels)
 
 
 def make_tiny_benchmark(data_root, name="tinybench", num_classes=3, size=28, per_split=24,
@@ -151,17 +163,14 @@ def make_tiny_benchmark(data_root, name="tinybench", num_classes=3, size=28, per
     Class ``k``'s images are bright in channel ``k % 3`` (:func:`colour_classes` reads it back).
     ``sort_train``: the train list sorted by class, as the project's own benchmark writes it.
     """
-    lists = {}
-    for k, split in enumerate(("train", "val", "test")):
-        lines = write_images(data_root, data_dir, f"{name}/{split}", per_split, size, num_classes, seed + k)
-        if sort_train and split == "train":
-            lines.sort(key=lambda line: int(line.rsplit(" ", 1)[1]))
-        lists[split] = write_list(data_root, f"benchmark_imglist/{name}/{split}_{name}.txt", lines)
-    ood = {}
-    for k, ood_name in enumerate(("noise_val", "noise_near", "noise_far")):
-        lines = write_images(data_root, data_dir, f"{ood_name}/test", per_split // 2, size, num_classes,
-                             seed + 10 + k, ood=True)
-        ood[ood_name] = write_list(data_root, f"benchmark_imglist/{name}/test_{ood_name}.txt", lines)
+    lists = {split: write_images(data_root, data_dir, f"{name}/{split}",
+                                 f"benchmark_imglist/{name}/{split}_{name}.txt", per_split, size,
+                                 num_classes, seed + k, sort_by_class=sort_train and split == "train")
+             for k, split in enumerate(("train", "val", "test"))}
+    ood = {ood_name: write_images(data_root, data_dir, f"{ood_name}/test",
+                                  f"benchmark_imglist/{name}/test_{ood_name}.txt", per_split // 2,
+                                  size, num_classes, seed + 10 + k, ood=True)
+           for k, ood_name in enumerate(("noise_val", "noise_near", "noise_far"))}
     return dict(name=name, data_root=str(data_root), num_classes=num_classes, id_train=lists["train"],
                 id_val=lists["val"], id_test=lists["test"], ood_val=ood["noise_val"],
                 near_ood={"noise_near": ood["noise_near"]}, far_ood={"noise_far": ood["noise_far"]},
@@ -178,25 +187,20 @@ def make_halves_benchmark(data_root, name="halves", size=28, per_split=24,
     """Two classes told apart by which half of the image is bright (0: left, 1: right), so a
     horizontal flip (OpenOOD's train preprocessor) turns one class into the other. Returns
     ``dataset_config`` kwargs for the ID splits."""
-    from PIL import Image
-
     rng = np.random.default_rng(seed)
+    labels = [i % 2 for i in range(per_split)]
     lists = {}
     for split in ("train", "val", "test"):
-        folder = os.path.join(data_root, data_dir, name, split)
-        os.makedirs(folder, exist_ok=True)
-        lines = []
-        for i in range(per_split):
-            label = i % 2
+        images = []
+        for label in labels:
             pixels = np.full((size, size), 30.0)
             half = slice(0, size // 2) if label == 0 else slice(size // 2, size)
             pixels[:, half] = 200.0
             pixels = np.repeat(pixels[..., None], 3, axis=2) + rng.normal(0, 10, (size, size, 3))
-            rel = f"{name}/{split}/{i:03d}.png"
-            Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8), "RGB").save(
-                os.path.join(data_root, data_dir, rel))
-            lines.append(f"{rel} {label}")
-        lists[split] = write_list(data_root, f"benchmark_imglist/{name}/{split}_{name}.txt", lines)
+            images.append(np.clip(pixels, 0, 255).astype(np.uint8))
+        lists[split] = write_image_list(data_root, data_dir, f"{name}/{split}",
+                                        f"benchmark_imglist/{name}/{split}_{name}.txt", images,
+                                        labels)
     return dict(name=name, data_root=str(data_root), num_classes=2, id_train=lists["train"],
                 id_val=lists["val"], id_test=lists["test"], data_dir=data_dir, image_size=size)
 
@@ -222,9 +226,8 @@ def make_openood_layout(data_root, id_name="cifar10", size=32, per_list=12, seed
     for k, (tag, leaf) in enumerate(leaves):
         is_ood = tag.startswith("ood")
         folder = os.path.basename(leaf["imglist_path"]).rsplit(".", 1)[0].split("_", 1)[1]
-        lines = write_images(data_root, leaf["data_dir"], f"{folder}/{tag}", per_list, size,
-                             num_classes, seed + k, ood=is_ood)
-        write_list(data_root, leaf["imglist_path"], lines)
+        write_images(data_root, leaf["data_dir"], f"{folder}/{tag}", leaf["imglist_path"], per_list,
+                     size, num_classes, seed + k, ood=is_ood)
 
 
 def _import_before_the_group():

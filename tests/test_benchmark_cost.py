@@ -9,6 +9,7 @@ from benchmarks import cost
 from benchmarks.cost import measure
 
 
+@pytest.mark.slow
 def test_cost_lenet_tiny_reports_every_ratio_with_its_target(tmp_path, capsys):
     rc = cost.main(["--models", "lenet", "--batches", "8", "--rounds", "1", "--round-steps", "1",
                     "--warmup", "0", "--xi-images", "16", "--device", "cpu", "--out", str(tmp_path),
@@ -29,6 +30,7 @@ def test_cost_lenet_tiny_reports_every_ratio_with_its_target(tmp_path, capsys):
     assert "| lenet | 8 |" in (tmp_path / "cost.md").read_text()
 
 
+@pytest.mark.slow
 def test_mask_only_measures_the_selection_alone(tmp_path, capsys):
     """``--mask-only``: the one mask-timing measurement, no training steps, no model table."""
     assert cost.main(["--mask-only", "--rounds", "1", "--warmup", "0", "--device", "cpu",
@@ -63,9 +65,9 @@ def test_plain_step_is_the_engine_at_xi_zero_and_equals_cross_entropy_sgd():
 
 @pytest.mark.parametrize("argv, message", [
     (["--models", "vgg"], "unknown model(s) ['vgg']; valid"),
-    (["--batches", "64,0"], "--batches must be integers >= 1"),
-    (["--rounds", "0"], "--rounds must be >= 1"),
-    (["--threads", "-1"], "--threads must be >= 0"),
+    (["--batches", "64,0"], "--batches must be an integer >= 1, got 0"),
+    (["--rounds", "0"], "--rounds must be an integer >= 1, got 0"),
+    (["--threads", "-1"], "--threads must be an integer >= 0, got -1"),
     (["--keep-ratio", "2"], "--keep-ratio: keep_ratio must be in (0, 1]"),
     (["--device", "tpu"], "--device must be 'auto', 'cpu' or 'cuda'"),
     (["--batches", "x"], "argument --batches: invalid"),
@@ -123,7 +125,7 @@ def test_profile_mode_breaks_the_umap_step_down_by_op_and_states_the_floor(tmp_p
     assert 0 < prof["floor_share"] < 1
 
 
-def test_versus_times_this_checkout_against_a_commit_with_identical_masks(tmp_path):
+def test_versus_times_this_checkout_against_a_commit_with_identical_masks(tmp_path, capsys):
     from benchmarks.cost import versus
     assert versus.main(["--baseline", "HEAD", "--models", "lenet", "--batch", "4", "--rounds",
                         "1", "--round-steps", "1", "--warmup", "0", "--out",
@@ -132,3 +134,4 @@ def test_versus_times_this_checkout_against_a_commit_with_identical_masks(tmp_pa
     assert row["masks_identical_before_after"] is True and row["masks_equal_stable_sort"] is True
     assert row["ratio_umap_after_vs_plain"] > 0 and len(row["load_start"]) == 3
     assert versus.main(["--baseline", "no-such-commit", "--out", str(tmp_path)]) == 2
+    one_line_error(capsys, versus.PROG, "--baseline 'no-such-commit' is not a commit")

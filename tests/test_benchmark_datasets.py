@@ -59,6 +59,7 @@ def test_build_embedded_caches_and_rejects_unknown_sets(tmp_path):
     assert t.shape == (8, 3, 28, 28) and float(t.min()) >= -1 and float(t.max()) <= 1
 
 
+@pytest.mark.slow
 def test_openood_layout_round_trips_pixels_and_registers(tmp_path):
     need_openood()
     from PIL import Image

@@ -147,6 +147,7 @@ def test_epoch_schedule_is_the_authors_cosine_lr():
     assert lrs[-1] < 2.5e-5 + 1e-9
 
 
+@pytest.mark.slow
 def test_um_equals_the_authors_loop_bit_for_bit():
     torch.set_num_threads(1)
     start = trained_model(epochs=20)
@@ -162,6 +163,7 @@ def test_um_equals_the_authors_loop_bit_for_bit():
     assert ours.state_dict()["fc.weight"].ne(start.state_dict()["fc.weight"]).any()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("freeze", [True, False], ids=["frozen-weights", "weights-and-scores"])
 def test_umap_equals_the_authors_loop_bit_for_bit(freeze):
     torch.set_num_threads(1)

@@ -4,29 +4,18 @@ bit-exactly; every other checkpoint error names the path, the fault and what wou
 import os
 import re
 import stat
-import warnings
 
 import pytest
 import torch
 
+from bench_helpers import raises_one_line
 from core_helpers import (CountingLoader, TinyCNN, fresh_copy, loader, seeded_loader,
                           state_equal)
 from um_plugin.core import (FinetuneConfig, Finetuner, load_checkpoint, run_um, run_umap,
                             save_checkpoint)
-from um_plugin.core.checkpoint import UnverifiedCheckpointWarning, read_state, write_state
+from um_plugin.core.checkpoint import read_state, write_state
 
 CONFIG = FinetuneConfig(epochs=3, lr=0.05, progress=False)
-
-
-def one_line_error(call, *patterns):
-    """Run ``call``; it must raise one ValueError/FileNotFoundError line matching every pattern."""
-    with pytest.raises((ValueError, FileNotFoundError)) as caught:
-        call()
-    message = str(caught.value)
-    assert "\n" not in message, message
-    for pattern in patterns:
-        assert re.search(pattern, message), (pattern, message)
-    return message
 
 
 def flip(data, offset, width=64):
@@ -70,10 +59,10 @@ def test_damaged_checkpoints_are_refused_and_the_last_good_one_resumes_bit_exact
     for what, data in damaged_versions(good).items():
         bad = tmp_path / "bad.pt"
         bad.write_bytes(data)
-        one_line_error(lambda: load_checkpoint(fresh_copy(base), bad), re.escape(str(bad)),
+        raises_one_line(lambda: load_checkpoint(fresh_copy(base), bad), re.escape(str(bad)),
                        "cannot be read", "earlier checkpoint")
         model, data_loader = fresh_copy(base), CountingLoader(seeded_loader())
-        one_line_error(lambda: run_um(model, data_loader, 0.15, CONFIG, checkpoint_path=bad),
+        raises_one_line(lambda: run_um(model, data_loader, 0.15, CONFIG, checkpoint_path=bad),
                        re.escape(str(bad)))
         assert data_loader.seen == 0, what  # a resume never starts from it
         assert state_equal(model, base), what
@@ -103,24 +92,24 @@ def test_truncated_checkpoint_names_the_file(base, tmp_path):
 def test_zero_filled_checkpoint_names_the_path(base, tmp_path):
     path = save_checkpoint(Finetuner(fresh_copy(base), 0.1, CONFIG, 3), tmp_path / "run.pt")
     path.write_bytes(bytes(path.stat().st_size))
-    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
+    raises_one_line(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
                    r"all its \d+ bytes are zero", "earlier checkpoint")
 
 
 def test_folder_as_checkpoint_is_called_a_folder(base, tmp_path):
-    one_line_error(lambda: load_checkpoint(fresh_copy(base), tmp_path), re.escape(str(tmp_path)),
+    raises_one_line(lambda: load_checkpoint(fresh_copy(base), tmp_path), re.escape(str(tmp_path)),
                    "is a folder, not a checkpoint file", "save_checkpoint")
-    one_line_error(lambda: load_checkpoint(fresh_copy(base), tmp_path / "none.pt"),
+    raises_one_line(lambda: load_checkpoint(fresh_copy(base), tmp_path / "none.pt"),
                    "none.pt' does not exist")
 
 
 def test_a_file_that_is_not_a_checkpoint_says_so(base, tmp_path):
     path = tmp_path / "notes.txt"
     path.write_text("hello")
-    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
+    raises_one_line(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
                    "is not a um-plugin checkpoint", "save_checkpoint")
     path = write_state([1, 2], tmp_path / "list.pt")
-    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), "holds a list")
+    raises_one_line(lambda: load_checkpoint(fresh_copy(base), path), "holds a list")
 
 
 @pytest.mark.parametrize("edit,patterns", [
@@ -134,9 +123,9 @@ def test_malformed_state_is_refused_naming_the_path_and_entry(base, tmp_path, ed
     state = Finetuner(fresh_copy(base), 0.1, CONFIG, 3).state_dict()
     edit(state)
     path = write_state(state, tmp_path / "edited.pt")
-    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)), *patterns)
+    raises_one_line(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)), *patterns)
     model = fresh_copy(base)
-    one_line_error(lambda: run_um(model, seeded_loader(), 0.1, CONFIG, checkpoint_path=path),
+    raises_one_line(lambda: run_um(model, seeded_loader(), 0.1, CONFIG, checkpoint_path=path),
                    re.escape(str(path)), *patterns)
     assert state_equal(model, base)
 
@@ -147,7 +136,7 @@ def test_state_dict_without_an_entry_is_refused_before_anything_changes(base):
     del state["optimizer"]
     other = Finetuner(fresh_copy(base), 0.1, CONFIG, 3)
     before = {k: v.clone() for k, v in other.model.state_dict().items()}
-    one_line_error(lambda: other.load_state_dict(state), "the checkpoint lacks the 'optimizer'")
+    raises_one_line(lambda: other.load_state_dict(state), "the checkpoint lacks the 'optimizer'")
     assert all(torch.equal(before[k], v) for k, v in other.model.state_dict().items())
 
 
@@ -157,9 +146,9 @@ def test_a_finished_umap_runs_file_is_called_finished(base, tmp_path):
     tuner.fit(seeded_loader())
     tuner.finish()  # bakes the mask
     path = save_checkpoint(tuner, tmp_path / "baked.pt")
-    one_line_error(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
+    raises_one_line(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
                    "finished UMAP run's file", "cannot resume", "before finish")
-    one_line_error(lambda: run_umap(fresh_copy(base), seeded_loader(), 0.1, config,
+    raises_one_line(lambda: run_umap(fresh_copy(base), seeded_loader(), 0.1, config,
                                     checkpoint_path=path), "finished UMAP run's file")
 
 
@@ -187,7 +176,7 @@ def test_another_architectures_file_names_the_path_and_the_entry(base, tmp_path,
     path = save_checkpoint(Finetuner(fresh_copy(base), 0.1, config, 3), tmp_path / "tiny.pt")
     for call in (lambda: load_checkpoint(arch(), path),
                  lambda: run_um(arch(), seeded_loader(), 0.1, config, checkpoint_path=path)):
-        one_line_error(call, re.escape(str(path)), f"does not fit {arch.__name__}", pattern,
+        raises_one_line(call, re.escape(str(path)), f"does not fit {arch.__name__}", pattern,
                        "architecture it was saved from")
 
 
@@ -198,24 +187,13 @@ def test_another_architectures_file_is_refused_by_load_checkpoint(base, tmp_path
         load_checkpoint(Wider(), path)
 
 
-def test_pre_checksum_checkpoint_loads_with_a_warning_and_the_next_save_adds_one(base, tmp_path):
-    torch.manual_seed(3)
-    whole = fresh_copy(base)
-    Finetuner(whole, 0.15, CONFIG).fit(seeded_loader())
-    torch.manual_seed(3)
-    first = Finetuner(fresh_copy(base), 0.15, CONFIG)
-    first.train_epoch(seeded_loader())
-    path = tmp_path / "old.pt"
-    torch.save(first.state_dict(), path)  # what save_checkpoint wrote before checksums
-    with pytest.warns(UnverifiedCheckpointWarning, match=r"old\.pt' was written before "
-                                                        "checkpoints carried a checksum"):
-        resumed = load_checkpoint(fresh_copy(base), path)
-    resumed.fit(seeded_loader(), checkpoint_path=path)
-    assert state_equal(resumed.model, whole)
-    assert path.read_bytes().startswith(b"um-plugin checkpoint v2 sha256=")
-    with warnings.catch_warnings():
-        warnings.simplefilter("error")
-        assert read_state(path)["epoch"] == 3
+def test_a_bare_torch_save_file_is_refused_naming_what_is_valid(base, tmp_path):
+    """Only save_checkpoint's format (header, checksum) is read; a bare ``torch.save`` of a run's
+    state is not a checkpoint."""
+    path = tmp_path / "bare.pt"
+    torch.save(Finetuner(fresh_copy(base), 0.15, CONFIG).state_dict(), path)
+    raises_one_line(lambda: load_checkpoint(fresh_copy(base), path), re.escape(str(path)),
+                    "is not a um-plugin checkpoint", "save_checkpoint")
 
 
 def test_unwritable_checkpoint_path_fails_before_training(base, tmp_path):

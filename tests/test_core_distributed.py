@@ -1,10 +1,12 @@
 """ξ under torch.distributed: two CPU processes (gloo) must agree with one process on all data."""
 import re
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 
-from core_helpers import free_port, loader, trained_model
+from core_helpers import TinyCNN, free_port, loader, state_equal, trained_model
+from um_plugin.core.distributed import strip_ddp_prefix
 from um_plugin.core.masks import attach_score_masks, score_parameters
 from um_plugin.core.xi import estimate_xi
 
@@ -27,6 +29,7 @@ def _worker(rank, world, port, state, out):
         out[rank] = (est.xi, est.num_samples, torch.cat([p.detach().flatten() for p in score_parameters(probe)]).tolist())
 
 
+@pytest.mark.slow
 def test_xi_is_all_reduced_and_masks_agree_across_ranks():
     model = trained_model(epochs=20)
     single = estimate_xi(model, loader(batch_size=16), keep_ratio=0.8, seed=5, progress=False)
@@ -61,6 +64,7 @@ def _nan_worker(rank, world, port, state, out):
             out[rank] = ("stopped", err.step, same)
 
 
+@pytest.mark.slow
 def test_nan_on_one_rank_stops_every_rank_without_hanging():
     model = trained_model(epochs=5)
     out = mp.Manager().dict()
@@ -95,6 +99,7 @@ def _leaky_worker(rank, world, port, out):
         out[rank] = (str(err), gloo_threads())
 
 
+@pytest.mark.slow
 def test_gloo_group_fails_when_the_group_outlives_it():
     """The check the distributed tests rely on can fail: a group something still holds when the
     block ends is an error every time, not a random abort at the worker's exit."""
@@ -104,3 +109,17 @@ def test_gloo_group_fails_when_the_group_outlives_it():
     assert re.search(r"rank 0: [1-9]\d* gloo thread\(s\) outlived destroy_process_group",
                      message), message
     assert left_after_release == 0
+
+
+
+def test_a_wrapped_models_state_loads_into_the_bare_model():
+    """``module.`` (DataParallel / DDP) is stripped from every key; a bare state is unchanged."""
+    torch.manual_seed(0)
+    source = TinyCNN()
+    wrapped = torch.nn.DataParallel(source).state_dict()
+    assert all(k.startswith("module.") for k in wrapped)
+    bare = TinyCNN()
+    bare.load_state_dict(strip_ddp_prefix(wrapped), strict=True)
+    assert state_equal(bare, source)
+    plain = source.state_dict()
+    assert list(strip_ddp_prefix(dict(plain))) == list(plain)

@@ -7,7 +7,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from core_helpers import TinyCNN, fresh_copy, loader
+from core_helpers import TinyCNN, fresh_copy, loader, state_equal
 from um_plugin.core import FinetuneConfig, Finetuner, NonFiniteLossError, run_um, run_umap
 from um_plugin.core.masks import has_score_masks, iter_score_masks
 from um_plugin.core.topk import num_kept
@@ -26,11 +26,11 @@ def test_defaults_follow_the_authors_configs():
         (0.1, 0.9, 1e-4, 100, 0.8, "layer")
 
 
-def test_lr_schedule_is_validated_and_old_checkpoints_resume_per_step():
+def test_lr_schedule_is_validated_and_a_saved_config_round_trips():
     with pytest.raises(ValueError, match=r"lr_schedule must be one of \('epoch', 'step'\).*'cos'"):
         FinetuneConfig(lr_schedule="cos")
-    saved = {k: v for k, v in vars(FinetuneConfig(nesterov=True)).items() if k != "lr_schedule"}
-    assert FinetuneConfig.from_saved(saved).lr_schedule == "step"
+    config = FinetuneConfig(nesterov=True, lr_schedule="step")
+    assert FinetuneConfig.from_saved(vars(config)) == config
 
 
 def test_um_stops_at_xi_while_plain_ce_goes_to_zero():
@@ -86,10 +86,16 @@ def test_umap_without_freezing_trains_weights_and_scores(base):
     assert len(tuner.optimizer.param_groups[0]["params"]) == len(list(model.parameters()))
 
 
-def test_dict_batches(base):
-    model = fresh_copy(base)
-    hist = run_um(model, loader(dict_batches=True), 0.1, FinetuneConfig(epochs=1, progress=False))
-    assert 0 <= hist.acc[0] <= 1
+def test_dict_batches_train_as_tuple_batches_do(base):
+    """OpenOOD's ``{'data', 'label'}`` batches: the same run, step for step, as ``(x, y)``."""
+    config = FinetuneConfig(epochs=2, progress=False)
+    as_dicts, as_tuples = fresh_copy(base), fresh_copy(base)
+    torch.manual_seed(0)
+    from_dicts = run_um(as_dicts, loader(dict_batches=True), 0.1, config)
+    torch.manual_seed(0)
+    from_tuples = run_um(as_tuples, loader(), 0.1, config)
+    assert from_dicts == from_tuples and state_equal(as_dicts, as_tuples)
+    assert not state_equal(as_dicts, base)  # it trained
 
 
 def test_cosine_schedule_reaches_min_lr(base):

@@ -4,6 +4,7 @@ over every rank's shard, and checks itself (see its docstring)."""
 import subprocess
 import sys
 
+import pytest
 import torch
 import torch.multiprocessing as mp
 from torch import nn
@@ -13,6 +14,7 @@ from openood_fixtures import REPO, checkout_env
 from um_plugin.core import FinetuneConfig, run_um
 
 
+@pytest.mark.slow
 def test_the_torchrun_example_passes_its_checks_on_two_cpu_processes():
     proc = subprocess.run(
         [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--nnodes", "1",
@@ -44,6 +46,7 @@ def _train_wrapped(rank, world, state):
     return {k: v.clone() for k, v in model.state_dict().items()}
 
 
+@pytest.mark.slow
 def test_run_um_on_a_ddp_model_averages_gradients_over_ranks():
     state = trained_model(epochs=5).state_dict()
     out = mp.Manager().dict()

@@ -1,4 +1,5 @@
 """Under torch.distributed a bad batch on one rank stops every rank with an error, none hangs."""
+import pytest
 import torch.multiprocessing as mp
 
 from core_helpers import free_port, loader, trained_model
@@ -24,6 +25,7 @@ def _worker(rank, world, port, state, out):
                 out[(case, rank)] = str(exc)
 
 
+@pytest.mark.slow
 def test_every_rank_raises_when_one_rank_has_a_bad_batch():
     state = trained_model(epochs=5).state_dict()
     out = mp.Manager().dict()

@@ -27,12 +27,12 @@ def test_refuses_missing_files_and_openood_names(oo, tmp_path):
         oo.register_benchmark(**dict(kwargs, name="cifar10"))
     with pytest.raises(FileNotFoundError, match=r"near_ood\['x'\]: image list .*nope.txt"):
         oo.register_benchmark(**dict(kwargs, near_ood={"x": "benchmark_imglist/nope.txt"}))
-    os.remove(os.path.join(kwargs["data_root"], kwargs["data_dir"], "unitbench2/test/000.png"))
-    with pytest.raises(FileNotFoundError, match=r"id_test: .* names 'unitbench2/test/000.png'"):
+    os.remove(os.path.join(kwargs["data_root"], kwargs["data_dir"], "unitbench2/test/00000.png"))
+    with pytest.raises(FileNotFoundError, match=r"id_test: .* names 'unitbench2/test/00000.png'"):
         oo.register_benchmark(**kwargs)
     with pytest.raises(FileNotFoundError, match="benchmark_imglist' does not exist"):
         oo.register_benchmark(**dict(kwargs, data_root=str(tmp_path / "empty")))
-    with pytest.raises(ValueError, match="num_classes must be a positive integer, got 0"):
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 1, got 0"):
         oo.register_benchmark(**dict(kwargs, num_classes=0))
 
 
@@ -76,8 +76,12 @@ def test_refuses_list_lines_without_a_usable_label(oo, tmp_path, split, line, sa
 
 
 def test_ood_lists_keep_negative_labels(oo, tmp_path):
-    kwargs = make_tiny_benchmark(str(tmp_path), name="oodlabels")  # OOD lines end in -1
+    kwargs = make_tiny_benchmark(str(tmp_path), name="oodlabels")
     try:
-        oo.register_benchmark(**kwargs)
+        info = oo.register_benchmark(**kwargs)
+        far = info["ood"]["far"]["noise_far"]["imglist_path"]
+        assert far == kwargs["far_ood"]["noise_far"]
+        with open(os.path.join(kwargs["data_root"], far)) as f:
+            assert {line.split()[1] for line in f} == {"-1"}  # every OOD line, and accepted
     finally:
         oo.unregister_benchmark("oodlabels")

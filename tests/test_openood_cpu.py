@@ -2,6 +2,8 @@
 import pytest
 import torch
 
+from bench_helpers import raises_one_line
+
 
 def test_fallback_on_off_and_nesting(oo):
     from um_plugin.openood.cpu import cpu_fallback_enabled
@@ -37,11 +39,8 @@ def test_route2_on_a_cpu_only_machine_is_refused_before_any_work_naming_use_cpu(
     kwargs = dict(id_name=tiny_bench["name"], data_root=tiny_bench["data_root"],
                   config_root=quick_configs, postprocessor_name="umap_ebo", batch_size=8,
                   num_workers=0)
-    with pytest.raises(RuntimeError) as refused:
-        Evaluator(net, **kwargs)
-    message = str(refused.value)
-    assert "\n" not in message and "postprocessor 'umap_ebo'" in message
-    assert "um_plugin.openood.use_cpu()" in message
+    raises_one_line(lambda: Evaluator(net, **kwargs), "postprocessor 'umap_ebo'",
+                    r"um_plugin\.openood\.use_cpu\(\)", errors=RuntimeError)
     assert calls == [] and all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     with oo.use_cpu():
         Evaluator(net, **kwargs)

@@ -9,6 +9,7 @@ import urllib.request
 import pytest
 import torch
 
+from bench_helpers import one_line_error, raises_one_line
 from openood_fixtures import lenet, make_openood_layout, make_tiny_benchmark
 
 STOCK = ("cifar10", "cifar100", "tin", "mnist", "svhn", "texture", "places365")
@@ -42,10 +43,8 @@ def _route2(checkout, data_root):
 
 def test_route2_names_every_folder_it_would_download_and_fetches_nothing(oo, checkout, tmp_path,
                                                                         fetches):
-    with pytest.raises(FileNotFoundError) as refused:
-        _route2(checkout, tmp_path)
-    message = str(refused.value)
-    assert "\n" not in message and "UM_PLUGIN_ALLOW_DOWNLOAD=1" in message
+    message = raises_one_line(lambda: _route2(checkout, tmp_path), "UM_PLUGIN_ALLOW_DOWNLOAD=1",
+                              errors=FileNotFoundError)
     assert os.path.join(str(tmp_path), "benchmark_imglist") in message
     for dataset in STOCK:
         assert os.path.join(str(tmp_path), "images_classic", dataset) in message
@@ -78,9 +77,8 @@ def test_um_openood_eval_refuses_an_empty_data_root(oo, checkout, tmp_path, fetc
     assert main(["eval", "--cpu", "--id-data", "cifar10", "--data-root", str(tmp_path / "data"),
                  "--network", "lenet", "--root", str(tmp_path / "run"), "--postprocessor", "msp",
                  "--config-root", os.path.join(checkout, "configs"), "--num-workers", "0"]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "nothing is downloaded" in err
-    assert str(tmp_path / "data") in err and fetches == []
+    one_line_error(capsys, "um-openood", "nothing is downloaded", str(tmp_path / "data"))
+    assert fetches == []
 
 
 def test_register_benchmark_refuses_a_root_without_image_lists(oo, tmp_path, fetches):

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from openood_fixtures import checkout_env, make_tiny_benchmark
+from openood_fixtures import checkout_env, main_py_argv, make_tiny_benchmark
 from um_plugin.leaderboard.provenance import sha256_file
 
 # One interpreter imports OpenOOD once and forks a child per main.py run (each as
@@ -54,18 +54,17 @@ def trained(oo, checkout, tmp_path_factory):
     kwargs = make_tiny_benchmark(str(tmp / "data"), name="evalbench", per_split=24)
     bench_yml = write_benchmark_file(kwargs, str(tmp / "bench.yml"))
     oo.register_benchmark(**kwargs, dataset_yaml=str(tmp / "evalbench.yml"))
-    common = ["run", "--cpu", os.path.join(checkout, "main.py"), "--config",
-              str(tmp / "evalbench.yml"), os.path.join(checkout, "configs/networks/lenet.yml"),
-              os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml")]
-    flags = ["--num_workers", "0", "--output_dir", str(tmp / "runs"), "--dataset.train.batch_size", "8"]
-    runs = [common + [os.path.join(checkout, "configs/pipelines/train/baseline.yml"), *flags,
-                      "--optimizer.num_epochs", "2", "--seed", str(s), "--exp_name", f"base/s{s}"]
+    flags = ["--num_workers", "0", "--output_dir", tmp / "runs", "--dataset.train.batch_size", "8"]
+    runs = [main_py_argv(checkout, tmp / "evalbench.yml", "lenet",
+                         os.path.join(checkout, "configs/pipelines/train/baseline.yml"), *flags,
+                         "--optimizer.num_epochs", "2", "--seed", s, "--exp_name", f"base/s{s}")
             for s in (0, 1)]
     for method in ("um", "umap"):
-        runs += [common + [os.path.join(configs_root(), f"train_{method}.yml"), *flags,
-                           "--optimizer.num_epochs", "1", "--seed", str(s),
-                           "--network.checkpoint", str(tmp / "runs" / "base" / f"s{s}" / "best.ckpt"),
-                           "--exp_name", f"{method}/s{s}"] for s in (0, 1)]
+        runs += [main_py_argv(checkout, tmp / "evalbench.yml", "lenet",
+                              os.path.join(configs_root(), f"train_{method}.yml"), *flags,
+                              "--optimizer.num_epochs", "1", "--seed", s, "--network.checkpoint",
+                              tmp / "runs" / "base" / f"s{s}" / "best.ckpt", "--exp_name", f"{method}/s{s}")
+                 for s in (0, 1)]
     _main_py_runs(runs, cwd=tmp)
     yield tmp, kwargs, bench_yml
     oo.unregister_benchmark("evalbench")
@@ -84,6 +83,7 @@ def _reference(checkout, kwargs, checkpoint, postprocessor):
     return evaluator.eval_ood(progress=False)
 
 
+@pytest.mark.slow
 def test_eval_rows_and_csvs_equal_the_evaluators_numbers(oo, checkout, trained, capsys):
     from um_plugin.cli import main
     tmp, kwargs, bench_yml = trained
@@ -141,6 +141,7 @@ def test_eval_rows_and_csvs_equal_the_evaluators_numbers(oo, checkout, trained, 
     assert 0.15 < (umap["fc.weight"] == 0).float().mean().item() < 0.25  # UMAP's checkpoint
 
 
+@pytest.mark.slow
 def test_eval_gate_on_its_own_leaderboard(oo, trained, capsys, tmp_path):
     """The same run gated on its own CSV passes (tolerance 0); a baseline 3 points better on far
     AUROC fails with one line naming it."""
@@ -190,6 +191,7 @@ def _eval(main, capsys, bench_yml, root, *extra, config_root=None):
                  ] + [line for line in out.splitlines() if "skipped" in line]
 
 
+@pytest.mark.slow
 def test_cached_scores_are_used_only_for_the_same_checkpoint_config_and_benchmark(
         oo, checkout, trained, capsys, tmp_path):
     """Without --save-* the run folder is unchanged; with --save-score a rerun reuses the cache,

@@ -5,6 +5,7 @@ import os
 import pytest
 import torch
 
+from bench_helpers import one_line, one_line_error
 from openood_fixtures import lenet, make_tiny_benchmark
 
 
@@ -82,9 +83,7 @@ def test_malformed_csvs_end_in_one_line_and_exit_2(tmp_path, capsys, text, says)
     bad.write_text(text)
     for argv in (["gate", good, "--baseline", str(bad)], ["gate", str(bad), "--baseline", good]):
         assert main(argv) == 2
-        err = capsys.readouterr().err.strip()
-        assert err.startswith("um-openood: error: leaderboard CSV ") and says in err
-        assert len(err.splitlines()) == 1
+        one_line(capsys.readouterr().err, says, prefix="um-openood: error: leaderboard CSV ")
     assert main(["gate", good, "--baseline", str(tmp_path / "nope.csv")]) == 2
     assert "cannot be read" in capsys.readouterr().err
 
@@ -99,9 +98,8 @@ def test_values_the_gate_cannot_judge_are_refused_in_one_line(tmp_path, capsys, 
     open(bad, "w").write(text)
     argv = ["gate", bad, "--baseline", good] if where == "run" else ["gate", good, "--baseline", bad]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"near_FPR@95 is '{cell}'" in err
-    assert "finite percentage in [0, 100]" in err
+    one_line_error(capsys, "um-openood", f"near_FPR@95 is '{cell}'",
+                   "finite percentage in [0, 100]")
 
 
 def test_rows_of_another_benchmark_are_not_compared_unless_asked(tmp_path, capsys):
@@ -110,9 +108,8 @@ def test_rows_of_another_benchmark_are_not_compared_unless_asked(tmp_path, capsy
     _write(tmp_path / "run.csv", [_row()])
     run, base = str(tmp_path / "run.csv"), str(tmp_path / "base.csv")
     assert main(["gate", run, "--baseline", base]) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and "different benchmarks (benchmark cccccccccccc vs " \
-        "bbbbbbbbbbbb" in err and "--allow-other-data" in err
+    one_line_error(capsys, "um-openood", "different benchmarks (benchmark cccccccccccc vs "
+                   "bbbbbbbbbbbb", "--allow-other-data")
     assert main(["gate", run, "--baseline", base, "--allow-other-data"]) == 0
     assert "compared across benchmarks" in capsys.readouterr().out
 
@@ -155,8 +152,7 @@ def test_metrics_and_per_metric_tolerances(tmp_path, capsys):
                         ([], "gate needs --baseline CSV or --versus MODEL")):
         base_args = [] if not extra else ["--baseline", str(tmp_path / "base.csv")]
         assert main(["gate", str(tmp_path / "run.csv"), *base_args, *extra]) == 2
-        err = capsys.readouterr().err.strip()
-        assert len(err.splitlines()) == 1 and says in err, err
+        one_line_error(capsys, "um-openood", says)
 
 
 def test_gate_runs_where_openood_and_torch_cannot_be_imported(tmp_path):
@@ -243,9 +239,7 @@ def test_bad_eval_arguments_stop_before_any_scoring(eval_setup, capsys, monkeypa
         elif value is not None:
             argv += [flag, value.replace("RUN5", str(tmp / "run5")).replace("RUN", str(tmp / "run"))]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert err.startswith("um-openood: error: ") and len(err.splitlines()) == 1, err
-    assert says in err, err
+    one_line_error(capsys, "um-openood", says)
 
 
 def test_dataset_config_writes_the_benchmark_file_eval_reads(oo, tmp_path, capsys):
@@ -283,6 +277,5 @@ def test_a_checkpoint_that_does_not_match_its_checksum_is_refused_before_scoring
     argv = ["eval", "--cpu", "--benchmark", bench, "--network", "lenet", "--root",
             str(tmp / "run"), "--num-workers", "0"]
     assert main(argv) == 2
-    err = capsys.readouterr().err.strip()
-    assert len(err.splitlines()) == 1 and f"checkpoint {str(path)!r} does not match its checksum " \
-        f"file {str(path) + '.sha256'!r}" in err
+    one_line_error(capsys, "um-openood", f"checkpoint {str(path)!r} does not match its checksum "
+                   f"file {str(path) + '.sha256'!r}")

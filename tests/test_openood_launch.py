@@ -23,6 +23,8 @@ from launch_helpers import (finish, load, max_difference, probes, run_folder, st
 
 EPOCHS = 2
 
+pytestmark = pytest.mark.slow  # main.py on several processes
+
 
 @pytest.fixture(scope="module")
 def tiny(oo, checkout, tmp_path_factory):

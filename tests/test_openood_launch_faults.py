@@ -12,6 +12,7 @@ import socket
 
 import pytest
 
+from bench_helpers import one_line_error
 from core_helpers import free_port
 from launch_helpers import finish, start, tiny_setup
 
@@ -39,6 +40,7 @@ def _nothing_finished(out_dir, out):
     assert "Completed!" not in out.splitlines() and "wrote best.ckpt" not in out
 
 
+@pytest.mark.slow
 def test_nan_on_one_rank_stops_every_rank_in_one_line(checkout, tiny, tmp_path):
     proc = start(checkout, tiny, "um", tmp_path / "out", "--num_gpus", "2",
                  "--dataset.train.batch_size", "12", probe=tmp_path / "probe",
@@ -50,6 +52,7 @@ def test_nan_on_one_rank_stops_every_rank_in_one_line(checkout, tiny, tmp_path):
     _nothing_finished(tmp_path / "out", out)
 
 
+@pytest.mark.slow
 def test_a_killed_rank_stops_the_others_in_one_line_naming_it(checkout, tiny, tmp_path):
     proc = start(checkout, tiny, "um", tmp_path / "out", "--num_gpus", "2",
                  "--dataset.train.batch_size", "12", probe=tmp_path / "probe",
@@ -61,6 +64,7 @@ def test_a_killed_rank_stops_the_others_in_one_line_naming_it(checkout, tiny, tm
     _nothing_finished(tmp_path / "out", out)
 
 
+@pytest.mark.slow
 def test_a_rank_killed_on_another_machine_stops_this_one_in_one_line(checkout, tiny, tmp_path):
     url = f"tcp://127.0.0.1:{free_port()}"
     common = ("--num_gpus", "1", "--num_machines", "2", "--dataset.train.batch_size", "12",
@@ -77,10 +81,9 @@ def test_a_rank_killed_on_another_machine_stops_this_one_in_one_line(checkout, t
     _nothing_finished(tmp_path / "out", out0)
 
 
-def _cli(capsys, *args):
+def _cli(*args):
     from um_plugin.cli import main
-    code = main(list(map(str, args)))
-    return code, capsys.readouterr().err.strip().splitlines()
+    return main(list(map(str, args)))
 
 
 @pytest.mark.parametrize("url, expect", [
@@ -98,14 +101,15 @@ def test_a_bad_dist_url_is_one_line_and_exit_2_before_any_work(checkout, tiny, t
         busy.listen()
         if url == "in use":
             url = f"tcp://127.0.0.1:{busy.getsockname()[1]}"
-        code, err = _cli(capsys, "run", "--cpu", os.path.join(checkout, "main.py"), "--config",
+        code = _cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config",
                          tiny["yml"], os.path.join(checkout, "configs/networks/lenet.yml"),
                          os.path.join(configs_root(), "train_um.yml"),
                          os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
                          "--output_dir", tmp_path / "out", "--num_machines", "2",
                          "--machine_rank", "0", "--dist_url", url)
-    assert code == 2 and len(err) == 1, err
-    assert err[0].startswith(f"um-openood: error: --dist_url {url!r}: ") and expect in err[0], err
+    assert code == 2
+    line = one_line_error(capsys, "um-openood", expect)
+    assert line.startswith(f"um-openood: error: --dist_url {url!r}: "), line
     assert not os.path.exists(tmp_path / "out")
 
 
@@ -121,10 +125,11 @@ def test_bad_launch_settings_are_one_line_and_exit_2(checkout, tiny, tmp_path, c
     from um_plugin.shipped import configs_root
     monkeypatch.delenv("MASTER_ADDR", raising=False)
     monkeypatch.delenv("MASTER_PORT", raising=False)
-    code, err = _cli(capsys, "run", "--cpu", os.path.join(checkout, "main.py"), "--config",
+    code = _cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config",
                      tiny["yml"], os.path.join(checkout, "configs/networks/lenet.yml"),
                      os.path.join(configs_root(), "train_um.yml"),
                      os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
                      "--output_dir", tmp_path / "out", *args)
-    assert code == 2 and len(err) == 1 and expect in err[0], err
+    assert code == 2
+    one_line_error(capsys, "um-openood", expect)
     assert not os.path.exists(tmp_path / "out")

@@ -11,7 +11,8 @@ import os
 import pytest
 import torch
 
-from openood_fixtures import lenet, make_halves_benchmark, run_cli, run_python
+from bench_helpers import one_line_error
+from openood_fixtures import lenet, make_halves_benchmark, run_main_py, run_python
 
 
 @pytest.fixture(scope="module")
@@ -60,15 +61,13 @@ def halves(oo, checkout, tmp_path_factory):
 
 def _main_py(checkout, halves, trainer, out, *extra, expect=0):
     from um_plugin.shipped import configs_root
-    return run_cli("run", "--cpu", os.path.join(checkout, "main.py"), "--config", halves["yml"],
-                   os.path.join(checkout, "configs/networks/lenet.yml"),
-                   os.path.join(configs_root(), f"train_{trainer}.yml"),
-                   os.path.join(checkout, "configs/preprocessors/base_preprocessor.yml"),
-                   "--network.checkpoint", halves["ckpt"],
-                   "--num_workers", "0", "--output_dir", str(out), *extra,
-                   cwd=halves["root"], expect=expect)
+    return run_main_py(checkout, halves["yml"], "lenet",
+                       os.path.join(configs_root(), f"train_{trainer}.yml"),
+                       "--network.checkpoint", halves["ckpt"], "--num_workers", "0",
+                       "--output_dir", out, *extra, cwd=halves["root"], expect=expect)
 
 
+@pytest.mark.slow
 def test_a_base_that_does_not_fit_the_augmented_images_stops_main_py_in_one_line(
         oo, checkout, halves, tmp_path):
     proc = _main_py(checkout, halves, "um", tmp_path / "results", expect=2)
@@ -110,10 +109,10 @@ def _route1_argv(checkout, halves, out, *extra, trainer="um", checkpoint=True):
      "--network.num_classes 5 differs from dataset.num_classes 2"),
     (["--network.checkpoint", "FIVE"], "--network.checkpoint: checkpoint 'FIVE' does not fit "
                                        "--network LeNet: shape of 'fc.weight' (5, 84)"),
-    (["--dataset.train.batch_size", "0"], "--dataset.train.batch_size: must be a positive "
-                                          "integer, got 0"),
-    (["--trainer.trainer_args.xi_draws", "0"], "trainer.trainer_args.xi_draws must be an "
-                                               "integer >= 1"),
+    (["--dataset.train.batch_size", "0"], "--dataset.train.batch_size must be an integer >= 1, "
+                                          "got 0"),
+    (["--trainer.trainer_args.xi_draws", "0"], "trainer.trainer_args.xi_draws: draws must be an "
+                                               "integer >= 1, got 0 (random masks averaged"),
     (["--dataset.train.data_dir", "NOWHERE"], "--dataset.train.data_dir: 'NOWHERE' does not exist"),
 ])
 def test_route1_fields_that_would_end_in_a_traceback_stop_in_one_line(
@@ -133,11 +132,12 @@ def test_route1_fields_that_would_end_in_a_traceback_stop_in_one_line(
         code = main(_route1_argv(checkout, halves, tmp_path / "results", *extra))
     finally:
         os.chdir(cwd)
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and says in err, err
+    assert code == 2
+    one_line_error(capsys, "um-openood", says)
     assert not (tmp_path / "results").exists()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("trainer", ["um", "umap"])
 def test_best_ckpt_is_the_final_epochs_model(oo, checkout, halves, tmp_path, trainer):
     # xi = 2 drives the training loss up to 2 (above chance for 2 classes), so ID validation
@@ -163,6 +163,7 @@ def test_best_ckpt_is_the_final_epochs_model(oo, checkout, halves, tmp_path, tra
     assert "differs from the authors' setting in: epochs 4" in proc.stdout
 
 
+@pytest.mark.slow
 def test_spawned_workers_get_the_final_model_recorder_too(oo):
     """num_gpus > 1: OpenOOD's launch spawns fresh interpreters, which unpickle our worker
     (importing um_plugin.openood.registry.spawn, hence registering); the recorder the train pipeline

@@ -8,7 +8,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from core_helpers import CountingLoader
-from openood_fixtures import lenet, make_tiny_benchmark, run_cli, write_images, write_list
+from openood_fixtures import lenet, make_tiny_benchmark, run_cli, write_images
 from test_openood_trainers import _Dicts
 
 
@@ -77,11 +77,12 @@ def oe_bench(oo, tmp_path_factory):
     root = tmp_path_factory.mktemp("oe_bench")
     data = str(root / "data")
     bench = make_tiny_benchmark(data, per_split=24)
-    oe_list = write_list(data, "benchmark_imglist/tinybench/train_oe.txt",
-                         write_images(data, bench["data_dir"], "oe/train", 16, 28, 3, 40, ood=True))
+    oe_list = write_images(data, bench["data_dir"], "oe/train",
+                           "benchmark_imglist/tinybench/train_oe.txt", 16, 28, 3, 40, ood=True)
     yml = str(root / "tinybench_oe.yml")
-    run_cli("dataset-config", "tinybench", "--data-root", data, "--num-classes", "3",
-            "--image-size", "28", "--oe", oe_list, "--batch-size", "8", "--out", yml, cwd=root)
+    from um_plugin.cli import main
+    assert main(["dataset-config", "tinybench", "--data-root", data, "--num-classes", "3",
+                 "--image-size", "28", "--oe", oe_list, "--batch-size", "8", "--out", yml]) == 0
     ckpt = str(root / "base.ckpt")
     torch.save(lenet().state_dict(), ckpt)
     return {"root": root, "yml": yml, "ckpt": ckpt}
@@ -96,6 +97,7 @@ def test_dataset_config_writes_the_oe_split(oe_bench):
     assert dataset["oe"]["shuffle"] is True and dataset["oe"]["batch_size"] == 8
 
 
+@pytest.mark.slow
 def test_main_py_trains_um_oe_on_a_benchmark_with_an_oe_split(oe_bench, checkout, tmp_path):
     from um_plugin.shipped import configs_root
     out = tmp_path / "results"

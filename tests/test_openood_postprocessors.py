@@ -5,6 +5,8 @@ import pickle
 import pytest
 import torch
 
+from bench_helpers import one_line
+
 
 def _pipeline_config(name, **args):
     from openood.utils import Config
@@ -31,13 +33,13 @@ def test_bad_postprocessor_args(oo, checkout, monkeypatch):
         get_postprocessor(_pipeline_config("umap", freeze_weights="maybe"))
     with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.xi_keep_ratio: .*1.5"):
         get_postprocessor(_pipeline_config("umap", xi_keep_ratio=1.5))
-    with pytest.raises(ValueError, match=r"xi_preprocessing was renamed: use preprocessing"):
+    with pytest.raises(ValueError, match=r"has unknown keys \['xi_preprocessing'\]; valid keys "):
         get_postprocessor(_pipeline_config("umap", xi_preprocessing="test"))
     with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.fit_check must be one "
                                          r"of \('stop', 'warn'\), got 'ignore'"):
         get_postprocessor(_pipeline_config("um", fit_check="ignore"))
-    with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.batch_size must be a "
-                                         r"positive integer .*0"):
+    with pytest.raises(ValueError, match=r"^postprocessor.postprocessor_args.batch_size must be an "
+                                         r"integer >= 1, got 0 \(null: the ID training"):
         get_postprocessor(_pipeline_config("um", batch_size=0))
     options = get_postprocessor(_pipeline_config("umap", freeze_weights="false", lr="0.5")).options
     assert options.finetune.freeze_weights is False and options.finetune.lr == 0.5
@@ -69,8 +71,7 @@ def test_missing_base_yaml_names_where_it_looked_and_the_three_ways(oo, tmp_path
     monkeypatch.setattr(ours.openood, "__file__", str(tmp_path / "site" / "openood" / "__init__.py"))
     with pytest.raises(FileNotFoundError) as caught:
         get_postprocessor(str(tmp_path / "mine"), "um_msp", "tinybench")
-    message = str(caught.value)
-    assert "\n" not in message and "no config for base postprocessor 'msp'" in message
+    message = one_line(str(caught.value), "no config for base postprocessor 'msp'")
     assert str(tmp_path / "mine" / "postprocessors" / "msp.yml") in message
     for way in ("config_root", "$OPENOOD_CONFIG_ROOT", "$UM_PLUGIN_OPENOOD_ROOT"):
         assert way in message
@@ -109,3 +110,18 @@ def test_setup_once_per_net_and_pickles_without_net(oo, tiny_bench, checkout):
     with oo.enable_cpu_fallback():
         clone.setup(fresh, {"train": loader, "val": loader}, {"val": loader})
     assert not torch.equal(before, fresh.fc.weight)  # a reloaded postprocessor runs UMAP again
+
+
+def test_xi_settings_are_typed_and_those_not_the_authors_or_shipped_are_named(oo):
+    from um_plugin.core.xi import OFFICIAL_ESTIMATE_KEEP_RATIO
+    from um_plugin.openood.settings.options import postprocessor_options
+    from um_plugin.openood.settings.presets import differences
+    authors = postprocessor_options({}, "um")
+    assert authors.xi.value is None and authors.xi.keep_ratio == OFFICIAL_ESTIMATE_KEEP_RATIO
+    assert not [d for d in differences(authors, 256) if "xi" in d or "loss_constraint" in d]
+    mine = postprocessor_options({"xi_keep_ratio": "0.9", "xi_draws": "3", "xi_seed": 2}, "um")
+    assert (mine.xi.keep_ratio, mine.xi.draws, mine.xi.seed) == (0.9, 3, 2)
+    assert mine.xi.estimate_kwargs == {"keep_ratio": 0.9, "seed": 2, "draws": 3}
+    assert differences(mine, 256) == ["xi_keep_ratio 0.9 (authors: 0.965)",
+                                      "xi_draws 3 (authors: 1 random mask)",
+                                      "xi_seed 2 (shipped: 0)"]

@@ -4,6 +4,7 @@ import pytest
 from openood_fixtures import REPO, run_python
 
 
+@pytest.mark.slow
 def test_import_um_plugin_never_imports_openood():
     proc = run_python("""
         import sys, um_plugin, um_plugin.core, um_plugin.cli
@@ -12,6 +13,7 @@ def test_import_um_plugin_never_imports_openood():
     assert proc.returncode == 0, proc.stderr
 
 
+@pytest.mark.slow
 def test_missing_openood_says_how_to_install():
     proc = run_python("""
         import sys
@@ -42,6 +44,7 @@ def test_every_missing_openood_dependency_is_named_at_once():
     assert "bash install.sh" in line and "openood" not in proc.stderr
 
 
+@pytest.mark.slow
 def test_copies_imported_before_and_after_registration(oo):
     proc = run_python("""
         import openood.pipelines.train_pipeline as before_tr
@@ -71,6 +74,7 @@ def test_register_twice_is_harmless(oo):
     assert oo.is_registered()
 
 
+@pytest.mark.slow
 def test_register_after_reloading_the_plug_in_replaces_its_stale_entries(oo):
     """After importlib.reload, register() replaces the plug-in's own stale classes instead of
     blaming OpenOOD for them (a process of its own: reloading would leave this one's classes

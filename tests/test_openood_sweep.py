@@ -211,7 +211,7 @@ def test_sweep_values_are_checked_in_one_line(oo, checkout, tmp_path):
               r"loss constraint; use a number > 0, 'auto' .* '2x'"),
              ("um", {"keep_ratio_list": [0.5]}, r"keep_ratio_list is a UMAP setting"),
              ("umap", {"keep_ratio_list": [0.5, 1.5]}, r"keep_ratio_list: keep_ratio must be"),
-             ("um", {"epochs_list": [0]}, r"epochs_list: epochs must be integers >= 1, got 0"),
+             ("um", {"epochs_list": [0]}, r"epochs_list: epochs must be an integer >= 1, got 0"),
              ("um", {"loss_constraint_list": [0.1, 0.1]}, r"repeats a value"),
              ("um", {"loss_constraint_list": []}, r"must be a non-empty list"),
              ("um", {"temperature": [1]}, r"unknown keys \['temperature'\]; valid keys are "

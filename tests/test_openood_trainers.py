@@ -86,6 +86,7 @@ def test_other_trainers_still_reach_openood(oo):
     assert type(trainer) is BaseTrainer
 
 
+@pytest.mark.slow
 def test_two_rank_gloo_same_xi_and_masks(oo, tmp_path):
     """Under DDP (as OpenOOD wraps it), ξ is all-reduced over the shards (equals the
     one-process ξ on all data); masks, scores and weights stay identical on both ranks."""
@@ -157,6 +158,7 @@ def test_nan_loss_stops_with_batchnorm_statistics_rolled_back(oo):
         assert torch.equal(buf, dict(reference.named_buffers())[name]), name
 
 
+@pytest.mark.slow
 def test_nan_on_one_rank_stops_every_rank(oo, tmp_path):
     """Only rank 1 meets a NaN batch. Both ranks must raise the same
     NonFiniteLossError with BatchNorm statistics rolled back; none may hang in an all-reduce."""

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 
+import pytest
 import yaml
 
 from openood_fixtures import REPO, checkout_env
@@ -25,6 +26,7 @@ def readme_job():
     return job
 
 
+@pytest.mark.slow
 def test_readme_ci_job_runs_as_written_and_its_gate_passes(oo, checkout, tmp_path):
     job = readme_job()
     steps = [s for s in job["steps"] if "uses" not in s and s.get("name") != "install"]

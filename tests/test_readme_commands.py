@@ -12,6 +12,7 @@ import re
 import shlex
 import shutil
 
+import pytest
 import torch
 
 from core_helpers import TinyCNN, loader
@@ -39,6 +40,7 @@ def test_the_method_snippet_runs(capsys):
     assert "xi =" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_route1_commands_then_route2_snippet_run_as_written(oo, checkout, tmp_path, monkeypatch,
                                                            capsys):
     from openood.networks import ResNet18_32x32

@@ -10,7 +10,7 @@ import torch
 
 from um_plugin.core.config import OFFICIAL_UMAP_KEEP_RATIO, validate_keep_ratio
 
-from ..checks import BenchmarkError, core_rule, writable_folder
+from ..checks import BenchmarkError, core_rule, count, known, writable_folder
 from ..cli import OneLineParser, comma_list, run_main
 from .measure import (MODELS, build_model, inference, interleaved, mask_selection, median,
                       training_steps, variant_tuners, xi_throughput)
@@ -56,18 +56,17 @@ class CostConfig:
     profile: bool = False  # only the UMAP-minus-plain breakdown by op (torch.profiler)
 
     def validate(self) -> "CostConfig":
-        bad = [m for m in self.models if m not in MODELS]
-        if bad or not self.models:
-            raise BenchmarkError(f"unknown model(s) {bad}; valid: {list(MODELS)}")
+        self.models = known("model", self.models, MODELS)
+        if not self.models or not self.batches:
+            raise BenchmarkError("--models and --batches each need at least one value")
         for name in ("rounds", "round_steps", "xi_images"):
-            if getattr(self, name) < 1:
-                raise BenchmarkError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
-        if not self.batches or any(b < 1 for b in self.batches):
-            raise BenchmarkError(f"--batches must be integers >= 1, got {self.batches}")
+            count(name, getattr(self, name))
+        for batch in self.batches:
+            count("batches", batch)
         if self.mask_only and self.profile:
             raise BenchmarkError("--mask-only and --profile are two different runs; pick one")
-        if self.warmup < 0 or self.threads < 0:
-            raise BenchmarkError(f"--warmup and --threads must be >= 0, got {self.warmup}, {self.threads}")
+        count("warmup", self.warmup, 0)
+        count("threads", self.threads, 0)
         core_rule("keep_ratio", validate_keep_ratio, self.keep_ratio)
         if self.device == "auto":
             self.device = "cuda" if torch.cuda.is_available() else "cpu"

@@ -16,25 +16,15 @@ from typing import Dict
 
 import numpy as np
 
+from ..imglist import write_image_list
 from .datasets import ID_NAME, NORMALIZATION, SIZE, EmbeddedData
 
 DATA_DIR = "images_classic/"
 
 
 def _write_split(root: str, id_name: str, split: str, x: np.ndarray, y) -> str:
-    from PIL import Image
-    img_dir = os.path.join(root, DATA_DIR, id_name, split)
-    os.makedirs(img_dir, exist_ok=True)
-    list_rel = os.path.join("benchmark_imglist", id_name, f"{split}.txt")
-    lines = []
-    for i, img in enumerate(x):
-        name = f"{id_name}/{split}/{i:05d}.png"
-        path = os.path.join(root, DATA_DIR, name)
-        Image.fromarray(np.ascontiguousarray(img), "RGB").save(path)
-        lines.append(f"{name} {int(y[i]) if y is not None else -1}\n")
-    with open(os.path.join(root, list_rel), "w") as fh:
-        fh.writelines(lines)
-    return list_rel
+    return write_image_list(root, DATA_DIR, f"{id_name}/{split}",
+                            os.path.join("benchmark_imglist", id_name, f"{split}.txt"), x, y)
 
 
 def write_openood_layout(data: EmbeddedData, root: str, id_name: str = ID_NAME) -> Dict:
@@ -70,6 +60,6 @@ def write_openood_layout(data: EmbeddedData, root: str, id_name: str = ID_NAME) 
 
 def register_embedded(data: EmbeddedData, root: str, id_name: str = ID_NAME) -> Dict:
     """Write the layout and register it with OpenOOD; returns the DATA_INFO entry."""
-    from um_plugin.openood.registry.datasets import register_benchmark
+    from um_plugin.openood.registry.datasets import register_benchmark  # imports OpenOOD (optional)
     kwargs = write_openood_layout(data, root, id_name)
     return register_benchmark(**{**kwargs, "data_root": root})

@@ -91,7 +91,7 @@ class OpenOODScorer:
     def __init__(self, data: EmbeddedData, root: str, id_name: str = ID_NAME,
                  progress: bool = False):
         from openood.evaluation_api import Evaluator  # optional dependency
-        from um_plugin.openood.cpu import enable_cpu_fallback
+        from um_plugin.openood.cpu import enable_cpu_fallback  # imports OpenOOD too
         if not torch.cuda.is_available():
             enable_cpu_fallback()
         bar = tqdm(total=3, desc="OpenOOD: write images", disable=not progress, leave=False)

@@ -15,6 +15,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from um_plugin.core import FinetuneConfig, Finetuner
+from um_plugin.core.distributed import strip_ddp_prefix
 from um_plugin.core.runs import RUNNERS
 
 from ..models import LeNet
@@ -42,7 +43,7 @@ def load_checkpoint_model(path: str) -> nn.Module:
     model = make_model(0)
     if not isinstance(state, dict):
         raise BenchmarkError(f"checkpoint {path!r} holds a {type(state).__name__}, not a state_dict")
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    strip_ddp_prefix(state)
     try:
         model.load_state_dict(state)
     except RuntimeError:

@@ -32,6 +32,7 @@ import torchvision.transforms as T
 
 from um_plugin.core import FinetuneConfig
 from um_plugin.core.config import validate_keep_ratio, validate_xi
+from um_plugin.core.distributed import strip_ddp_prefix
 from um_plugin.core.runs import RUNNERS
 from um_plugin.core.xi import estimate_xi
 from um_plugin.workers import default_workers
@@ -64,7 +65,7 @@ def build_net(suite: str, checkpoint: Optional[str], dry_run: bool, network: str
             raise BenchmarkError(f"checkpoint {checkpoint!r} does not exist")
         state = torch.load(checkpoint, map_location="cpu", weights_only=True)
         state = state.get("state_dict", state) if isinstance(state, dict) else state
-        state = {k[7:] if k.startswith("module.") else k: v for k, v in state.items()}
+        strip_ddp_prefix(state)
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:
@@ -217,7 +218,7 @@ def run(rc: ReproConfig) -> dict:
     if device == "cpu":
         if not rc.dry_run:
             print(f"{PROG}: warning: no GPU; this will be very slow", file=sys.stderr)
-        from um_plugin.openood.cpu import enable_cpu_fallback
+        from um_plugin.openood.cpu import enable_cpu_fallback  # imports OpenOOD (optional)
         enable_cpu_fallback()
     net = build_net(rc.suite, rc.checkpoint, rc.dry_run, rc.network).to(device)
     loader = train_loader(id_name, data_root, rc.suite, cfg["batch"], workers)

@@ -12,6 +12,7 @@ import numpy as np
 from um_plugin.core import OFFICIAL_UMAP_KEEP_RATIO
 
 from ..checks import BenchmarkError
+from ..imglist import write_image_list
 
 SUITES = ("cifar10", "cifar100", "imagenet")
 _OFFICIAL = dict(batch=256, keep_ratio=OFFICIAL_UMAP_KEEP_RATIO)
@@ -118,22 +119,14 @@ def write_dry_run_data(info: dict, root: str, num_classes: int, size: int, per_s
                        seed: int = 0, extra: tuple = ()) -> None:
     """Random PNGs in exactly the layout ``info`` describes (and every folder OpenOOD checks);
     ``extra``: more ``(data_dir, imglist, is_ood)`` leaves, e.g. the OE split."""
-    from PIL import Image
     rng = np.random.default_rng(seed)
     for data_dir, imglist, is_ood in _leaves(info) + list(extra):
         stem = os.path.splitext(os.path.basename(imglist))[0]
-        lines = []
         n = per_split if not imglist.endswith(("train_cifar10.txt", "train_cifar100.txt",
                                                "train_imagenet.txt")) else 2 * per_split
-        for i in range(n):
-            name = f"{stem.split('_', 1)[-1]}/dryrun/{stem}_{i}.png"
-            path = os.path.join(root, data_dir, name)
-            os.makedirs(os.path.dirname(path), exist_ok=True)
-            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(path)
-            lines.append(f"{name} {-1 if is_ood else i % num_classes}\n")
-        os.makedirs(os.path.dirname(os.path.join(root, imglist)), exist_ok=True)
-        with open(os.path.join(root, imglist), "w") as fh:
-            fh.writelines(lines)
+        images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n)]
+        write_image_list(root, data_dir, f"{stem.split('_', 1)[-1]}/dryrun/{stem}", imglist,
+                         images, None if is_ood else [i % num_classes for i in range(n)])
     # data_setup() downloads any benchmarks_dict dataset whose folder is empty: fill them
     from openood.evaluation_api.datasets import benchmarks_dict, dir_dict
     for name in benchmarks_dict.get(_suite_of(info), []):

@@ -1,4 +1,9 @@
-"""What every verb shares: the program name, the one-line error, argparse types."""
+"""What every verb shares: the program name, the one-line error, argparse types, the GPU check.
+
+The verbs import torch, OpenOOD and ``um_plugin.openood`` (which imports OpenOOD) inside the
+functions that use them: the parser, ``--help``, ``install-configs``, ``gate`` and the one-line
+"OpenOOD is missing" error must not need them.
+"""
 from __future__ import annotations
 
 import argparse
@@ -15,6 +20,15 @@ class CommandError(ValueError):
 def error(message: str) -> int:
     print(f"{PROG}: error: {message}", file=sys.stderr)
     return 2
+
+
+def check_device(cpu: bool) -> None:
+    """OpenOOD calls ``.cuda()`` unconditionally (its scripts, trainers, Evaluator): without a
+    GPU, ``run`` and ``eval`` need ``--cpu``."""
+    import torch  # keeps `um-openood --help` fast
+    if not cpu and not torch.cuda.is_available():
+        raise ValueError("no CUDA GPU is available (torch.cuda.is_available() is False) and "
+                         "OpenOOD calls .cuda(); add --cpu to run on the CPU")
 
 
 def positive_int(text):

@@ -15,7 +15,7 @@ import os
 
 from um_plugin.workers import default_workers
 
-from .common import CommandError, positive_int
+from .common import CommandError, check_device, positive_int
 from .gate import add_gate_arguments, gate_options, read_baseline, report
 
 
@@ -140,7 +140,8 @@ def check(args) -> None:
             for folder in {os.path.dirname(c) for c in model.checkpoints} | {model.csv_dir}:
                 _writable_folder(folder, "--save-score/--save-csv: run folder")
     args.models = models
-    from um_plugin.openood.evaluation import evaluate  # noqa: F401  OpenOOD from here on
+    check_device(args.cpu)
+    from um_plugin.openood.evaluation import evaluate  # OpenOOD from here on
     args.plan = evaluate.plan(args)
 
 

@@ -11,7 +11,7 @@ import os
 import runpy
 import sys
 
-from .common import CommandError, error
+from .common import CommandError, check_device, error
 
 
 def add_parser(sub) -> None:
@@ -45,21 +45,12 @@ def run_script(script: str, args: list, cpu: bool = False) -> None:
         sys.argv, sys.path[:] = saved_argv, saved_path
 
 
-def _check_device(cpu: bool) -> None:
-    """OpenOOD's scripts call ``.cuda()`` unconditionally: without a GPU they need ``--cpu``."""
-    import torch
-    if not cpu and not torch.cuda.is_available():
-        raise ValueError("no CUDA GPU is available (torch.cuda.is_available() is False) and "
-                         "OpenOOD's scripts call .cuda(); add --cpu (um-openood run --cpu SCRIPT "
-                         "...) to run them on the CPU")
-
-
 def check(args) -> None:
     """The script exists, a device is there, and its config (main.py's kind) is sound."""
     if not os.path.isfile(args.script):
         raise ValueError(f"script {args.script!r} not found (cwd {os.getcwd()!r}); run from "
                          "your OpenOOD checkout or pass the script's path")
-    _check_device(args.cpu)
+    check_device(args.cpu)
     prepare_run(args.cpu)
     from um_plugin.openood.training.launching import plan_launch
     from um_plugin.openood.training.script_config import check_script_config

@@ -6,9 +6,7 @@ Format (v2): one ASCII header line, then the ``torch.save`` bytes of the run's s
 
 The header covers the payload (its length and sha256), and the header itself must match that
 pattern byte for byte, so any changed, missing or zeroed byte anywhere in the file is refused
-before torch reads it (torch's zip reader checks no CRC). Files written before v2 (a bare
-``torch.save`` zip, no checksum) are still loaded, with an :class:`UnverifiedCheckpointWarning`
-saying that nothing vouches for their content; the next save of that run writes v2.
+before torch reads it (torch's zip reader checks no CRC).
 
 A save goes to ``.<name>.tmp`` beside the target and is renamed over it, so a killed save never
 loses the previous checkpoint and leaves at most one stale temporary file, which the next save
@@ -21,7 +19,6 @@ import io
 import os
 import pickle
 import re
-import warnings
 import zipfile
 from dataclasses import fields
 from pathlib import Path
@@ -34,16 +31,11 @@ from .paths import probe_write
 _MAGIC = b"um-plugin checkpoint "
 _HEADER = re.compile(rb"um-plugin checkpoint v2 sha256=([0-9a-f]{64}) bytes=(0|[1-9][0-9]{0,18})\n")
 _HEADER_MAX = 128  # longer than any valid header line
-_ZIP = b"PK\x03\x04"  # what torch.save (and so a pre-v2 checkpoint) starts with
-# what Finetuner.load_state_dict needs; "scaler", "loader_rng", "rng_cuda" and
-# "steps_per_epoch" are optional (absent in older files or for some runs)
-REQUIRED = ("model", "optimizer", "scheduler", "epoch", "xi", "config", "history", "rng_cpu")
+# what Finetuner.state_dict writes and load_state_dict needs; "rng_cuda" is there on CUDA only
+REQUIRED = ("model", "optimizer", "scheduler", "scaler", "epoch", "xi", "config",
+            "steps_per_epoch", "history", "rng_cpu", "loader_rng")
 _VALID = "a file written by save_checkpoint or run_um/run_umap(checkpoint_path=)"
 _ELSEWHERE = "use an earlier checkpoint, or delete it to start the run afresh"
-
-
-class UnverifiedCheckpointWarning(UserWarning):
-    """A checkpoint written before checkpoints carried a checksum was loaded unverified."""
 
 
 def _name(path: Path) -> str:
@@ -95,16 +87,14 @@ def write_state(state: dict, path) -> Path:
     return path
 
 
-def _payload(data: bytes, path: Path) -> memoryview | None:
-    """The verified payload of a v2 file; None for a pre-v2 (bare torch zip) file."""
+def _payload(data: bytes, path: Path) -> memoryview:
+    """The verified payload of a v2 file."""
     where = _name(path)
     if not data:
         raise ValueError(f"{where} cannot be read: it is empty (0 bytes); {_ELSEWHERE}")
     if data.count(0) == len(data):
         raise ValueError(f"{where} cannot be read: all its {len(data)} bytes are zero (the disk "
                          f"never got what was written?); {_ELSEWHERE}")
-    if data.startswith(_ZIP):
-        return None
     newline = data.find(b"\n", 0, _HEADER_MAX)
     header = _HEADER.fullmatch(data[:newline + 1]) if newline >= 0 else None
     if header is None:
@@ -169,11 +159,8 @@ def check_state(state, path: Path) -> dict:
 
 
 def read_state(path, map_location=None) -> dict:
-    """Load a checkpoint's state, verified, or raise one ValueError naming the file and the cause.
-
-    A v2 file must match its checksum; a pre-v2 file (no checksum) loads with an
-    :class:`UnverifiedCheckpointWarning`.
-    """
+    """Load a checkpoint's state, verified against its checksum, or raise one ValueError naming
+    the file and the cause."""
     path = Path(path)
     if path.is_dir():
         raise ValueError(f"{_name(path)} is a folder, not a checkpoint file; pass {_VALID}")
@@ -185,12 +172,8 @@ def read_state(path, map_location=None) -> dict:
         raise ValueError(f"{_name(path)} cannot be read ({err.strerror or err}); pass a readable "
                          "file") from None
     payload = _payload(data, path)
-    if payload is None:
-        warnings.warn(f"{_name(path)} was written before checkpoints carried a checksum, so it is "
-                      "loaded unverified (damage would go unnoticed); the run's next save adds "
-                      "one", UnverifiedCheckpointWarning, stacklevel=2)
     try:
-        state = torch.load(io.BytesIO(data if payload is None else payload),
+        state = torch.load(io.BytesIO(payload),
                            map_location=map_location, weights_only=False)
     except (RuntimeError, OSError, EOFError, pickle.UnpicklingError, zipfile.BadZipFile,
             ValueError, KeyError) as err:

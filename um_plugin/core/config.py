@@ -174,9 +174,8 @@ class FinetuneConfig:
 
     @classmethod
     def from_saved(cls, values: dict) -> "FinetuneConfig":
-        """The config a checkpoint recorded. One written before ``lr_schedule`` existed ran the
-        per-step cosine, so it resumes as ``'step'``."""
-        return cls(**{"lr_schedule": "step", **values})
+        """The config a checkpoint recorded (``asdict`` of one), checked like any other."""
+        return cls(**values)
 
     def differences(self, other: "FinetuneConfig") -> list[str]:
         """Fields (progress aside) whose values differ, as ``'name: mine vs theirs'``."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.nn.modules.utils import consume_prefix_in_state_dict_if_present
 
 
 def is_distributed() -> bool:
@@ -67,3 +68,11 @@ def set_sampler_epoch(loader, epoch: int) -> None:
     sampler = getattr(loader, "sampler", None)
     if hasattr(sampler, "set_epoch"):
         sampler.set_epoch(epoch)
+
+
+def strip_ddp_prefix(state: dict) -> dict:
+    """``state`` without the ``module.`` prefix DataParallel / DistributedDataParallel put on
+    every key, so a wrapped model's state_dict loads into the bare model. In place (torch's
+    ``consume_prefix_in_state_dict_if_present``); returned for convenience."""
+    consume_prefix_in_state_dict_if_present(state, "module.")
+    return state

@@ -367,7 +367,7 @@ class Finetuner:
         diffs = self.config.differences(theirs)
         if state["xi"] != self.xi:
             diffs.append(f"xi: {self.xi!r} vs {state['xi']!r}")
-        steps = state.get("steps_per_epoch")
+        steps = state["steps_per_epoch"]
         if None not in (steps, self.steps_per_epoch) and steps != self.steps_per_epoch:
             diffs.append(f"steps_per_epoch: {self.steps_per_epoch} vs {steps}")
         if diffs:
@@ -385,14 +385,12 @@ class Finetuner:
         if steps is not None:
             self._set_steps(steps)
         self.scheduler.load_state_dict(state["scheduler"])
-        if self._scaler is not None and state.get("scaler") is not None:
+        if self._scaler is not None and state["scaler"] is not None:
             self._scaler.load_state_dict(state["scaler"])
         self.epoch = state["epoch"]
         self.history = History(**state["history"])
         torch.set_rng_state(state["rng_cpu"])
         if "rng_cuda" in state and torch.cuda.is_available():
             torch.cuda.set_rng_state_all(state["rng_cuda"])
-        self._loader_rng = list(state.get("loader_rng", []))
-        # checkpoints written before loader states were recorded resume without that check
-        self._pending_loader_rng = (list(self._loader_rng) if self.epoch > 0 and "loader_rng" in state
-                                    else None)
+        self._loader_rng = list(state["loader_rng"])
+        self._pending_loader_rng = list(self._loader_rng) if self.epoch > 0 else None

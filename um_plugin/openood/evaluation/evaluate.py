@@ -28,6 +28,7 @@ from tqdm.auto import tqdm
 from openood.evaluation_api import datasets as oo_datasets
 from openood.evaluation_api import postprocessor as eval_pp
 
+from um_plugin.core.distributed import strip_ddp_prefix
 from um_plugin.leaderboard.provenance import data_identity, versions
 from um_plugin.leaderboard.runs import Model, trainer_settings
 from um_plugin.leaderboard.table import row_from_tables, write_atomic
@@ -122,8 +123,7 @@ def load_weights(net: torch.nn.Module, path: str) -> torch.nn.Module:
         raise ValueError(f"checkpoint {path!r} cannot be read ({type(exc).__name__}: {exc})") from None
     if not isinstance(state, dict) or not all(isinstance(k, str) for k in state):
         raise ValueError(f"checkpoint {path!r} is not a state_dict (got {type(state).__name__})")
-    if state and all(k.startswith("module.") for k in state):
-        state = {k[len("module."):]: v for k, v in state.items()}
+    strip_ddp_prefix(state)
     own = net.state_dict()
     missing, extra = sorted(set(own) - set(state)), sorted(set(state) - set(own))
     shapes = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
@@ -221,10 +221,9 @@ def _output_size(net: torch.nn.Module, id_name: str) -> Optional[int]:
 
 
 def plan(args) -> Plan:
-    """Check what needs OpenOOD (device, benchmark, data, postprocessors, network, classes),
-    then load every checkpoint strictly; no scoring. One-line ValueErrors."""
-    if not args.cpu and not torch.cuda.is_available():
-        raise ValueError("no CUDA device is available; pass --cpu to score on the CPU")
+    """Check what needs OpenOOD (benchmark, data, postprocessors, network, classes), then
+    load every checkpoint strictly; no scoring. One-line ValueErrors. The caller has checked
+    the device (``um_plugin.cli.common.check_device``: without a GPU, ``args.cpu``)."""
     if args.cpu:  # importing this package registered um / umap with OpenOOD
         enable_cpu_fallback()
     data_root, id_name = args.data_root, args.id_data

@@ -154,7 +154,7 @@ class Search:
         if times == 1.0:
             return self._prepared(options.xi)
         value = self._prepared(options.xi) * times
-        return self._prepared(XiOptions(value, options.xi.estimate_kwargs))
+        return self._prepared(replace(options.xi, value=value))
 
     def _prepared(self, xi: XiOptions) -> float:
         """ξ as a plain run gets it (fit check included), once per distinct value; the global
@@ -184,7 +184,7 @@ class Search:
             log(f"[um-plugin] {where} with xi = {xi:.6g}")
             if setting.xi is not None and setting.xi.times not in (None, 1.0):
                 # a multiple of the estimate is not the authors' xi: the run log says so
-                options = replace(options, xi=XiOptions(xi, options.xi.estimate_kwargs))
+                options = replace(options, xi=replace(options.xi, value=xi))
             self._finetune(options, xi)
         except FAILURES as exc:
             self._restore_base()

@@ -16,9 +16,9 @@ import re
 from dataclasses import dataclass, replace
 from typing import Mapping, Optional, Tuple
 
-from um_plugin.core.config import validate_keep_ratio, validate_xi
+from um_plugin.core.config import check_integer, validate_keep_ratio, validate_xi
 
-from um_plugin.openood.settings.options import MethodOptions, XiOptions, convert
+from um_plugin.openood.settings.options import MethodOptions, convert
 
 # sweep key -> postprocessor_args key it varies (OpenOOD names its lists '<arg>_list')
 UM_SWEEP_KEYS = {"loss_constraint_list": "loss_constraint", "keep_ratio_list": "keep_ratio",
@@ -69,7 +69,7 @@ class Setting:
         """``base`` with this setting's ξ, keep ratio and epochs."""
         changes = {k: getattr(self, k) for k in ("keep_ratio", "epochs")
                    if getattr(self, k) is not None}
-        xi = base.xi if self.xi is None else XiOptions(self.xi.value, base.xi.estimate_kwargs)
+        xi = base.xi if self.xi is None else replace(base.xi, value=self.xi.value)
         return replace(base, finetune=replace(base.finetune, **changes), xi=xi)
 
     def label(self) -> str:
@@ -129,9 +129,10 @@ def _values(key: str, raw, mode: str, where: str) -> list:
             except ValueError as exc:
                 raise ValueError(f"{where}.{key}: {exc}") from None
         else:
-            value = convert(item, "int")
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{where}.{key}: epochs must be integers >= 1, got {item!r}")
+            try:
+                value = check_integer("epochs", convert(item, "int"), 1)
+            except ValueError as exc:
+                raise ValueError(f"{where}.{key}: {exc}") from None
         out.append(value)
     if len({str(v).strip().lower() for v in out}) != len(out):
         raise ValueError(f"{where}.{key} repeats a value: {list(raw)!r}")

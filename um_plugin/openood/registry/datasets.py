@@ -22,6 +22,8 @@ from openood.evaluation_api import datasets as oo_datasets
 from openood.evaluation_api import preprocessor as oo_pre
 from openood.preprocessors.transform import normalization_dict
 
+from um_plugin.core.config import check_integer
+
 _OURS: dict = {}  # benchmark name -> the dataset_config() arguments it was registered with
 
 DEFAULT_NORMALIZATION = ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))
@@ -123,11 +125,10 @@ def register_benchmark(name: str, data_root: str, *, num_classes: int,
     if name in oo_datasets.DATA_INFO and name not in _OURS:
         raise ValueError(f"benchmark name {name!r} is already an OpenOOD benchmark; "
                          f"choose a name not in {sorted(oo_datasets.DATA_INFO)}")
-    if isinstance(num_classes, bool) or not isinstance(num_classes, int) or num_classes < 1:
-        raise ValueError(f"num_classes must be a positive integer, got {num_classes!r}")
+    check_integer("num_classes", num_classes, 1)
     for label, size in (("image_size", image_size), ("pre_size", pre_size)):
-        if size is not None and (isinstance(size, bool) or not isinstance(size, int) or size < 1):
-            raise ValueError(f"{label} must be a positive integer, got {size!r}")
+        if size is not None:
+            check_integer(label, size, 1)
     normalization_type(normalization)  # checks the shape; a YAML-inexpressible one fails later
     data_root = os.fspath(data_root)
     if not os.path.isdir(os.path.join(data_root, "benchmark_imglist")):
@@ -229,8 +230,7 @@ def dataset_config(name: str, data_root: str, *, num_classes: int, id_train: str
             f"preprocessors know only normalization_type in {sorted(normalization_dict)} or "
             "mean = std = 0.5; register the benchmark with one of those")
     for label, size in (("batch_size", batch_size), ("eval_batch_size", eval_batch_size)):
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{label} must be a positive integer, got {size!r}")
+        check_integer(label, size, 1)
     data_root = os.path.abspath(os.fspath(data_root))
     section = {"name": name, "num_classes": num_classes, "image_size": image_size,
                "pre_size": pre_size or image_size, "interpolation": "bilinear",

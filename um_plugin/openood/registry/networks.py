@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import torch
 
+from um_plugin.core.distributed import strip_ddp_prefix
 from um_plugin.openood.registry.densenet import DenseNetBC100
 
 # name -> class taking num_classes=
@@ -21,7 +22,7 @@ def _load(net: torch.nn.Module, path: str, name: str) -> None:
     state = torch.load(path)  # as OpenOOD's get_network (the CPU fallback maps it)
     if isinstance(state, dict) and "state_dict" in state:  # the authors' *.state files
         state = state["state_dict"]
-    state = {k[len("module."):] if k.startswith("module.") else k: v for k, v in state.items()}
+    strip_ddp_prefix(state)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:

@@ -11,7 +11,13 @@ from __future__ import annotations
 
 import importlib
 
+# torch._dynamo captures the default process group when first imported, so it must be imported
+# before a worker makes its group; importing this module (as unpickling registered_worker does)
+# imports it first. (OpenOOD's own imports bring it in anyway.)
+import torch._dynamo  # noqa: F401
+
 from um_plugin.openood.registry.wrapping import original
+from um_plugin.openood.training.launching import leave_process_group
 
 # The module, not the function: ``openood.utils`` re-exports a function named ``launch``.
 _launch = importlib.import_module("openood.utils.launch")
@@ -20,9 +26,6 @@ _launch = importlib.import_module("openood.utils.launch")
 def registered_worker(*args, **kwargs):
     """OpenOOD's ``_distributed_worker``, in a process where um/umap are registered, leaving
     its process group destroyed (OpenOOD never destroys it; see ``launching.py``)."""
-    import torch._dynamo  # noqa: F401  before the group: it captures WORLD when imported
-
-    from .launching import leave_process_group
     try:
         return original(_launch._distributed_worker)(*args, **kwargs)
     finally:

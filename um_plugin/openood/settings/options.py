@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import re
 import typing
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Mapping, Optional
 
 from um_plugin.core import MODES, FinetuneConfig
-from um_plugin.core.config import check_choice, validate_keep_ratio, validate_xi
+from um_plugin.core.config import check_choice, check_integer, validate_keep_ratio, validate_xi
+from um_plugin.core.xi import OFFICIAL_ESTIMATE_KEEP_RATIO
 
 PREPROCESSING = ("train", "test")  # images xi and fine-tuning use: augmented (the authors) or not
 FIT_CHECKS = ("stop", "warn")      # what a model that does not fit those images does to the run
@@ -39,14 +40,16 @@ _POSTPROCESSOR_FINETUNE_KEYS = ("epochs", "lr", "momentum", "weight_decay", "nes
 OPTIMIZER_KEYS = {"num_epochs": "epochs", "lr": "lr", "momentum": "momentum",
                   "weight_decay": "weight_decay", "nesterov": "nesterov", "min_lr": "min_lr",
                   "lr_schedule": "lr_schedule"}
-_XI_KEYS = ("loss_constraint", "xi_keep_ratio", "xi_seed", "xi_draws")
+# xi config key -> (XiOptions field, type); loss_constraint may also be 'auto' (estimate it)
+_XI_FIELDS = {"loss_constraint": ("value", "float"), "xi_keep_ratio": ("keep_ratio", "float"),
+              "xi_seed": ("seed", "int"), "xi_draws": ("draws", "int")}
+_XI_KEYS = tuple(_XI_FIELDS)
+_XI_HINTS = {"loss_constraint": " (or 'auto' to estimate it)",
+             "xi_draws": " (random masks averaged for xi)"}
 _DATA_KEYS = ("preprocessing", "fit_check", "fit_margin")
 TRAINER_KEYS = _XI_KEYS + _DATA_KEYS + _SHARED_FINETUNE_KEYS
 POSTPROCESSOR_KEYS = (_XI_KEYS + _DATA_KEYS + ("batch_size",) + _SHARED_FINETUNE_KEYS
                       + _POSTPROCESSOR_FINETUNE_KEYS)
-RENAMED_KEYS = {"xi_preprocessing": "preprocessing (it now sets the images of both xi and "
-                                    "fine-tuning)",
-                "xi_accuracy_margin": "fit_margin (with fit_check: stop|warn)"}
 
 
 class RouteStop(ValueError):
@@ -56,10 +59,25 @@ class RouteStop(ValueError):
 
 @dataclass(frozen=True)
 class XiOptions:
-    """How a route gets ξ: a fixed value, or ``estimate_xi`` with the keyword arguments given."""
+    """How a route gets ξ: a fixed value, or ``estimate_xi`` with these settings (the authors'
+    random masks keep :data:`OFFICIAL_ESTIMATE_KEEP_RATIO`); checked by the core's rules."""
 
-    value: Optional[float] = None                           # None: estimate it
-    estimate_kwargs: Mapping = field(default_factory=dict)  # keep_ratio / seed / draws, as given
+    value: Optional[float] = None                       # None: estimate it
+    keep_ratio: float = OFFICIAL_ESTIMATE_KEEP_RATIO    # xi_keep_ratio
+    seed: int = 0                                       # xi_seed
+    draws: int = 1                                      # xi_draws: random masks averaged
+
+    def __post_init__(self):
+        if self.value is not None:
+            object.__setattr__(self, "value", validate_xi(self.value))
+        object.__setattr__(self, "keep_ratio", validate_keep_ratio(self.keep_ratio))
+        check_integer("seed", self.seed)
+        check_integer("draws", self.draws, 1)
+
+    @property
+    def estimate_kwargs(self) -> dict:
+        """``estimate_xi``'s keyword arguments for these settings."""
+        return {"keep_ratio": self.keep_ratio, "seed": self.seed, "draws": self.draws}
 
 
 @dataclass(frozen=True)
@@ -131,30 +149,18 @@ def finetune_config(values: Mapping, sources: Mapping, **fixed) -> FinetuneConfi
 
 
 def _xi_options(section: dict, where: str) -> XiOptions:
-    out = {}
-    value = section.get("loss_constraint")
-    if value is not None and not (isinstance(value, str) and value.strip().lower() == "auto"):
+    values = {}
+    for key, (name, kind) in _XI_FIELDS.items():
+        given = section.get(key)
+        if given is None or (key == "loss_constraint" and isinstance(given, str)
+                             and given.strip().lower() == "auto"):
+            continue
+        values[name] = convert(given, kind)
         try:
-            out["value"] = validate_xi(convert(value, "float"))
+            XiOptions(**{name: values[name]})  # one at a time, so the error names its key
         except ValueError as exc:
-            raise ValueError(f"{where}.loss_constraint: {exc} (or 'auto' to estimate it)") from None
-    kwargs = {}
-    if section.get("xi_keep_ratio") is not None:
-        try:
-            kwargs["keep_ratio"] = validate_keep_ratio(convert(section["xi_keep_ratio"], "float"))
-        except ValueError as exc:
-            raise _prefixed(exc, f"{where}.xi_keep_ratio") from None
-    for key, name in (("xi_seed", "seed"), ("xi_draws", "draws")):
-        if section.get(key) is not None:
-            number = convert(section[key], "int")
-            if isinstance(number, bool) or not isinstance(number, int):
-                raise ValueError(f"{where}.{key} must be an integer, got {section[key]!r}")
-            if key == "xi_draws" and number < 1:
-                raise ValueError(f"{where}.xi_draws must be an integer >= 1 (random masks "
-                                 f"averaged for xi), got {section[key]!r}")
-            kwargs[name] = number
-    out["estimate_kwargs"] = kwargs
-    return XiOptions(**out)
+            raise ValueError(f"{where}.{key}: {exc}{_XI_HINTS.get(key, '')}") from None
+    return XiOptions(**values)
 
 
 def _choice(section: dict, key: str, choices: tuple, where: str, default: str) -> str:
@@ -173,19 +179,16 @@ def _data_options(section: dict, where: str) -> DataOptions:
                              f"accuracy), got {section['fit_margin']!r}")
         out["fit_margin"] = margin
     if section.get("batch_size") is not None:
-        size = convert(section["batch_size"], "int")
-        if isinstance(size, bool) or not isinstance(size, int) or size < 1:
-            raise ValueError(f"{where}.batch_size must be a positive integer (null: the ID "
-                             f"training loader's), got {section['batch_size']!r}")
-        out["batch_size"] = size
+        try:
+            out["batch_size"] = check_integer(f"{where}.batch_size",
+                                              convert(section["batch_size"], "int"), 1)
+        except ValueError as exc:
+            raise ValueError(f"{exc} (null: the ID training loader's)") from None
     return DataOptions(**out)
 
 
 def _section(section: Optional[Mapping], valid: tuple, where: str) -> dict:
     section = {k: v for k, v in dict(section or {}).items() if v is not None}
-    renamed = sorted(set(section) & set(RENAMED_KEYS))
-    if renamed:
-        raise ValueError(f"{where}.{renamed[0]} was renamed: use {RENAMED_KEYS[renamed[0]]}")
     unknown = sorted(set(section) - set(valid))
     if unknown:
         raise ValueError(f"{where} has unknown keys {unknown}; valid keys are {list(valid)}")

@@ -103,17 +103,16 @@ def differences(options: MethodOptions, batch_size: Optional[int],
     if options.data.preprocessing != AUTHORS_PREPROCESSING:
         out.append(f"preprocessing {options.data.preprocessing!r} (authors: "
                    f"{AUTHORS_PREPROCESSING!r}, the augmented training loader)")
-    kwargs = options.xi.estimate_kwargs
-    if options.xi.value is not None:
-        out.append(f"loss_constraint {options.xi.value:g} (authors: estimated)")
+    xi = options.xi
+    if xi.value is not None:
+        out.append(f"loss_constraint {xi.value:g} (authors: estimated)")
     else:
-        keep = kwargs.get("keep_ratio", OFFICIAL_ESTIMATE_KEEP_RATIO)
-        if keep != OFFICIAL_ESTIMATE_KEEP_RATIO:
-            out.append(f"xi_keep_ratio {keep:g} (authors: {OFFICIAL_ESTIMATE_KEEP_RATIO})")
-        draws = kwargs.get("draws", AUTHORS_XI_DRAWS)
-        if draws != AUTHORS_XI_DRAWS:
-            out.append(f"xi_draws {draws} (authors: {AUTHORS_XI_DRAWS} random mask)")
-    return out + _own_settings(options, kwargs.get("seed", SHIPPED_XI_SEED))
+        if xi.keep_ratio != OFFICIAL_ESTIMATE_KEEP_RATIO:
+            out.append(f"xi_keep_ratio {xi.keep_ratio:g} (authors: "
+                       f"{OFFICIAL_ESTIMATE_KEEP_RATIO})")
+        if xi.draws != AUTHORS_XI_DRAWS:
+            out.append(f"xi_draws {xi.draws} (authors: {AUTHORS_XI_DRAWS} random mask)")
+    return out + _own_settings(options, xi.seed)
 
 
 def log_differences(options: MethodOptions, who: str, *, batch_size: Optional[int],

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import gc
 import importlib
 import logging
 import os
@@ -30,10 +31,18 @@ from dataclasses import dataclass
 from typing import Optional
 from urllib.parse import urlsplit
 
+import torch
+# torch._dynamo captures the default process group when first imported: imported before any
+import torch._dynamo  # noqa: F401  group is made (OpenOOD's own imports bring it in anyway)
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.multiprocessing.spawn import ProcessException, ProcessExitedException
 from torch.nn.parallel import DistributedDataParallel
 
+from um_plugin.openood.cpu import enable_cpu_fallback
 from um_plugin.openood.settings.options import RouteStop
 from um_plugin.openood.registry.wrapping import original
+from um_plugin.openood.training.script_config import read_config, reads_config
 
 _launch = importlib.import_module("openood.utils.launch")
 FLAGS = ("--dist_url", "--dist_timeout")
@@ -117,7 +126,6 @@ def check_dist_url(url: str, machine_rank: int) -> None:
 def plan_launch(script: str, args: list, *, cpu: bool) -> tuple:
     """``(script args, LaunchPlan)`` for ``um-openood run``; ValueError (one line) for launch
     settings that cannot work, before any work."""
-    from um_plugin.openood.training.script_config import read_config, reads_config
     rest, ours = split_launch_args(args)
     if not reads_config(script):
         if ours:
@@ -158,7 +166,6 @@ def _gloo_lost(text: str) -> Optional[str]:
 def _failure(exc, processes, rank_base: int) -> Exception:
     """One line for a failed launch. A rank that died of a signal is named even when a rank
     waiting on it raised first; a RouteStop stays one (exit 2); anything else RanksFailed."""
-    from torch.multiprocessing.spawn import ProcessExitedException
     last = [line for line in str(exc).strip().splitlines() if line.strip()][-1]
     lost = None if isinstance(exc, ProcessExitedException) else _gloo_lost(last)
     if lost is not None:
@@ -188,7 +195,6 @@ def _died(rank: int, pid: int, signal_name: Optional[str], exit_code: int = 0) -
 
 def _spawn(processes: list):
     """``mp.spawn`` for OpenOOD's launch, keeping the processes so :func:`_failure` sees them."""
-    import torch.multiprocessing as mp
 
     def spawn(fn, args=(), nprocs=1, join=True, daemon=False, start_method="spawn"):
         context = mp.start_processes(fn, args=args, nprocs=nprocs, join=False, daemon=daemon,
@@ -220,7 +226,6 @@ def launching(plan: LaunchPlan):
 
     def launch(main_func, num_gpus_per_machine, num_machines=1, machine_rank=0, dist_url=None,
                args=(), timeout=_launch.DEFAULT_TIMEOUT):
-        from torch.multiprocessing.spawn import ProcessException
         if plan.dist_url is not None:
             dist_url = plan.dist_url
         if plan.timeout_s is not None:
@@ -287,11 +292,6 @@ def cpu_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_
     """OpenOOD's ``_distributed_worker`` in a spawned CPU process (pickled by reference, so
     importing this module registers um/umap here): gloo for NCCL, no CUDA asserts, and the
     process group destroyed before the process exits."""
-    import torch
-    import torch._dynamo  # noqa: F401  before the group: it captures WORLD when imported
-    import torch.distributed as dist
-
-    from um_plugin.openood.cpu import enable_cpu_fallback
     enable_cpu_fallback()
     setup = [(torch.cuda, "is_available", lambda: True),
              (torch.cuda, "device_count", lambda: num_gpus_per_machine),
@@ -321,9 +321,7 @@ def cpu_worker(local_rank, main_func, world_size, num_gpus_per_machine, machine_
 def leave_process_group() -> None:
     """Destroy every group and drop what holds one (OpenOOD's local group and its cached gloo
     group), so no gloo thread outlives the group and races interpreter exit (SIGABRT)."""
-    import gc
 
-    import torch.distributed as dist
     from openood.utils import comm
     comm._LOCAL_PROCESS_GROUP = None
     cached = getattr(comm, "_get_global_gloo_group", None)

@@ -11,6 +11,7 @@ import inspect
 import os
 import re
 
+from um_plugin.core.config import check_integer
 from um_plugin.openood.evaluation.evaluate import load_weights
 from um_plugin.openood.settings.options import TRAINER_NAMES
 
@@ -28,8 +29,7 @@ def _positive(config, key: str) -> None:
         node = node.get(part) if hasattr(node, "get") else None
         if node is None:
             return
-    if isinstance(node, bool) or not isinstance(node, int) or node < 1:
-        raise ValueError(f"--{key}: must be a positive integer, got {node!r}")
+    check_integer(f"--{key}", node, 1)
 
 
 def check_trainer_name(config) -> None:
