@@ -41,6 +41,8 @@ def make_get_network(openood_get_network):
         if network_config.get("pretrained"):
             _load(net, network_config.checkpoint, name)
             print(f"Model Loading {name} Completed!")
+        # OpenOOD's get_network contract, as its own builder ends: DDP over num_gpus > 1, and
+        # .cuda() for num_gpus > 0 (a no-op under um-openood's --cpu fallback)
         num_gpus = network_config.get("num_gpus", 0) or 0
         if num_gpus > 1:
             from openood.utils import comm
