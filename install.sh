@@ -47,10 +47,14 @@ else
     if nvidia-smi -L >/dev/null 2>&1; then torch_build=gpu; else torch_build=cpu; fi
   fi
   step "installing torch and torchvision ($torch_build build)"
-  if [ "$torch_build" = cpu ]; then
-    # an extra index, not --index-url: where it cannot be reached, the default index still
-    # serves a torch and torchvision that match (and where it can, its "+cpu" builds win)
-    pip install -q torch torchvision --extra-index-url https://download.pytorch.org/whl/cpu
+  cpu_index=https://download.pytorch.org/whl/cpu
+  if [ "$torch_build" = cpu ] && ! "$PYTHON" -c "import urllib.request as u; u.urlopen('$cpu_index/torch/', timeout=10)" 2>/dev/null; then
+    step "the PyTorch CPU index ($cpu_index) cannot be reached: torch from the default index (it may be a CUDA build)"
+    pip install -q torch torchvision
+  elif [ "$torch_build" = cpu ]; then
+    # an extra index, not --index-url: the default index still serves what torch needs,
+    # and for one version the CPU index's "+cpu" builds rank above the default's
+    pip install -q torch torchvision --extra-index-url "$cpu_index"
   else
     pip install -q torch torchvision
   fi

@@ -45,7 +45,7 @@ def test_readme_install_is_the_installer_then_the_test_command():
     assert "bash install.sh --openood" in ci and "\npython -m pytest\n" in ci
 
 
-def _fake_env(tmp_path, gpu):
+def _fake_env(tmp_path, gpu, index_reachable=True):
     """A PATH whose ``python`` logs every call and has torch once it installed it, and a ready OpenOOD folder,
     so install.sh's decisions can be read without installing anything."""
     bin_dir, log = tmp_path / "bin", tmp_path / "calls.log"
@@ -53,7 +53,8 @@ def _fake_env(tmp_path, gpu):
     (bin_dir / "python").write_text(
         '#!/bin/bash\necho "$*" >> "{log}"\ncase "$*" in\n'
         '  "-m pip install -q torch torchvision"*) touch "{log}.torch" ;;\n'
-        '  "-c import torch, torchvision") [ -e "{log}.torch" ] || exit 1 ;;\nesac\n'.format(log=log))
+        '  "-c import torch, torchvision") [ -e "{log}.torch" ] || exit 1 ;;\n'
+        '  "-c import urllib.request"*) exit {probe} ;;\nesac\n'.format(log=log, probe=0 if index_reachable else 1))
     if gpu:
         (bin_dir / "nvidia-smi").write_text("#!/bin/bash\necho 'GPU 0: fake'\n")
     for tool in bin_dir.iterdir():
@@ -78,6 +79,17 @@ def test_installer_takes_the_cpu_torch_build_where_no_gpu_is_seen(tmp_path, gpu)
     assert f"-m pip install -q -e {ROOT}[test,openood,bench]" in calls
     assert f"-m pip install -q --no-deps -e {checkout}" in calls
     assert f"using the OpenOOD checkout at {checkout}" in proc.stdout
+
+
+def test_installer_says_so_when_the_cpu_index_cannot_be_reached(tmp_path):
+    """Offline mirrors (this machine, CI): one line, then the default index, no retries."""
+    env, log, checkout = _fake_env(tmp_path, gpu=False, index_reachable=False)
+    proc = subprocess.run(["bash", os.path.join(ROOT, "install.sh"), "--dir", str(checkout)],
+                          env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    assert "the PyTorch CPU index (https://download.pytorch.org/whl/cpu) cannot be reached" in proc.stdout
+    assert [c for c in log.read_text().splitlines() if c.startswith("-m pip install -q torch")] == \
+        ["-m pip install -q torch torchvision"]
 
 
 @pytest.mark.parametrize("args, says", [
