@@ -88,6 +88,16 @@ def trained_model(epochs=60, seed=0):
     return model
 
 
+def masked_model(keep=0.8, threshold="layer", seed=0, **kw):
+    """A TinyCNN (weights seeded 123) with score masks whose scores are drawn from ``seed``."""
+    from um_plugin.core.masks import attach_score_masks
+    torch.manual_seed(123)
+    model = TinyCNN()
+    attach_score_masks(model, keep, threshold=threshold,
+                       generator=torch.Generator().manual_seed(seed), **kw)
+    return model
+
+
 def fresh_copy(model):
     """A new TinyCNN holding ``model``'s weights and buffers."""
     copy = TinyCNN()

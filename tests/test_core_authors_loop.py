@@ -75,15 +75,20 @@ def _freeze_model_weights(model: nn.Module) -> None:
                 m.bias.requires_grad = False
 
 
-def authors_finetune(model: nn.Module, batches, xi: float, *, epochs: int, lr=0.1, momentum=0.9,
-                     weight_decay=1e-4, beta=1.0) -> list:
-    """The authors' loop; returns each step's loss."""
+def authors_sgd(model: nn.Module, lr, momentum, weight_decay) -> torch.optim.SGD:
+    """Their get_optimizer: two groups (BN and the rest), the same decay, no Nesterov."""
     params = list(model.named_parameters())
     bn = [v for n, v in params if "bn" in n and v.requires_grad]
     rest = [v for n, v in params if "bn" not in n and v.requires_grad]
-    optimizer = torch.optim.SGD([{"params": bn, "weight_decay": weight_decay},
-                                 {"params": rest, "weight_decay": weight_decay}],
-                                lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+    return torch.optim.SGD([{"params": bn, "weight_decay": weight_decay},
+                            {"params": rest, "weight_decay": weight_decay}],
+                           lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+
+
+def authors_finetune(model: nn.Module, batches, xi: float, *, epochs: int, lr=0.1, momentum=0.9,
+                     weight_decay=1e-4, beta=1.0) -> list:
+    """The authors' loop; returns each step's loss."""
+    optimizer = authors_sgd(model, lr, momentum, weight_decay)
     losses = []
     for epoch in range(epochs):
         new_lr = 0.5 * (1 + np.cos(np.pi * epoch / epochs)) * lr  # cosine_lr, no warm-up

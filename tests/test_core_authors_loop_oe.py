@@ -16,7 +16,7 @@ from torch.nn import functional as F
 from torch.utils.data import DataLoader, TensorDataset
 
 from core_helpers import fresh_copy, separable_data, trained_model
-from test_core_authors_loop import _assert_bitwise, _authors_net, _epoch_means
+from test_core_authors_loop import _assert_bitwise, _authors_net, _epoch_means, authors_sgd
 from um_plugin.core import FinetuneConfig, Finetuner, run_um
 from um_plugin.core.masks import iter_score_masks
 
@@ -29,12 +29,7 @@ def authors_train_oe(model, batches, outliers, xi, *, method, epochs=EPOCHS, lr=
                      momentum=0.9, weight_decay=1e-4, m_in=-25.0, m_out=-7.0,
                      energy_beta=0.1) -> list:
     """Their main_OE.py loop around train_oe; returns each step's loss."""
-    params = list(model.named_parameters())
-    bn = [v for n, v in params if "bn" in n and v.requires_grad]
-    rest = [v for n, v in params if "bn" not in n and v.requires_grad]
-    optimizer = torch.optim.SGD([{"params": bn, "weight_decay": weight_decay},
-                                 {"params": rest, "weight_decay": weight_decay}],
-                                lr, momentum=momentum, weight_decay=weight_decay, nesterov=False)
+    optimizer = authors_sgd(model, lr, momentum, weight_decay)
     losses = []
     for epoch in range(epochs):
         new_lr = 0.5 * (1 + np.cos(np.pi * epoch / epochs)) * lr

@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from core_helpers import TiedMLP, TinyCNN, state_equal
+from core_helpers import TiedMLP, TinyCNN, masked_model, state_equal
 from um_plugin.core.masks import (attach_score_masks, bake_masks, freeze_weights, has_score_masks,
                                   iter_score_masks, mask_density, mask_settings,
                                   remove_score_masks, restore_requires_grad, score_parameters)
@@ -17,14 +17,6 @@ PATHS = {"host": False, "sync_free": True}
 
 def reference(scores_list, keep_ratio):
     return sorted_reference_mask(torch.cat([s.flatten() for s in scores_list]), keep_ratio)
-
-
-def masked_model(keep=0.8, threshold="layer", seed=0, **kw):
-    torch.manual_seed(123)
-    model = TinyCNN()
-    attach_score_masks(model, keep, threshold=threshold,
-                       generator=torch.Generator().manual_seed(seed), **kw)
-    return model
 
 
 def order(model):

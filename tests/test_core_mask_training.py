@@ -4,18 +4,10 @@ import pytest
 import torch
 from torch import nn
 
-from core_helpers import TinyCNN
+from core_helpers import TinyCNN, masked_model
 from um_plugin.core.masks import (attach_score_masks, freeze_weights, iter_score_masks,
                                   score_parameters)
 from um_plugin.core.topk import sorted_reference_mask
-
-
-def masked_model(keep=0.8, threshold="layer", seed=0, **kw):
-    torch.manual_seed(123)
-    model = TinyCNN()
-    attach_score_masks(model, keep, threshold=threshold,
-                       generator=torch.Generator().manual_seed(seed), **kw)
-    return model
 
 
 def test_gradients_reach_scores_not_frozen_weights():
