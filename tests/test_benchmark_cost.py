@@ -119,7 +119,7 @@ def test_profile_mode_breaks_the_umap_step_down_by_op_and_states_the_floor(tmp_p
     assert "UMAP minus plain, self CPU time by op (lenet, batch 4)" in printed
     assert "Floor: 1 x forward: weight * mask" in printed
     (prof,) = json.loads((tmp_path / "profile.json").read_text())["profiles"]
-    assert prof["masked_weights"] == 61_770 and prof["extra_calls_per_step"] > 0
+    assert prof["masked_weights"] == 61_770 and prof["umap_only_calls_per_step"] > 0
     assert "_MaskedWeightBackward" in prof["by_op_share"] or any(
         "mask" in op.lower() for op in prof["by_op_share"])
     assert 0 < prof["floor_share"] < 1

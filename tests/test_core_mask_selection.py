@@ -4,7 +4,8 @@ every step of scores that move as training moves them."""
 import pytest
 import torch
 
-from um_plugin.core.topk import TopKSelector, num_kept, sorted_reference_mask, topk_mask_
+from um_plugin.core.topk import (TopKSelector, num_kept, row_layout, sorted_reference_mask,
+                                 topk_mask_)
 
 
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
@@ -195,6 +196,36 @@ def test_per_layer_selection_keeps_none_or_all_where_asked(path):
     assert torch.equal(masks[2], sorted_reference_mask(parts[2], 0.8))
     with pytest.raises(ValueError, match="keeps must give one count"):
         TopKSelector().select_each_(masks, parts, [0, 78])
+    alone, mask = [torch.randn(300)], [torch.empty(300)]  # one tensor: its own path
+    for keep in (0, 300, 0):
+        TopKSelector(PATHS[path]).select_each_(mask, alone, [keep])
+        assert int(mask[0].sum()) == keep
+
+
+@pytest.mark.parametrize("path", PATHS)
+def test_prepared_selection_into_one_buffer_follows_scores_moved_in_place(path):
+    """What a training step does: one prepared selection, rerun while an optimizer moves the
+    scores in place, every mask written through one buffer laid out by ``row_layout``; each
+    mask equals the sort's at every step. A buffer whose views the masks are not, at the
+    layout's places, is refused."""
+    sizes = [450, 2_400, 17, 10_080]
+    g = torch.Generator().manual_seed(3)
+    parts = [scores_of("coarse", n, torch.float32, seed=n) for n in sizes]
+    starts, padded = row_layout(sizes)
+    flat = torch.empty(padded)
+    masks = [flat[s:s + n] for s, n in zip(starts, sizes)]
+    keeps = [num_kept(n, 0.8) for n in sizes]
+    call = TopKSelector(PATHS[path]).prepare_each(masks, parts, keeps, flat_masks=flat)
+    for step in range(8):
+        call()
+        assert call.fits(masks, parts)
+        for m, p in zip(masks, parts):
+            assert torch.equal(m, sorted_reference_mask(p, 0.8)), step
+        for p in parts:
+            p.copy_(moved(p, step, 1e-3, g))
+    assert not call.fits(masks, [p.clone() for p in parts])  # other memory: prepare again
+    with pytest.raises(ValueError, match="flat_masks must be"):
+        TopKSelector().prepare_each(masks[::-1], parts[::-1], keeps[::-1], flat_masks=flat)
 
 
 @pytest.mark.parametrize("dtype", DTYPES)

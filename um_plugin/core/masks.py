@@ -21,7 +21,7 @@ from torch.nn.utils import parametrize
 
 from .config import validate_keep_ratio, validate_threshold
 from .popup import SlopeBuffer, masked_weight
-from .topk import MAGNITUDE, Magnitude, TopKSelector, check_importance, num_kept
+from .topk import MAGNITUDE, Magnitude, TopKSelector, check_importance, num_kept, row_layout
 
 # Weights per selection call under per-layer thresholds: small layers are selected together
 # (one comparison and count for all), a larger layer alone, so the shared scratch stays small.
@@ -67,15 +67,23 @@ class _MaskGroup:
         self.selector = TopKSelector(importance=importance)
         self.slope = SlopeBuffer(importance)  # shared by the layers' backward passes, one by one
         self._seen: tuple | None = None
-        self._plan: tuple | None = None  # (members' device, dtype, size), their chunks
+        self._plan: tuple | None = None  # (members' device, dtype, shape), their chunks
+        self._calls: dict = {}  # chunk -> its prepared selection (topk.EachSelection)
+        self._flat: dict = {}  # chunk of several layers -> the one buffer their masks view
 
     @staticmethod
-    def _state_of(m: "ScoreMask") -> tuple:
+    def _stamp(m: "ScoreMask") -> tuple:
+        """What ``m``'s mask was computed from: its scores' memory and version, its mask's."""
+        s = m.scores
+        return s.data_ptr(), s._version, getattr(s, "_um_edits", 0), m.mask.data_ptr()
+
+    @classmethod
+    def _state_of(cls, m: "ScoreMask") -> tuple:
         s, mask = m.scores, m.mask
         if mask.device != s.device or mask.dtype != s.dtype or mask.shape != s.shape:
             # after model.to(...): the mask follows its scores
-            m.mask = mask = torch.ones(s.shape, dtype=s.dtype, device=s.device)
-        return s.data_ptr(), s._version, getattr(s, "_um_edits", 0), mask.data_ptr()
+            m.mask = torch.ones(s.shape, dtype=s.dtype, device=s.device)
+        return cls._stamp(m)
 
     def refresh(self, member: "ScoreMask | None" = None) -> None:
         """Recompute stale masks; a no-op when ``member``'s mask is up to date.
@@ -86,16 +94,14 @@ class _MaskGroup:
         each later layer finds its mask fresh.
         """
         if self.threshold == "layer":
-            if member is not None and self._state_of(member) == member.seen:
+            if member is not None and self._stamp(member) == member.seen:
                 return
+            chunks = self._chunks()  # first: it may lay the masks out anew
             states = [self._state_of(m) for m in self.members]
             with torch.no_grad():
-                for key, chunk in enumerate(self._chunks()):
+                for key, chunk in enumerate(chunks):
                     if any(states[i] != self.members[i].seen for i in chunk):
-                        ms = [self.members[i] for i in chunk]
-                        self.selector.select_each_(
-                            [m.mask for m in ms], [m.scores for m in ms],
-                            [num_kept(m.scores.numel(), self.keep_ratio) for m in ms], key)
+                        self._select(key, [self.members[i] for i in chunk])
                         for i in chunk:
                             self.members[i].seen = states[i]
             return
@@ -109,13 +115,24 @@ class _MaskGroup:
                                   num_kept(total, self.keep_ratio))
             self._seen = tuple(self._state_of(m) for m in self.members)
 
+    def _select(self, key: int, members: list) -> None:
+        """One chunk's per-layer selection, prepared once and rerun while its tensors last."""
+        masks, scores = [m.mask for m in members], [m.scores for m in members]
+        call = self._calls.get(key)
+        if call is None or not call.fits(masks, scores):
+            keeps = [num_kept(s.numel(), self.keep_ratio) for s in scores]
+            call = self._calls[key] = self.selector.prepare_each(masks, scores, keeps, key,
+                                                                 self._flat.get(key))
+        call()
+
     def _chunks(self) -> list[list[int]]:
         """Members selected together: runs of one device and dtype, up to CHUNK weights each
         (a larger layer alone), so small layers share one call and scratch stays small."""
-        signature = tuple((m.scores.device, m.scores.dtype, m.scores.numel()) for m in self.members)
+        signature = tuple((m.scores.device, m.scores.dtype, m.scores.shape) for m in self.members)
         if self._plan is None or self._plan[0] != signature:
             chunks, total = [], 0
-            for i, (device, dtype, n) in enumerate(signature):
+            for i, (device, dtype, shape) in enumerate(signature):
+                n = shape.numel()
                 same_kind = chunks and signature[chunks[-1][-1]][:2] == (device, dtype)
                 if same_kind and total + n <= CHUNK:
                     chunks[-1].append(i)
@@ -124,7 +141,26 @@ class _MaskGroup:
                     chunks.append([i])
                     total = n
             self._plan = (signature, chunks)
+            self._calls = {}
+            self._flat = {key: self._lay_out([self.members[i] for i in chunk])
+                          for key, chunk in enumerate(chunks)
+                          if len(chunk) > 1 and self.threshold == "layer"}
         return self._plan[1]
+
+    @staticmethod
+    def _lay_out(members: list) -> torch.Tensor:
+        """One buffer for the masks of several layers, laid out as the selector reads them
+        (``topk.row_layout``), so that one op writes them all; each mask becomes its view,
+        with the values it had."""
+        like = members[0].scores
+        starts, padded = row_layout([m.scores.numel() for m in members])
+        flat = torch.ones(padded, dtype=like.dtype, device=like.device)
+        for m, start in zip(members, starts):
+            view = flat[start:start + m.scores.numel()].view(m.scores.shape)
+            if m.mask.shape == view.shape:
+                view.copy_(m.mask)
+            m.mask = view
+        return flat
 
     def mark_fresh(self) -> None:
         """Declare the masks right for the scores as they are (after restoring both together)."""

@@ -21,7 +21,10 @@ are viewed as rows of :data:`ROW` so that one row-sum per comparison locates tho
 first call has no cut: its bracket is the whole range, i.e. a plain ``kthvalue``. Per-layer
 thresholds of several layers are certified together (:meth:`TopKSelector.select_each_`): each
 layer starts on a row of its own, so one comparison against every row's cut and one count
-serve them all, and only a layer whose count is off is mended, as above.
+serve them all, and only a layer whose count is off is mended, as above. A training step
+repeats that call on the same tensors: :meth:`TopKSelector.prepare_each` does its checks and
+layout once (:class:`EachSelection`), and masks laid out as the magnitudes are
+(:func:`row_layout`) are written in one op.
 """
 from __future__ import annotations
 
@@ -44,6 +47,9 @@ WIDEN, TRIES = 16, 3
 # A band of at most this many entries gives its threshold and the entry after it from one
 # partial sort (``topk``); a larger one (a first selection) takes one ``kthvalue``.
 RANKED_MAX = 256
+# Rows holding the band with at most this many entries in all are ranked among directly
+# (one partial sort), without first picking the band's entries out of them.
+NEAR_MAX = 2048
 # Off the CPU (no host sync), from this size on one stable sort beats ``kthvalue``, which
 # runs one thread block per slice.
 SORT_MIN = 100_000
@@ -131,36 +137,24 @@ class TopKSelector:
                 offset += size
 
     def select_each_(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
-                     keeps: Sequence[int], key=0) -> None:
+                     keeps: Sequence[int], key=0, flat_masks: torch.Tensor | None = None) -> None:
         """Fill ``masks[i]`` with 1 at the ``keeps[i]`` largest ``|scores[i]|``, for every i.
 
         One threshold per tensor (per-layer masks), found in one pass for all of them: the
         tensors' magnitudes are laid side by side, each from a row boundary on, so one
         comparison against every tensor's last cut and one row count certify them all, and
         only the tensors whose count is off are mended (as :meth:`select_` mends one).
+        ``flat_masks``: a buffer of which the masks are views, laid out as
+        :func:`row_layout` says, so that all of them are written in one op.
         """
-        sizes = _checked(masks, scores)
-        if len(keeps) != len(sizes) or not all(0 <= k <= n for k, n in zip(keeps, sizes)):
-            raise ValueError(f"keeps must give one count in [0, n] per tensor of sizes {sizes}, "
-                             f"got {list(keeps)!r}")
-        first = scores[0]
-        plan = self._plan(key, sizes, first)
-        mag, ind = self._scratch(plan.padded, first)
-        mags, inds = plan.views(mag, ind, scores, masks)
-        with torch.no_grad():
-            for s, m in zip(scores, mags):
-                self.importance.rank(s, out=m)
-            if self._sync_free(first):
-                for start, size, keep in zip(plan.starts, sizes, keeps):
-                    if keep in (0, size):  # nothing to select (and kthvalue needs k >= 1)
-                        ind[start:start + size].fill_(keep == 0)
-                    else:
-                        _drop_sync_free_(ind[start:start + size], mag[start:start + size],
-                                         size - keep)
-            else:
-                self._drop_each_(plan, ind, mag, sizes, keeps)
-            for m, i in zip(masks, inds):
-                torch.eq(i, 0, out=m)
+        self.prepare_each(masks, scores, keeps, key, flat_masks)()
+
+    def prepare_each(self, masks: Sequence[torch.Tensor], scores: Sequence[torch.Tensor],
+                     keeps: Sequence[int], key=0, flat_masks: torch.Tensor | None = None
+                     ) -> "EachSelection":
+        """:meth:`select_each_`, checked and laid out once, to call at every step while
+        :meth:`EachSelection.fits` the tensors (a training step passes the same ones)."""
+        return EachSelection(self, masks, scores, keeps, key, flat_masks)
 
     def _sync_free(self, like: torch.Tensor) -> bool:
         return self.sync_free if self.sync_free is not None else like.device.type != "cpu"
@@ -176,23 +170,26 @@ class TopKSelector:
                 plan.bounds[start // ROW:plan.ends[i] // ROW].fill_(cut)
         return plan
 
-    def _drop_each_(self, plan: "_Layout", ind, mag, sizes, keeps) -> None:
+    def _drop_each_(self, plan: "_Layout", ind, mag, sizes, drops) -> None:
         """Per-tensor :meth:`_drop_`: one comparison and count for all, then the misses."""
-        if plan.pads is not None:
-            mag.index_fill_(0, plan.pads, math.nan)  # row padding: never counted nor in a band
         ind2d, mag2d = ind.view(-1, ROW), mag.view(-1, ROW)
+        if len(sizes) == 1:  # one tensor: its cut is a number, compared without a bounds column
+            if drops[0] in (0, sizes[0]):
+                ind2d.fill_(drops[0] != 0)
+            else:
+                self._drop_(ind2d, mag2d, sizes[0], drops[0], plan.keys[0])
+            return
         torch.le(mag2d, plan.bounds, out=ind2d)
         rows = ind2d.sum(1)  # at most ROW per row: exact in float32
-        counts = plan.counts.zero_().index_add_(0, plan.row_owner, rows.double()).tolist()
-        for i, (size, keep) in enumerate(zip(sizes, keeps)):
-            drop, r0, r1 = size - keep, plan.starts[i] // ROW, plan.ends[i] // ROW
-            if keep in (0, size):
-                ind2d[r0:r1].fill_(keep == 0)
-            elif counts[i] != drop:
-                k = plan.keys[i]
+        per_row = rows.tolist()  # one op; each tensor's count is then summed here
+        for i, (size, drop) in enumerate(zip(sizes, drops)):
+            count = int(sum(per_row[plan.starts[i] // ROW:plan.ends[i] // ROW]))
+            if drop in (0, size):
+                ind2d[plan.starts[i] // ROW:plan.ends[i] // ROW].fill_(drop != 0)
+            elif count != drop:
+                k, r0, r1 = plan.keys[i], plan.starts[i] // ROW, plan.ends[i] // ROW
                 cut = self._cuts.get(k, (-math.inf, None))[0]
-                self._drop_(ind2d[r0:r1], mag2d[r0:r1], size, drop, k,
-                            (cut, rows[r0:r1], int(counts[i])))
+                self._drop_(ind2d[r0:r1], mag2d[r0:r1], size, drop, k, (cut, rows[r0:r1], count))
                 plan.bounds[r0:r1].fill_(self._cuts.get(k, (-math.inf, None))[0])
 
     def _scratch(self, padded: int, like: torch.Tensor):
@@ -242,38 +239,127 @@ def _checked(masks, scores) -> list:
     return sizes
 
 
+def row_layout(sizes: Sequence[int]) -> tuple[list, int]:
+    """Where :meth:`TopKSelector.select_each_` puts tensors of ``sizes`` side by side: each
+    from a row boundary on (``starts``), ``padded`` entries in all. A buffer laid out so can
+    hold all their masks (``flat_masks``)."""
+    starts, start = [], 0
+    for size in sizes:
+        starts.append(start)
+        start += -(-size // ROW) * ROW
+    return starts, start
+
+
 class _Layout:
     """Where :meth:`TopKSelector.select_each_` puts each tensor: from a row boundary on, so
     every row belongs to one tensor and holds that tensor's cut in ``bounds``."""
 
     def __init__(self, sizes: list, like: torch.Tensor, key):
         self.sizes = list(sizes)
-        self.ends, self.starts, start = [], [], 0
-        for size in sizes:
-            self.starts.append(start)
-            start += -(-size // ROW) * ROW
-            self.ends.append(start)
-        self.padded = start
-        rows = torch.tensor([-(-size // ROW) for size in sizes], device=like.device)
-        self.row_owner = torch.repeat_interleave(torch.arange(len(sizes), device=like.device),
-                                                 rows)
-        self.bounds = torch.full((start // ROW, 1), -math.inf, dtype=like.dtype, device=like.device)
-        self.counts = torch.zeros(len(sizes), dtype=torch.float64, device=like.device)
+        self.starts, self.padded = row_layout(sizes)
+        self.ends = self.starts[1:] + [self.padded]
+        device = like.device
+        self.bounds = torch.full((self.padded // ROW, 1), -math.inf, dtype=like.dtype,
+                                 device=device)
         pads = [torch.arange(b + n, e) for b, n, e in zip(self.starts, sizes, self.ends)
                 if b + n < e]
-        self.pads = torch.cat(pads).to(like.device) if pads else None
+        self.pads = torch.cat(pads).to(device) if pads else None
         self.keys = [(key, i) for i in range(len(sizes))]
-        self._views: tuple = (None, None, None)
+        self._nan = torch.full((ROW,), math.nan, dtype=like.dtype, device=device)
 
-    def views(self, mag, ind, scores, masks) -> tuple:
-        """Each tensor's slices of the scratch, shaped like it (kept while the scratch is)."""
-        key = (mag.data_ptr(), ind.data_ptr(), [s.shape for s in scores],
-               [m.shape for m in masks])
-        if self._views[0] != key:
-            mags = [mag[b:b + n].view(s.shape) for b, n, s in zip(self.starts, self.sizes, scores)]
-            inds = [ind[b:b + n].view(m.shape) for b, n, m in zip(self.starts, self.sizes, masks)]
-            self._views = (key, mags, inds)
-        return self._views[1], self._views[2]
+    def pieces(self, scores: Sequence[torch.Tensor]) -> list:
+        """The flat scores and NaN pads in layout order: their concatenation fills the
+        scratch, padding included, in one op."""
+        out = []
+        for s, start, size, end in zip(scores, self.starts, self.sizes, self.ends):
+            out.append(s.reshape(-1))
+            if start + size < end:
+                out.append(self._nan[:end - start - size])
+        return out
+
+
+class EachSelection:
+    """One :meth:`TopKSelector.select_each_` over fixed tensors, checked and laid out once.
+
+    A training step passes the same masks and scores every time, so the checks, the layout,
+    the views of the scratch and the pieces of the one concatenation are made here once;
+    a call then runs only the comparisons (and the mends of the layers whose cut moved).
+    """
+
+    def __init__(self, selector: TopKSelector, masks, scores, keeps, key, flat_masks):
+        sizes = _checked(masks, scores)
+        if len(keeps) != len(sizes) or not all(0 <= k <= n for k, n in zip(keeps, sizes)):
+            raise ValueError(f"keeps must give one count in [0, n] per tensor of sizes {sizes}, "
+                             f"got {list(keeps)!r}")
+        first = scores[0]
+        self.selector, self.sizes = selector, sizes
+        self.drops = [n - k for n, k in zip(sizes, keeps)]
+        self.signature = _signature(masks, scores)
+        self.sync_free = selector._sync_free(first)
+        self.plan = plan = selector._plan(key, sizes, first)
+        self.scores = [s.detach() for s in scores]  # aliases: same memory and version counter
+        self.masks = list(masks)
+        self.flat_masks = _flat_masks(flat_masks, self.masks, plan)
+        # several tensors ranked as one concatenation, when the ranking goes entry by entry
+        self.concat = (len(sizes) > 1 and type(selector.importance).rank is Magnitude.rank
+                       and all(s.is_contiguous() for s in self.scores))
+        self.pieces = plan.pieces(self.scores) if self.concat else None
+        self._scratch = None
+
+    def fits(self, masks, scores) -> bool:
+        """Whether these are still the tensors (same memory, shapes, dtypes) it was made for."""
+        return _signature(masks, scores) == self.signature
+
+    def __call__(self) -> None:
+        selector, plan = self.selector, self.plan
+        if self._scratch is None or self._scratch[0] is not selector._mag:  # scratch regrown
+            mag, ind = selector._scratch(plan.padded, self.scores[0])
+            mags = [mag[b:b + n].view(s.shape) for b, n, s in zip(plan.starts, self.sizes, self.scores)]
+            inds = [ind[b:b + n].view(m.shape) for b, n, m in zip(plan.starts, self.sizes, self.masks)]
+            self._scratch = (selector._mag, mag, ind, mags, inds)
+        _, mag, ind, mags, inds = self._scratch
+        with torch.no_grad():
+            if self.concat:
+                torch.cat(self.pieces, out=mag)
+                torch.abs(mag, out=mag)  # NaN pads stay NaN: never counted nor in a band
+            else:
+                for s, m in zip(self.scores, mags):
+                    selector.importance.rank(s, out=m)
+                if plan.pads is not None:
+                    mag.index_fill_(0, plan.pads, math.nan)
+            if self.sync_free:
+                for start, size, drop in zip(plan.starts, self.sizes, self.drops):
+                    if drop in (0, size):  # nothing to select (and kthvalue needs k >= 1)
+                        ind[start:start + size].fill_(drop != 0)
+                    else:
+                        _drop_sync_free_(ind[start:start + size], mag[start:start + size], drop)
+            else:
+                selector._drop_each_(plan, ind, mag, self.sizes, self.drops)
+            if self.flat_masks is not None:
+                torch.eq(ind, 0, out=self.flat_masks)
+            else:
+                for m, i in zip(self.masks, inds):
+                    torch.eq(i, 0, out=m)
+
+
+def _signature(masks, scores) -> tuple:
+    return tuple((s.data_ptr(), s.shape, s.dtype, m.data_ptr(), m.shape, m.dtype)
+                 for s, m in zip(scores, masks))
+
+
+def _flat_masks(flat: torch.Tensor | None, masks: list, plan: _Layout) -> torch.Tensor | None:
+    """``flat`` if every mask is its view at the layout's place, else ValueError."""
+    if flat is None:
+        return None
+    size = flat.element_size()
+    placed = (flat.dim() == 1 and flat.numel() == plan.padded and flat.is_contiguous()
+              and all(m.dtype == flat.dtype and m.device == flat.device
+                      and m.data_ptr() == flat.data_ptr() + start * size
+                      for m, start in zip(masks, plan.starts)))
+    if not placed:
+        raise ValueError(f"flat_masks must be a 1-d buffer of {plan.padded} entries with each "
+                         f"mask its view from offset {plan.starts} on (topk.row_layout)")
+    return flat
 
 
 def _count(mag2d, bound: float, ind2d):
@@ -305,24 +391,37 @@ def _select_band_(ind2d, mag2d, n: int, drop: int, lo, hi):
     rows = torch.nonzero(rows_lo != rows_hi).view(-1)
     near = mag2d.index_select(0, rows)
     flat = near.view(-1)
-    band = flat[(flat > low) & (flat <= high)]
-    k = drop - below  # the threshold's rank in the band
-    if k < band.numel() <= RANKED_MAX:  # the k-th and the next entry from one partial sort
-        t, following = torch.topk(band, k + 1, largest=False).values[k - 1:].tolist()
-        straddle = following == t  # else exactly k band entries are <= t
+    if flat.numel() <= NEAR_MAX:  # few rows: the threshold's rank among all their entries
+        outside = below - int(rows_lo.index_select(0, rows).sum(dtype=torch.float64))
+        k = drop - outside  # entries <= low outside these rows are ranked below them all
+        ranked = torch.topk(flat, min(k + 1, flat.numel()), largest=False).values
+        t, *following = ranked[k - 1:].tolist()
+        following = following[0] if following else high
+        straddle = following == t  # else exactly k of these entries are <= t
+        within = flat
     else:
-        t = float(torch.kthvalue(band, k).values)
-        above = band[band > t]
-        following = float(above.min()) if above.numel() else high
-        straddle = True  # counted below
+        outside = below
+        band = flat[(flat > low) & (flat <= high)]
+        k = drop - below  # the threshold's rank in the band
+        if k < band.numel() <= RANKED_MAX:  # the k-th and the next entry from one partial sort
+            t, following = torch.topk(band, k + 1, largest=False).values[k - 1:].tolist()
+            straddle = following == t
+        else:
+            t = float(torch.kthvalue(band, k).values)
+            above = band[band > t]
+            following = float(above.min()) if above.numel() else high
+            straddle = True  # counted below
+        within = band
+    if not following <= high:  # NaN, or past ``high``: nothing else lies in (t, high]
+        following = high
     dropped = torch.empty(near.shape, dtype=ind2d.dtype, device=ind2d.device)
     torch.le(near, t, out=dropped)
-    kept_ties = below + int(torch.count_nonzero(band <= t)) - drop if straddle else 0
+    kept_ties = outside + int(torch.count_nonzero(within <= t)) - drop if straddle else 0
     if kept_ties:  # the stable sort keeps the tied entries of the highest indices
         tied = torch.nonzero(flat == t).view(-1)
         dropped.view(-1)[tied[tied.numel() - kept_ties:]] = 0
     ind2d.index_copy_(0, rows, dropped)
-    gap = (high - low) / band.numel()
+    gap = (high - low) / max(up_to_high - below, 1)  # entries in (low, high]
     if not math.isfinite(gap):  # a selection from scratch: as if spread evenly over [0, 2t]
         gap = 2 * t / n
     gap = max(gap, math.ulp(t))
