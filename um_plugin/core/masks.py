@@ -70,6 +70,7 @@ class _MaskGroup:
         self._plan: tuple | None = None  # (members' device, dtype, shape), their chunks
         self._calls: dict = {}  # chunk -> its prepared selection (topk.EachSelection)
         self._flat: dict = {}  # chunk of several layers -> the one buffer their masks view
+        self._where: list | None = None  # each member's memory and edits at the last refresh
 
     @staticmethod
     def _stamp(m: "ScoreMask") -> tuple:
@@ -96,14 +97,25 @@ class _MaskGroup:
         if self.threshold == "layer":
             if member is not None and self._stamp(member) == member.seen:
                 return
-            chunks = self._chunks()  # first: it may lay the masks out anew
-            states = [self._state_of(m) for m in self.members]
+            states = [self._stamp(m) for m in self.members]
+            # the scores' and masks' memory, and the .data edits, as at the last refresh: the
+            # layout and the prepared selections still fit (a training step's case)
+            where = [(s[0], s[2], s[3]) for s in states]
+            same = where == self._where
+            if not same:
+                self._chunks()  # first: it may lay the masks out anew
+                states = [self._state_of(m) for m in self.members]
             with torch.no_grad():
-                for key, chunk in enumerate(chunks):
+                for key, chunk in enumerate(self._plan[1]):
                     if any(states[i] != self.members[i].seen for i in chunk):
-                        self._select(key, [self.members[i] for i in chunk])
+                        call = self._calls.get(key) if same else None
+                        if call is None:
+                            self._select(key, [self.members[i] for i in chunk])
+                        else:
+                            call()
                         for i in chunk:
                             self.members[i].seen = states[i]
+            self._where = [(s[0], s[2], s[3]) for s in states]
             return
         with torch.no_grad():
             state = tuple(self._state_of(m) for m in self.members)
