@@ -3,6 +3,7 @@
 import json
 
 import pytest
+import torch
 
 from bench_helpers import one_line_error
 from benchmarks import cost
@@ -27,6 +28,8 @@ def test_cost_lenet_tiny_reports_every_ratio_with_its_target(tmp_path, capsys):
                 "xi_images_per_s"):
         assert m[key] > 0
     assert 0 < m["selection_share_of_umap_step"] < 1  # timed within the UMAP steps
+    faults = m["minor_faults_per_step"]  # counted on Linux, where this runs
+    assert set(faults) == {"plain", "um", "umap"} and all(v >= 0 for v in faults.values())
     assert "| lenet | 8 |" in (tmp_path / "cost.md").read_text()
 
 
@@ -135,3 +138,14 @@ def test_versus_times_this_checkout_against_a_commit_with_identical_masks(tmp_pa
     assert row["ratio_umap_after_vs_plain"] > 0 and len(row["load_start"]) == 3
     assert versus.main(["--baseline", "no-such-commit", "--out", str(tmp_path)]) == 2
     one_line_error(capsys, versus.PROG, "--baseline 'no-such-commit' is not a commit")
+
+
+@pytest.mark.skipif(measure.minor_faults() is None, reason="the platform counts no page faults")
+def test_interleaved_counts_each_calls_page_faults():
+    """A call that touches 64 MB afresh (above glibc's largest mmap threshold, so the memory
+    comes from the system every time) faults thousands of pages; an empty call does not."""
+    faults = {}
+    times = measure.interleaved({"fresh": lambda: torch.ones(1 << 24), "none": lambda: None},
+                                rounds=3, warmup=1, device=torch.device("cpu"), faults=faults)
+    assert len(times["fresh"]) == len(faults["fresh"]) == 3
+    assert min(faults["fresh"]) > 4000 and max(faults["none"]) < min(faults["fresh"]) / 10

@@ -52,15 +52,17 @@ def sync(device: torch.device) -> None:
 
 
 def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int,
-                device: torch.device, clock: Callable[[], float] = time.perf_counter
-                ) -> Dict[str, List[float]]:
+                device: torch.device, clock: Callable[[], float] = time.perf_counter,
+                faults: Dict[str, List[int]] | None = None) -> Dict[str, List[float]]:
     """Seconds per call of every function, ``rounds`` interleaved rounds after ``warmup``.
 
     Each round starts one variant later than the previous one, so no variant always runs
     right after the same other one: what a variant leaves behind (caches, the allocator's
     free lists) falls on every variant alike. ``clock`` is wall time by default;
     ``time.thread_time`` counts only this thread's CPU time (on the CPU with one torch
-    thread, all of the work), which other processes' load does not inflate.
+    thread, all of the work), which other processes' load does not inflate. ``faults``, when
+    given, gets each call's minor page faults (memory the allocator took back from the
+    system and touched again), where the platform counts them.
     """
     times = {k: [] for k in fns}
     names = list(fns)
@@ -71,11 +73,23 @@ def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int,
     for r in range(rounds):
         shift = r % len(names)
         for k in names[shift:] + names[:shift]:
+            before = minor_faults() if faults is not None else None
             t = clock()
             fns[k]()
             sync(device)
             times[k].append(clock() - t)
+            if before is not None:
+                faults.setdefault(k, []).append(minor_faults() - before)
     return times
+
+
+def minor_faults() -> int | None:
+    """This process's minor page faults so far, or None where the platform does not count."""
+    try:
+        import resource
+    except ImportError:  # not a Unix
+        return None
+    return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
 def median(times: Dict[str, List[float]]) -> Dict[str, float]:
@@ -121,9 +135,14 @@ def training_steps(base: nn.Module, x, y, keep_ratio: float, rounds: int, warmup
     batches = [(x, y)] * round_steps
     tuners = variant_tuners(base, keep_ratio, round_steps)
     fns = {k: (lambda t=t: t.train_epoch(batches)) for k, t in tuners.items()}
-    times = interleaved(fns, rounds, warmup, device)
+    faults: Dict[str, List[int]] = {}
+    times = interleaved(fns, rounds, warmup, device, faults=faults)
     step = {k: v / round_steps for k, v in median(times).items()}
+    counted = minor_faults() is not None
     res = {"step_s": step, "round_steps": round_steps, "rounds": rounds,
+           # the allocator's share: pages given back to the system and faulted in again
+           "minor_faults_per_step": ({k: statistics.median(v) / round_steps
+                                      for k, v in faults.items()} if counted else None),
            "selection_share_of_umap_step": selection_share(tuners["umap"], batches, rounds,
                                                            device)}
     for name in ("umap", "um"):

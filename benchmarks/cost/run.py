@@ -184,16 +184,20 @@ def markdown(results: dict) -> str:
         return "\n".join(lines) + "\n"
     lines += ["| model | batch | UMAP/plain step | UM/plain step | mask selection, share of the "
               "UMAP step | baked/base inference | ξ estimation img/s | step s (plain / UM / UMAP) "
+              "| minor page faults per step plain / UM / UMAP "
               "| host syncs per step (+ per epoch) plain / UM / UMAP |",
-              "|---|---|---|---|---|---|---|---|---|"]
+              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in results["models"]:
         s = r["step_s"]
         syncs = r.get("syncs")
+        flt = r.get("minor_faults_per_step")
         lines.append(
             f"| {r['model']} | {r['batch']} | {verdict_of(r, 'ratio_umap_vs_plain')} "
             f"| {r['ratio_um_vs_plain']:.3f} | {100 * r['selection_share_of_umap_step']:.1f}% | "
             f"{verdict_of(r, 'ratio_baked_vs_base_inference')} | "
             f"{r['xi_images_per_s']:.0f} | {s['plain']:.4f} / {s['um']:.4f} / {s['umap']:.4f} | "
+            + (" / ".join(f"{flt[k]:,.0f}" for k in ("plain", "um", "umap")) if flt else "n/a")
+            + " | "
             + (" / ".join(f"{syncs[k]['per_step']:g} (+{syncs[k]['per_epoch_end']:g})"
                           for k in ("plain", "um", "umap")) if syncs else "n/a (CPU)")
             + " |")
