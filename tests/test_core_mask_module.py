@@ -282,3 +282,23 @@ def test_the_first_stale_layer_refreshes_every_stale_mask():
     assert exact_at_fc == [[True, True]]
     for m in masks:
         assert torch.equal(m.mask, sorted_reference_mask(m.scores, 0.7))
+
+
+@pytest.mark.parametrize("how", ["data", "inplace"])
+def test_scores_seen_in_another_layout_refresh_the_mask(how):
+    """Scores that keep their memory but change layout (a square matrix transposed through
+    ``.data``, or in place) are read in their new layout, not the one the selection was
+    prepared for."""
+    model = nn.Sequential(nn.Linear(6, 6), nn.Linear(6, 6))
+    attach_score_masks(model, 0.5, generator=torch.Generator().manual_seed(0))
+    x = torch.randn(3, 6)
+    model(x)
+    p = score_parameters(model)[0]
+    with torch.no_grad():
+        if how == "data":
+            p.data = p.data.t()
+        else:
+            p.t_()
+    model(x)
+    for _, _, m in iter_score_masks(model):
+        assert torch.equal(m.mask, sorted_reference_mask(m.scores, 0.5))

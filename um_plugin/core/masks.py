@@ -98,9 +98,10 @@ class _MaskGroup:
             if member is not None and self._stamp(member) == member.seen:
                 return
             states = [self._stamp(m) for m in self.members]
-            # the scores' and masks' memory, and the .data edits, as at the last refresh: the
-            # layout and the prepared selections still fit (a training step's case)
-            where = [(s[0], s[2], s[3]) for s in states]
+            # the scores' memory, layout and .data edits, and the masks' memory, as at the last
+            # refresh: the prepared selections still fit (a training step's case)
+            where = [(s[0], s[2], s[3], m.scores.shape, m.scores.stride())
+                     for s, m in zip(states, self.members)]
             same = where == self._where
             if not same:
                 self._chunks()  # first: it may lay the masks out anew
@@ -115,7 +116,8 @@ class _MaskGroup:
                             call()
                         for i in chunk:
                             self.members[i].seen = states[i]
-            self._where = [(s[0], s[2], s[3]) for s in states]
+            self._where = [(s[0], s[2], s[3], m.scores.shape, m.scores.stride())
+                           for s, m in zip(states, self.members)]
             return
         with torch.no_grad():
             state = tuple(self._state_of(m) for m in self.members)

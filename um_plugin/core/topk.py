@@ -343,8 +343,9 @@ class EachSelection:
 
 
 def _signature(masks, scores) -> tuple:
-    return tuple((s.data_ptr(), s.shape, s.dtype, m.data_ptr(), m.shape, m.dtype)
-                 for s, m in zip(scores, masks))
+    """Memory, layout and dtype of each pair: what a prepared selection reads and writes."""
+    return tuple((s.data_ptr(), s.shape, s.stride(), s.dtype, m.data_ptr(), m.shape, m.stride(),
+                  m.dtype) for s, m in zip(scores, masks))
 
 
 def _flat_masks(flat: torch.Tensor | None, masks: list, plan: _Layout) -> torch.Tensor | None:
