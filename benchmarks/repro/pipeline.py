@@ -32,7 +32,6 @@ import torchvision.transforms as T
 
 from um_plugin.core import FinetuneConfig
 from um_plugin.core.config import validate_keep_ratio, validate_xi
-from um_plugin.core.distributed import strip_ddp_prefix
 from um_plugin.core.runs import RUNNERS
 from um_plugin.core.xi import estimate_xi
 from um_plugin.workers import default_workers
@@ -63,9 +62,8 @@ def build_net(suite: str, checkpoint: Optional[str], dry_run: bool, network: str
     if checkpoint:
         if not os.path.isfile(checkpoint):
             raise BenchmarkError(f"checkpoint {checkpoint!r} does not exist")
-        state = torch.load(checkpoint, map_location="cpu", weights_only=True)
-        state = state.get("state_dict", state) if isinstance(state, dict) else state
-        strip_ddp_prefix(state)
+        from um_plugin.openood.registry.networks import model_state
+        state = model_state(torch.load(checkpoint, map_location="cpu", weights_only=True))
         try:
             net.load_state_dict(state)
         except RuntimeError as exc:

@@ -18,11 +18,16 @@ from um_plugin.openood.registry.densenet import DenseNetBC100
 NETWORKS = {"densenet_bc100": DenseNetBC100}
 
 
+def model_state(loaded) -> dict:
+    """The model's state_dict in a loaded checkpoint: the authors' ``*.state`` files hold it
+    under ``state_dict``; a DataParallel ``module.`` prefix is dropped (in place)."""
+    if isinstance(loaded, dict) and "state_dict" in loaded:
+        loaded = loaded["state_dict"]
+    return strip_ddp_prefix(loaded)
+
+
 def _load(net: torch.nn.Module, path: str, name: str) -> None:
-    state = torch.load(path)  # as OpenOOD's get_network (the CPU fallback maps it)
-    if isinstance(state, dict) and "state_dict" in state:  # the authors' *.state files
-        state = state["state_dict"]
-    strip_ddp_prefix(state)
+    state = model_state(torch.load(path))  # as OpenOOD's get_network (the CPU fallback maps it)
     try:
         net.load_state_dict(state)
     except RuntimeError as exc:
