@@ -41,26 +41,20 @@ def _nothing_finished(out_dir, out):
 
 
 @pytest.mark.slow
-def test_nan_on_one_rank_stops_every_rank_in_one_line(checkout, tiny, tmp_path):
+@pytest.mark.parametrize("probe, starts, says", [
+    ({"UM_PROBE_NAN_RANK": "1"}, "um-openood: error: rank ",
+     "NonFiniteLossError: loss became non-finite on 1 rank(s) at epoch 1, step 0"),
+    ({"UM_PROBE_KILL_RANK": "1"}, "um-openood: error: rank 1 (pid ",
+     "was killed by SIGKILL; the other ranks were stopped"),
+], ids=["nan_on_one_rank", "a_killed_rank"])
+def test_a_failing_rank_stops_every_rank_in_one_line_naming_why(checkout, tiny, tmp_path, probe,
+                                                                starts, says):
     proc = start(checkout, tiny, "um", tmp_path / "out", "--num_gpus", "2",
-                 "--dataset.train.batch_size", "12", probe=tmp_path / "probe",
-                 env={"UM_PROBE_NAN_RANK": "1"})
+                 "--dataset.train.batch_size", "12", probe=tmp_path / "probe", env=probe)
     [(code, out, err)] = finish(proc)
     line = _one_error_line(err)
-    assert code == 1 and line.startswith("um-openood: error: rank "), line
-    assert "NonFiniteLossError: loss became non-finite on 1 rank(s) at epoch 1, step 0" in line
-    _nothing_finished(tmp_path / "out", out)
-
-
-@pytest.mark.slow
-def test_a_killed_rank_stops_the_others_in_one_line_naming_it(checkout, tiny, tmp_path):
-    proc = start(checkout, tiny, "um", tmp_path / "out", "--num_gpus", "2",
-                 "--dataset.train.batch_size", "12", probe=tmp_path / "probe",
-                 env={"UM_PROBE_KILL_RANK": "1"})
-    [(code, out, err)] = finish(proc)
-    line = _one_error_line(err)
-    assert code == 1 and line.startswith("um-openood: error: rank 1 (pid "), line
-    assert "was killed by SIGKILL; the other ranks were stopped" in line
+    assert code == 1 and line.startswith(starts), line
+    assert says in line
     _nothing_finished(tmp_path / "out", out)
 
 
