@@ -100,9 +100,7 @@ class _MaskGroup:
             states = [self._stamp(m) for m in self.members]
             # the scores' memory, layout and .data edits, and the masks' memory, as at the last
             # refresh: the prepared selections still fit (a training step's case)
-            where = [(s[0], s[2], s[3], m.scores.shape, m.scores.stride())
-                     for s, m in zip(states, self.members)]
-            same = where == self._where
+            same = self._where_of(states) == self._where
             if not same:
                 self._chunks()  # first: it may lay the masks out anew
                 states = [self._state_of(m) for m in self.members]
@@ -116,8 +114,7 @@ class _MaskGroup:
                             call()
                         for i in chunk:
                             self.members[i].seen = states[i]
-            self._where = [(s[0], s[2], s[3], m.scores.shape, m.scores.stride())
-                           for s, m in zip(states, self.members)]
+            self._where = self._where_of(states)
             return
         with torch.no_grad():
             state = tuple(self._state_of(m) for m in self.members)
@@ -128,6 +125,11 @@ class _MaskGroup:
                                   [m.scores for m in self.members],
                                   num_kept(total, self.keep_ratio))
             self._seen = tuple(self._state_of(m) for m in self.members)
+
+    def _where_of(self, states: list) -> list:
+        """Per member: its scores' memory, ``.data`` edits and layout, and its mask's memory."""
+        return [(s[0], s[2], s[3], m.scores.shape, m.scores.stride())
+                for s, m in zip(states, self.members)]
 
     def _select(self, key: int, members: list) -> None:
         """One chunk's per-layer selection, prepared once and rerun while its tensors last."""
