@@ -7,6 +7,8 @@ for bit), so the ratios time exactly what users run.
 from __future__ import annotations
 
 import copy
+import functools
+import mmap
 import statistics
 import time
 import warnings
@@ -84,12 +86,41 @@ def interleaved(fns: Dict[str, Callable[[], None]], rounds: int, warmup: int,
 
 
 def minor_faults() -> int | None:
-    """This process's minor page faults so far, or None where the platform does not count."""
-    try:
-        import resource
-    except ImportError:  # not a Unix
-        return None
+    """This process's minor page faults so far, or None where the platform does not count them
+    (not a Unix, or a kernel or sandbox whose ``getrusage`` reports none: see ``counts_faults``)."""
+    return _minflt() if counts_faults() else None
+
+
+def _minflt() -> int:
+    import resource
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+
+
+@functools.lru_cache(maxsize=None)
+def counts_faults() -> bool:
+    """Whether ``getrusage`` counts this process's minor page faults, probed once: some kernels
+    and sandboxes answer 0 whatever the process touches, and a 0 must not read as "no faults"."""
+    try:
+        before = _minflt()
+    except ImportError:  # not a Unix
+        return False
+    touch_fresh_pages(PROBE_PAGES)
+    return _minflt() - before > 0
+
+
+PROBE_PAGES = 64
+
+
+def touch_fresh_pages(pages: int) -> None:
+    """Map ``pages`` pages of anonymous memory straight from the system (no allocator that may
+    keep them), write one byte to each and unmap them: one minor fault per page, with huge
+    pages turned off for the mapping where the platform lets us."""
+    size = pages * mmap.PAGESIZE
+    with mmap.mmap(-1, size) as m:
+        if hasattr(mmap, "MADV_NOHUGEPAGE"):
+            m.madvise(mmap.MADV_NOHUGEPAGE)
+        for offset in range(0, size, mmap.PAGESIZE):
+            m[offset] = 1
 
 
 def median(times: Dict[str, List[float]]) -> Dict[str, float]:
