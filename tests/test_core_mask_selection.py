@@ -253,3 +253,63 @@ def test_a_cut_that_no_longer_fits_is_never_used():
     b = a * 3 + 1
     selector.select_([mask], [b], num_kept(n, 0.8))
     assert torch.equal(mask, sorted_reference_mask(b, 0.8))
+
+
+def _spied_few_mends(selector, monkeypatch):
+    """Record what each few-entry mend returned (None: left to the band)."""
+    seen, real = [], selector._mend_few_
+
+    def spy(ind, mag, off):
+        got = real(ind, mag, off)
+        seen.append((off, got is not None))
+        return got
+    monkeypatch.setattr(selector, "_mend_few_", spy)
+    return seen
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("per_layer", [True, False])
+def test_a_count_off_by_a_few_is_mended_from_one_partial_sort_or_left_to_the_band(
+        dtype, per_layer, monkeypatch):
+    """The usual step moves the threshold past one or two entries: those are moved across
+    the cut directly (both directions). A tie at the new threshold or an infinity within
+    reach leaves the case to the band; every mask equals the sort's either way."""
+    n, keep_ratio = 200, 0.8  # scores 1..200, exact and distinct in every dtype
+    base = (torch.randperm(n, generator=torch.Generator().manual_seed(0)) + 1).float()
+    selector, mask = TopKSelector(sync_free=False), torch.empty(n, dtype=dtype)
+    keep = num_kept(n, keep_ratio)
+    order = base.argsort()
+    low_kept, high_dropped = order[n - keep:n - keep + 3], order[n - keep - 3:n - keep]
+
+    def select(s):
+        s = s.to(dtype)
+        if per_layer:
+            selector.select_each_([mask, torch.empty(5, dtype=dtype)], [s, torch.arange(5.).to(dtype)],
+                                  [keep, 2])
+        else:
+            selector.select_([mask], [s], keep)
+        assert torch.equal(mask, sorted_reference_mask(s, keep_ratio).to(dtype))
+
+    select(base)  # the first selection: no cut yet
+    seen = _spied_few_mends(selector, monkeypatch)
+    cases = []
+    for name, edit in [
+            ("two kept ones fall below the cut", lambda s: s.index_fill_(0, low_kept[:2], 0.5)),
+            ("two dropped ones rise above it", lambda s: s.index_fill_(0, high_dropped[-2:], 300.0)),
+            ("a kept one falls; the two largest dropped tie", lambda s: s.index_fill_(
+                0, low_kept[:1], 0.5).index_fill_(0, high_dropped[-2:-1], float(s[high_dropped[-1]]))),
+            ("a dropped one rises; the two smallest kept tie", lambda s: s.index_fill_(
+                0, high_dropped[-1:], 300.0).index_fill_(0, low_kept[1:2], float(s[low_kept[0]]))),
+            ("every kept one is infinite, and a dropped one rises to them", lambda s: s.index_fill_(
+                0, order[n - keep - 1:], float("inf"))),
+            ("a kept one falls beside a NaN and an infinity", lambda s: s.index_fill_(
+                0, low_kept[:1], 0.5).index_fill_(0, order[-2:-1], float("nan")).index_fill_(
+                0, order[-1:], float("inf"))),
+            ("an infinity rises above the cut", lambda s: s.index_fill_(0, high_dropped[-1:], float("inf")))]:
+        select(base)  # each case moves entries from the base's cut
+        seen.clear()
+        select(edit(base.clone()))
+        cases.append((name, [ok for _, ok in seen]))
+    assert cases[0][1] == [True] and cases[1][1] == [True], cases
+    assert all(oks == [False] for _, oks in cases[2:5]), cases
+    assert cases[5][1] == cases[6][1] == [True], cases  # NaN and infinities out of reach: exact  # the infinity moved is kept, out of reach: exact

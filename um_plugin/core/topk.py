@@ -16,8 +16,10 @@ value between the last dropped and the first kept magnitude) usually still separ
 sets. The dropped entries are those ``<= cut``; their count certifies the mask. When it is
 off by ``m`` entries, the threshold moved past about ``m`` entries, so one comparison about
 ``m`` entry gaps away, on the side the count says, brackets it; only the rows holding
-entries between the two bounds are selected among (``kthvalue``) and rewritten. Magnitudes
-are viewed as rows of :data:`ROW` so that one row-sum per comparison locates those rows. A
+entries between the two bounds are selected among (``kthvalue``) and rewritten. The usual
+step is off by one or two entries: up to :data:`FEW` of them are moved across the cut
+directly, found among the rows holding the most extreme entries on the wrong side
+(:meth:`TopKSelector._mend_few_`), without a second comparison. Magnitudes are viewed as rows of :data:`ROW` so that one row-sum per comparison locates those rows. A
 first call has no cut: its bracket is the whole range, i.e. a plain ``kthvalue``. Per-layer
 thresholds of several layers are certified together (:meth:`TopKSelector.select_each_`): each
 layer starts on a row of its own, so one comparison against every row's cut and one count
@@ -50,6 +52,10 @@ RANKED_MAX = 256
 # Rows holding the band with at most this many entries in all are ranked among directly
 # (one partial sort), without first picking the band's entries out of them.
 NEAR_MAX = 2048
+# A count off by at most FEW entries (the usual training step: a threshold that moved past one
+# or two entries) is mended from one partial sort of the tensor with the entries on the wrong
+# side pushed out of reach, without bracketing a band first; tensors up to FEW_MAX entries.
+FEW, FEW_MAX = 16, 1 << 20
 # Off the CPU (no host sync), from this size on one stable sort beats ``kthvalue``, which
 # runs one thread block per slice.
 SORT_MIN = 100_000
@@ -100,6 +106,7 @@ class TopKSelector:
         self.importance = check_importance(importance)  # what is ranked: |scores| by default
         self._mag: torch.Tensor | None = None  # magnitudes, NaN past the last row's end
         self._ind: torch.Tensor | None = None  # float32 indicators of the dropped entries
+        self._few: torch.Tensor | None = None  # scratch of the few-entry mend
         self._cuts: dict = {}  # key -> (cut, magnitude gap per entry near the threshold)
         self._plans: dict = {}  # key -> _Layout of select_each_
 
@@ -207,6 +214,13 @@ class TopKSelector:
         counted = counted or _count(mag2d, cut, ind2d)
         if counted[2] == drop:  # exactly ``drop`` entries up to the cut: no tie straddles it
             return
+        if abs(counted[2] - drop) <= FEW and n <= FEW_MAX and self._ranks_magnitudes():
+            mended = self._mend_few_(ind2d, mag2d, drop - counted[2])
+            if mended is not None:
+                if gap is None:  # a first selection: the one gap seen is the estimate
+                    gap = max(mended[2] - mended[1], math.ulp(mended[1]))
+                self._cuts[key] = (mended[0], gap)
+                return
         up = counted[2] < drop  # the threshold lies above the cut
         lo, hi = (counted, None) if up else (None, counted)
         for bound in _bounds(cut, gap, abs(counted[2] - drop), up):
@@ -226,6 +240,57 @@ class TopKSelector:
             self._cuts.pop(key, None)
             return
         self._cuts[key] = _select_band_(ind2d, mag2d, n, drop, lo, hi)
+
+
+    def _ranks_magnitudes(self) -> bool:
+        """Whether what is ranked is ``|scores|``: never negative (NaN aside)."""
+        return type(self.importance).rank is Magnitude.rank
+
+    def _mend_few_(self, ind2d, mag2d, off: int):
+        """Move ``|off|`` entries across the cut that ``ind2d`` marks (1: dropped, ``<=`` the
+        cut), so that ``off`` more entries are dropped: ``(new cut, threshold, next entry)``,
+        or None without writing anything where this cannot certify the result.
+
+        ``off > 0``: the ``off`` smallest kept entries drop; the dropped ones are pushed to at
+        least the dtype's largest number, NaN to infinity, out of reach. ``off < 0``: the
+        ``-off`` largest dropped entries are kept; the kept ones (NaN too) are zeroed. Then
+        the ``|off| + 1`` rows of the most extreme entries hold the ``|off| + 1`` most extreme
+        entries (each other row's extreme is passed by one entry in each of those rows), so
+        one small partial sort among them finds the entries to move and the first that
+        stays: were it equal to the last one moved, a tie would straddle the threshold (the
+        band then sorts it out, by index); an infinity within reach also leaves it to the band.
+        """
+        few = self._few
+        if few is None or few.numel() < mag2d.numel() or few.dtype != mag2d.dtype \
+                or few.device != mag2d.device:
+            few = self._few = torch.empty(mag2d.numel(), dtype=mag2d.dtype, device=mag2d.device)
+        few = few[:mag2d.numel()].view(mag2d.shape)
+        m, up = abs(off), off > 0
+        if up:
+            big = torch.finfo(mag2d.dtype).max
+            torch.add(mag2d, ind2d, alpha=big, out=few)  # dropped: >= big
+            few.nan_to_num_(nan=math.inf, posinf=math.inf)
+            extremes = few.amin(1)
+        else:
+            torch.mul(mag2d, ind2d, out=few)  # kept: 0, or NaN (from NaN and infinity)
+            few.nan_to_num_(nan=0.0)
+            extremes = few.amax(1)
+        rows = torch.topk(extremes, min(m + 1, extremes.numel()), largest=not up).indices
+        near = few.index_select(0, rows)
+        values, where = torch.topk(near.view(-1), m + 1, largest=not up)
+        moving, staying = values[m - 1:].tolist()  # the last entry moved, the first that stays
+        if up:  # the threshold is the last entry dropped now, the first kept one follows it
+            t, following = moving, staying
+            if not t < following < big:  # a tie, or an infinity or dropped entry in reach
+                return None
+        else:  # the threshold is the first entry that stays dropped
+            t, following = staying, moving
+            if not t < following:  # a tie (moved entries, > t >= 0, are dropped ones)
+                return None
+        moved = ind2d.index_select(0, rows)
+        moved.view(-1).index_fill_(0, where[:m], 1 if up else 0)
+        ind2d.index_copy_(0, rows, moved)
+        return (t + following) / 2, t, following
 
 
 def _checked(masks, scores) -> list:
