@@ -100,7 +100,8 @@ class _MaskGroup:
             states = [self._stamp(m) for m in self.members]
             # the scores' memory, layout and .data edits, and the masks' memory, as at the last
             # refresh: the prepared selections still fit (a training step's case)
-            same = self._where_of(states) == self._where
+            where = self._where_of(states)
+            same = where == self._where
             if not same:
                 self._chunks()  # first: it may lay the masks out anew
                 states = [self._state_of(m) for m in self.members]
@@ -114,7 +115,8 @@ class _MaskGroup:
                             call()
                         for i in chunk:
                             self.members[i].seen = states[i]
-            self._where = self._where_of(states)
+            # the masks were laid out anew when not ``same``: their memory is read again
+            self._where = where if same else self._where_of(states)
             return
         with torch.no_grad():
             state = tuple(self._state_of(m) for m in self.members)
