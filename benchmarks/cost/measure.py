@@ -96,6 +96,9 @@ def _minflt() -> int:
     return resource.getrusage(resource.RUSAGE_SELF).ru_minflt
 
 
+PROBE_PAGES = 64  # pages the probe of counts_faults touches
+
+
 @functools.lru_cache(maxsize=None)
 def counts_faults() -> bool:
     """Whether ``getrusage`` counts this process's minor page faults, probed once: some kernels
@@ -106,9 +109,6 @@ def counts_faults() -> bool:
         return False
     touch_fresh_pages(PROBE_PAGES)
     return _minflt() - before > 0
-
-
-PROBE_PAGES = 64
 
 
 def touch_fresh_pages(pages: int) -> None:

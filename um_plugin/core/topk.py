@@ -190,21 +190,21 @@ class TopKSelector:
         rows = ind2d.sum(1)  # at most ROW per row: exact in float32
         per_row = rows.tolist()  # one op; each tensor's count is then summed here
         for i, (size, drop) in enumerate(zip(sizes, drops)):
-            count = int(sum(per_row[plan.starts[i] // ROW:plan.ends[i] // ROW]))
+            r0, r1 = plan.starts[i] // ROW, plan.ends[i] // ROW
+            count = int(sum(per_row[r0:r1]))
             if drop in (0, size):
-                ind2d[plan.starts[i] // ROW:plan.ends[i] // ROW].fill_(drop != 0)
+                ind2d[r0:r1].fill_(drop != 0)
             elif count != drop:
-                k, r0, r1 = plan.keys[i], plan.starts[i] // ROW, plan.ends[i] // ROW
+                k = plan.keys[i]
                 cut = self._cuts.get(k, (-math.inf, None))[0]
                 self._drop_(ind2d[r0:r1], mag2d[r0:r1], size, drop, k, (cut, rows[r0:r1], count))
                 plan.bounds[r0:r1].fill_(self._cuts.get(k, (-math.inf, None))[0])
 
     def _scratch(self, padded: int, like: torch.Tensor):
         """Magnitudes in ``like``'s dtype and indicators, ``padded`` long, shared by all keys."""
-        if (self._mag is None or self._mag.numel() < padded or self._mag.device != like.device
-                or self._mag.dtype != like.dtype):
-            self._mag = torch.empty(padded, device=like.device, dtype=like.dtype)
-            self._ind = torch.empty(padded, device=like.device, dtype=torch.float32)
+        mag = _reused(self._mag, padded, like.dtype, like.device)
+        if mag is not self._mag:  # both regrown together: a prepared selection checks ``_mag``
+            self._mag, self._ind = mag, torch.empty(padded, device=like.device, dtype=torch.float32)
         return self._mag[:padded], self._ind[:padded]
 
     def _drop_(self, ind2d, mag2d, n: int, drop: int, key, counted=None) -> None:
@@ -241,7 +241,6 @@ class TopKSelector:
             return
         self._cuts[key] = _select_band_(ind2d, mag2d, n, drop, lo, hi)
 
-
     def _ranks_magnitudes(self) -> bool:
         """Whether what is ranked is ``|scores|``: never negative (NaN aside)."""
         return type(self.importance).rank is Magnitude.rank
@@ -260,11 +259,8 @@ class TopKSelector:
         stays: were it equal to the last one moved, a tie would straddle the threshold (the
         band then sorts it out, by index); an infinity within reach also leaves it to the band.
         """
-        few = self._few
-        if few is None or few.numel() < mag2d.numel() or few.dtype != mag2d.dtype \
-                or few.device != mag2d.device:
-            few = self._few = torch.empty(mag2d.numel(), dtype=mag2d.dtype, device=mag2d.device)
-        few = few[:mag2d.numel()].view(mag2d.shape)
+        self._few = _reused(self._few, mag2d.numel(), mag2d.dtype, mag2d.device)
+        few = self._few[:mag2d.numel()].view(mag2d.shape)
         m, up = abs(off), off > 0
         if up:
             big = torch.finfo(mag2d.dtype).max
@@ -291,6 +287,14 @@ class TopKSelector:
         moved.view(-1).index_fill_(0, where[:m], 1 if up else 0)
         ind2d.index_copy_(0, rows, moved)
         return (t + following) / 2, t, following
+
+
+def _reused(buf: torch.Tensor | None, n: int, dtype, device) -> torch.Tensor:
+    """``buf`` while it holds at least ``n`` entries of ``dtype`` on ``device``, else a new
+    buffer of ``n``: scratch reused from call to call."""
+    if buf is None or buf.numel() < n or buf.dtype != dtype or buf.device != device:
+        return torch.empty(n, dtype=dtype, device=device)
+    return buf
 
 
 def _checked(masks, scores) -> list:
@@ -366,7 +370,7 @@ class EachSelection:
         self.masks = list(masks)
         self.flat_masks = _flat_masks(flat_masks, self.masks, plan)
         # several tensors ranked as one concatenation, when the ranking goes entry by entry
-        self.concat = (len(sizes) > 1 and type(selector.importance).rank is Magnitude.rank
+        self.concat = (len(sizes) > 1 and selector._ranks_magnitudes()
                        and all(s.is_contiguous() for s in self.scores))
         self.pieces = plan.pieces(self.scores) if self.concat else None
         self._scratch = None
